@@ -1,0 +1,91 @@
+"""keybridge: use keys you hold yourself (PKCS#11 HSM, Azure Key Vault / Managed HSM, software)
+through one protocol, move them into Azure with BYOK, and encrypt data under them.
+
+``import keybridge`` needs only ``cryptography``; backends that need extras are imported on first
+use and say which ``pip install "keybridge[...]"`` is missing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import audit, errors
+from .errors import (
+    AuthenticationError,
+    IntegrityError,
+    InvalidArgument,
+    InvalidKeySpec,
+    InvalidKeyUri,
+    InvalidMessage,
+    InvalidPackage,
+    KeybridgeError,
+    KeyDisabled,
+    KeyExists,
+    KeyExpired,
+    KeyNotFound,
+    MissingDependency,
+    OperationNotPermitted,
+    ProviderUnavailable,
+    UnsupportedAlgorithm,
+)
+from .keys import ALGORITHMS, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType
+from .provider import BaseProvider, KeyHandle, KeyProvider, open_key, open_provider, register_provider
+
+if TYPE_CHECKING:
+    from .providers.azure import AzureKeyVaultProvider
+    from .providers.memory import InMemoryProvider
+    from .providers.pkcs11 import Pkcs11Provider
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALGORITHMS",
+    "AuthenticationError",
+    "AzureKeyVaultProvider",
+    "BaseProvider",
+    "InMemoryProvider",
+    "IntegrityError",
+    "InvalidArgument",
+    "InvalidKeySpec",
+    "InvalidKeyUri",
+    "InvalidMessage",
+    "InvalidPackage",
+    "KeyDisabled",
+    "KeyExists",
+    "KeyExpired",
+    "KeyHandle",
+    "KeyInfo",
+    "KeyNotFound",
+    "KeyOp",
+    "KeyProvider",
+    "KeyRef",
+    "KeySpec",
+    "KeyType",
+    "KeybridgeError",
+    "MissingDependency",
+    "OperationNotPermitted",
+    "Pkcs11Provider",
+    "ProviderUnavailable",
+    "UnsupportedAlgorithm",
+    "__version__",
+    "audit",
+    "errors",
+    "open_key",
+    "open_provider",
+    "register_provider",
+]
+
+_LAZY = {
+    "InMemoryProvider": "keybridge.providers.memory",
+    "Pkcs11Provider": "keybridge.providers.pkcs11",
+    "AzureKeyVaultProvider": "keybridge.providers.azure",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Backends load on first use so that a missing extra only matters to those who use it.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'keybridge' has no attribute {name!r}")

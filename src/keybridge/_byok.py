@@ -1,0 +1,113 @@
+"""The Azure BYOK package (.byok JSON) codec.
+
+It sits below the provider protocol, not in :mod:`keybridge.byok`, because providers speak it:
+the Azure backend sends it as ``key_hsm`` and the in-memory backend (and so the emulator) unwraps
+it. :mod:`keybridge.byok` re-exports :class:`ByokPackage` as its public home.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._files import atomic_write
+from .errors import InvalidPackage
+
+__all__ = ["ByokPackage", "b64url_decode", "b64url_encode"]
+
+SCHEMA_VERSION = "1.0.0"
+ALG = "dir"
+ENC = "CKM_RSA_AES_KEY_WRAP"
+MAX_PACKAGE = 64 * 1024  # an RSA-4096 target under a 4096-bit KEK is ~3 KiB of JSON
+
+
+def b64url_encode(data: bytes) -> str:
+    """Base64url without padding (what Azure tools and the SDK write)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str, what: str = "value") -> bytes:
+    """Base64url, padded or not; anything else raises :class:`InvalidPackage`."""
+    if not isinstance(text, str):
+        raise InvalidPackage(f"{what} must be a base64url string, got {type(text).__name__}")
+    s = text.strip().rstrip("=")
+    try:
+        return base64.b64decode(s + "=" * (-len(s) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidPackage(f"{what} is not valid base64url") from exc
+
+
+@dataclass(frozen=True)
+class ByokPackage:
+    """A .byok package: ``ciphertext`` is RSA-OAEP-SHA1(AES key) || RFC 5649 wrap of the target,
+    under the key-exchange key ``kid``."""
+
+    kid: str
+    ciphertext: bytes
+    generator: str = "keybridge"
+    alg: str = ALG
+    enc: str = ENC
+    schema_version: str = SCHEMA_VERSION
+
+    def __repr__(self) -> str:
+        return f"ByokPackage(kid={self.kid!r}, ciphertext=<{len(self.ciphertext)} bytes>, generator={self.generator!r})"
+
+    def to_json(self) -> bytes:
+        """The package as .byok file bytes."""
+        doc = {
+            "schema_version": self.schema_version,
+            "header": {"kid": self.kid, "alg": self.alg, "enc": self.enc},
+            "ciphertext": b64url_encode(self.ciphertext),
+            "generator": self.generator,
+        }
+        return json.dumps(doc, indent=2).encode("utf-8") + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> ByokPackage:
+        """Parse and strictly validate .byok bytes; any defect raises :class:`InvalidPackage`."""
+        if isinstance(data, (bytes, bytearray)) and len(data) > MAX_PACKAGE:
+            raise InvalidPackage(f"package is {len(data)} bytes; a .byok file is at most {MAX_PACKAGE}")
+        try:
+            doc: Any = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidPackage("not a .byok package: the content is not JSON") from exc
+        if not isinstance(doc, dict):
+            raise InvalidPackage("not a .byok package: expected a JSON object")
+        header = doc.get("header")
+        if not isinstance(header, dict):
+            raise InvalidPackage("not a .byok package: 'header' object is missing")
+        if doc.get("schema_version") != SCHEMA_VERSION:
+            raise InvalidPackage(f"schema_version {doc.get('schema_version')!r} is not {SCHEMA_VERSION!r}")
+        if header.get("alg") != ALG:
+            raise InvalidPackage(f"header alg {header.get('alg')!r} is not supported; Azure BYOK uses {ALG!r}")
+        if header.get("enc") != ENC:
+            raise InvalidPackage(f"header enc {header.get('enc')!r} is not supported; Azure BYOK uses {ENC!r}")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid.startswith("https://") or "/keys/" not in kid:
+            raise InvalidPackage(f"header kid {kid!r} is not a key identifier (https://…/keys/NAME/VERSION)")
+        ciphertext = b64url_decode(doc.get("ciphertext"), "ciphertext")  # type: ignore[arg-type]
+        # 256 bytes is the smallest KEK modulus (RSA-2048); 24 the smallest RFC 5649 output.
+        if len(ciphertext) < 256 + 16:
+            raise InvalidPackage(
+                f"ciphertext is {len(ciphertext)} bytes, shorter than an RSA-2048 KEK block plus a wrapped key"
+            )
+        generator = doc.get("generator", "")
+        return cls(kid=kid, ciphertext=ciphertext, generator=str(generator))
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        """Write the package atomically (temp file + rename)."""
+        atomic_write(path, self.to_json(), mode=0o644)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> ByokPackage:
+        """Read and validate a .byok file."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise InvalidPackage(f"cannot read package {os.fspath(path)!r}: {exc.strerror}") from exc
+        return cls.from_json(data)

@@ -1,0 +1,97 @@
+"""One exception tree for everything keybridge raises.
+
+Every error is a :class:`KeybridgeError`. Backends translate their own errors (PKCS#11 return
+codes, Azure HTTP errors) into these classes and keep the original as ``__cause__``. No message
+ever contains a PIN, a token, a passphrase or key bytes: messages name keys by reference only.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "IntegrityError",
+    "InvalidArgument",
+    "InvalidKeySpec",
+    "InvalidKeyUri",
+    "InvalidMessage",
+    "InvalidPackage",
+    "KeyDisabled",
+    "KeyExists",
+    "KeyExpired",
+    "KeyNotFound",
+    "KeybridgeError",
+    "MissingDependency",
+    "OperationNotPermitted",
+    "ProviderUnavailable",
+    "UnsupportedAlgorithm",
+]
+
+
+class KeybridgeError(Exception):
+    """Base class of every error keybridge raises on purpose."""
+
+
+class InvalidArgument(KeybridgeError, ValueError):
+    """An argument has the wrong form, size or value; the message says what is expected."""
+
+
+class InvalidKeyUri(InvalidArgument):
+    """A key URI could not be parsed; the message quotes it and shows the expected form."""
+
+
+class InvalidKeySpec(InvalidArgument):
+    """A key type, size or curve that keybridge (or the provider) does not support."""
+
+
+class InvalidPackage(InvalidArgument):
+    """A BYOK package (.byok JSON) is malformed or does not fit the KEK or key type."""
+
+
+class InvalidMessage(InvalidArgument):
+    """An envelope message is malformed (bad header, unknown version or suite, truncated)."""
+
+
+class KeyNotFound(KeybridgeError, LookupError):
+    """No key (or no such version) exists under the given reference."""
+
+
+class KeyExists(KeybridgeError):
+    """A key with this name already exists where a new one was to be created."""
+
+
+class OperationNotPermitted(KeybridgeError):
+    """The key's allowed operations, state or export policy forbid what was asked."""
+
+
+class KeyDisabled(OperationNotPermitted):
+    """The key (version) is disabled."""
+
+
+class KeyExpired(OperationNotPermitted):
+    """The key is outside its not-before / expires window."""
+
+
+class UnsupportedAlgorithm(KeybridgeError):
+    """The provider, or the key's type, does not support this algorithm."""
+
+
+class AuthenticationError(KeybridgeError):
+    """Credentials (PIN, passphrase, token) were rejected or missing."""
+
+
+class ProviderUnavailable(KeybridgeError):
+    """The backend cannot be reached or is not ready (token absent, service down, retries exhausted)."""
+
+
+class IntegrityError(KeybridgeError):
+    """Authentication of ciphertext, a wrapped key, a signature-protected message or a file failed."""
+
+
+class MissingDependency(KeybridgeError, ImportError):
+    """An optional extra is not installed; the message names the ``pip install`` command."""
+
+    def __init__(self, feature: str, extra: str) -> None:
+        super().__init__(
+            f'{feature} needs an optional dependency that is not installed: run  pip install "keybridge[{extra}]"'
+        )
+        self.extra = extra

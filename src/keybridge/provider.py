@@ -1,0 +1,642 @@
+"""The cut between keybridge and the places keys live.
+
+Everything above this module (BYOK, envelope encryption, the CLI, the emulator) talks to keys only
+through :class:`KeyProvider` and :class:`KeyHandle`; everything below it is a backend. Cutting here
+keeps backend quirks (PKCS#11 sessions and mechanisms, Azure REST and retries) out of the features,
+and lets one conformance suite prove every backend behaves the same.
+
+A backend must:
+
+* run every private- and secret-key operation inside the backend, never by exporting key material;
+* never put a PIN, token, passphrase or key byte into a message, repr or log line;
+* translate its own errors into :mod:`keybridge.errors`, keeping the original as ``__cause__``.
+
+Backends normally subclass :class:`BaseProvider`, which does once, for all of them: resolving a
+reference to a key version, checking the algorithm against the key type and the provider's list,
+checking the key's allowed operations, enabled state and validity window *before* the backend is
+touched, checking input lengths, running public-key operations (verify, RSA encrypt and wrap)
+locally from the public key, and emitting one audit event per operation. A backend then implements
+only the ``_``-prefixed hooks.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping
+from importlib.metadata import entry_points
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+from typing_extensions import Self
+
+from . import _crypto
+from .audit import audited
+from .errors import (
+    InvalidArgument,
+    InvalidKeyUri,
+    KeyDisabled,
+    KeyExpired,
+    OperationNotPermitted,
+    UnsupportedAlgorithm,
+)
+from .keys import (
+    ES_CURVES,
+    AlgorithmSpec,
+    KeyInfo,
+    KeyOp,
+    KeyRef,
+    KeySpec,
+    KeyType,
+    PrivateKey,
+    PublicKey,
+    algorithm,
+)
+
+__all__ = [
+    "BaseProvider",
+    "KeyHandle",
+    "KeyProvider",
+    "open_key",
+    "open_provider",
+    "register_provider",
+]
+
+Ops = Collection["KeyOp | str"]
+
+
+@runtime_checkable
+class KeyProvider(Protocol):
+    """A place keys live. Names are the provider's key names; ``ref`` arguments take a
+    :class:`KeyRef`, a key name, or a key URI of this provider (an unversioned one means the
+    current version)."""
+
+    scheme: str
+    algorithms: frozenset[str]
+
+    def create_key(
+        self,
+        name: str,
+        spec: KeySpec,
+        *,
+        ops: Ops | None = None,
+        exportable: bool = False,
+        tags: Mapping[str, str] | None = None,
+        not_before: _dt.datetime | None = None,
+        expires: _dt.datetime | None = None,
+    ) -> KeyInfo:
+        """Generate a new key (a new version if the name exists where the backend allows it)."""
+        ...
+
+    def import_key(
+        self,
+        name: str,
+        key: PrivateKey | bytes,
+        *,
+        ops: Ops | None = None,
+        exportable: bool = False,
+        tags: Mapping[str, str] | None = None,
+        not_before: _dt.datetime | None = None,
+        expires: _dt.datetime | None = None,
+    ) -> KeyInfo:
+        """Store an existing RSA/EC private key or AES key bytes under ``name``."""
+        ...
+
+    def import_byok(
+        self,
+        name: str,
+        package: bytes,
+        spec: KeySpec,
+        *,
+        ops: Ops | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> KeyInfo:
+        """Import a key from a BYOK package (.byok JSON bytes) wrapped under one of this
+        provider's key-exchange keys."""
+        ...
+
+    def get_key(self, ref: KeyRef | str, version: str | None = None) -> KeyInfo:
+        """Metadata of one key version (the current one unless ``version`` is given)."""
+        ...
+
+    def list_keys(self) -> Iterator[KeyInfo]:
+        """The current version of every key."""
+        ...
+
+    def list_versions(self, name: str) -> Iterator[KeyInfo]:
+        """Every version of one key, oldest first."""
+        ...
+
+    def rotate_key(self, name: str) -> KeyInfo:
+        """Make a new version with the same spec and operations; old versions stay usable."""
+        ...
+
+    def set_enabled(self, ref: KeyRef | str, enabled: bool) -> KeyInfo:
+        """Enable or disable a key version (the current one for a bare name)."""
+        ...
+
+    def delete_key(self, name: str) -> None:
+        """Delete a key and all its versions."""
+        ...
+
+    def wrap_key(self, ref: KeyRef | str, alg: str, key: bytes) -> bytes:
+        """Wrap (encrypt) key material under the key."""
+        ...
+
+    def unwrap_key(self, ref: KeyRef | str, alg: str, wrapped: bytes) -> bytes:
+        """Unwrap key material; an integrity failure raises ``IntegrityError``."""
+        ...
+
+    def encrypt(self, ref: KeyRef | str, alg: str, data: bytes, *, aad: bytes | None = None) -> bytes:
+        """Encrypt; A*GCM output is IV(12) || ciphertext || tag(16)."""
+        ...
+
+    def decrypt(self, ref: KeyRef | str, alg: str, data: bytes, *, aad: bytes | None = None) -> bytes:
+        """Decrypt; an authentication failure raises ``IntegrityError``."""
+        ...
+
+    def sign(self, ref: KeyRef | str, alg: str, digest: bytes) -> bytes:
+        """Sign a digest made with the algorithm's hash; ES* signatures are raw r||s."""
+        ...
+
+    def verify(self, ref: KeyRef | str, alg: str, digest: bytes, signature: bytes) -> bool:
+        """True if ``signature`` is valid for ``digest``."""
+        ...
+
+    def export_key(self, ref: KeyRef | str) -> PrivateKey | bytes:
+        """Key material in clear, only for keys created exportable and backends that allow it."""
+        ...
+
+    def export_wrapped(self, ref: KeyRef | str, kek: rsa.RSAPublicKey) -> bytes:
+        """The key wrapped with CKM_RSA_AES_KEY_WRAP under ``kek`` (Azure BYOK), done inside the
+        backend; the key is never in clear outside it."""
+        ...
+
+    def key(self, ref: KeyRef | str, version: str | None = None) -> KeyHandle:
+        """A handle bound to one key of this provider."""
+        ...
+
+    def ref(self, ref: KeyRef | str, version: str | None = None) -> KeyRef:
+        """Parse a name or key URI of this provider into a :class:`KeyRef`."""
+        ...
+
+    def close(self) -> None:
+        """Release sessions, sockets and files. Idempotent."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class KeyHandle:
+    """One key of one provider, bound: what the envelope keyrings and BYOK hold on to."""
+
+    __slots__ = ("provider", "ref")
+
+    def __init__(self, provider: KeyProvider, ref: KeyRef) -> None:
+        self.provider = provider
+        self.ref = ref
+
+    def __repr__(self) -> str:
+        return f"KeyHandle({self.ref})"
+
+    def info(self) -> KeyInfo:
+        """Current metadata of the key."""
+        return self.provider.get_key(self.ref)
+
+    @property
+    def public_key(self) -> PublicKey | None:
+        """The public key as a ``cryptography`` object (None for AES keys)."""
+        return self.info().public_key
+
+    def wrap_key(self, alg: str, key: bytes) -> bytes:
+        """See :meth:`KeyProvider.wrap_key`."""
+        return self.provider.wrap_key(self.ref, alg, key)
+
+    def unwrap_key(self, alg: str, wrapped: bytes) -> bytes:
+        """See :meth:`KeyProvider.unwrap_key`."""
+        return self.provider.unwrap_key(self.ref, alg, wrapped)
+
+    def encrypt(self, alg: str, data: bytes, *, aad: bytes | None = None) -> bytes:
+        """See :meth:`KeyProvider.encrypt`."""
+        return self.provider.encrypt(self.ref, alg, data, aad=aad)
+
+    def decrypt(self, alg: str, data: bytes, *, aad: bytes | None = None) -> bytes:
+        """See :meth:`KeyProvider.decrypt`."""
+        return self.provider.decrypt(self.ref, alg, data, aad=aad)
+
+    def sign(self, alg: str, digest: bytes) -> bytes:
+        """See :meth:`KeyProvider.sign`."""
+        return self.provider.sign(self.ref, alg, digest)
+
+    def verify(self, alg: str, digest: bytes, signature: bytes) -> bool:
+        """See :meth:`KeyProvider.verify`."""
+        return self.provider.verify(self.ref, alg, digest, signature)
+
+
+class BaseProvider:
+    """Shared machinery for backends; see the module docstring for what it does for them."""
+
+    scheme: str = ""
+    algorithms: frozenset[str] = frozenset()
+
+    # ---- backend hooks -------------------------------------------------------------------------
+
+    def _create_key(
+        self,
+        name: str,
+        spec: KeySpec,
+        ops: frozenset[KeyOp],
+        *,
+        exportable: bool,
+        tags: Mapping[str, str],
+        not_before: _dt.datetime | None,
+        expires: _dt.datetime | None,
+    ) -> KeyInfo:
+        raise NotImplementedError
+
+    def _import_key(
+        self,
+        name: str,
+        key: PrivateKey | bytes,
+        spec: KeySpec,
+        ops: frozenset[KeyOp],
+        *,
+        exportable: bool,
+        tags: Mapping[str, str],
+        not_before: _dt.datetime | None,
+        expires: _dt.datetime | None,
+    ) -> KeyInfo:
+        raise self._unsupported("importing keys")
+
+    def _import_byok(
+        self, name: str, package: bytes, spec: KeySpec, ops: frozenset[KeyOp], tags: Mapping[str, str]
+    ) -> KeyInfo:
+        raise self._unsupported("BYOK import")
+
+    def _get_key(self, name: str, version: str | None) -> KeyInfo:
+        raise NotImplementedError
+
+    def _list_keys(self) -> Iterator[KeyInfo]:
+        raise NotImplementedError
+
+    def _list_versions(self, name: str) -> Iterator[KeyInfo]:
+        raise NotImplementedError
+
+    def _rotate_key(self, name: str) -> KeyInfo:
+        raise NotImplementedError
+
+    def _set_enabled(self, info: KeyInfo, enabled: bool) -> KeyInfo:
+        raise NotImplementedError
+
+    def _delete_key(self, name: str) -> None:
+        raise NotImplementedError
+
+    def _parse_uri(self, uri: str) -> tuple[str, str | None]:
+        """Split a key URI of this provider into (name, version)."""
+        raise InvalidKeyUri(f"{uri!r} is not a {self.scheme} key URI")
+
+    def _make_ref(self, name: str, version: str | None) -> KeyRef:
+        return KeyRef(self.scheme, name, version)
+
+    # Secret/private-key operations; ``info`` is always a concrete, checked version.
+    def _wrap_key(self, info: KeyInfo, alg: AlgorithmSpec, key: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _unwrap_key(self, info: KeyInfo, alg: AlgorithmSpec, wrapped: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _encrypt(self, info: KeyInfo, alg: AlgorithmSpec, data: bytes, aad: bytes | None) -> bytes:
+        raise NotImplementedError
+
+    def _decrypt(self, info: KeyInfo, alg: AlgorithmSpec, data: bytes, aad: bytes | None) -> bytes:
+        raise NotImplementedError
+
+    def _sign(self, info: KeyInfo, alg: AlgorithmSpec, digest: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _export_key(self, info: KeyInfo) -> PrivateKey | bytes:
+        raise self._unsupported("exporting key material in clear")
+
+    def _export_wrapped(self, info: KeyInfo, kek: rsa.RSAPublicKey) -> bytes:
+        raise self._unsupported("wrapped export (CKM_RSA_AES_KEY_WRAP)")
+
+    def _close(self) -> None:
+        pass
+
+    # ---- public API ----------------------------------------------------------------------------
+
+    def ref(self, ref: KeyRef | str, version: str | None = None) -> KeyRef:
+        """Parse a name or key URI of this provider into a :class:`KeyRef`."""
+        if isinstance(ref, KeyRef):
+            if ref.provider != self.scheme:
+                raise InvalidKeyUri(f"{ref} belongs to a {ref.provider} provider, not {self.scheme}")
+            return ref if version is None else self._make_ref(ref.name, version)
+        if not isinstance(ref, str) or not ref:
+            raise InvalidKeyUri(f"expected a key name or {self.scheme} key URI, got {ref!r}")
+        if ":" in ref:
+            name, uri_version = self._parse_uri(ref)
+            return self._make_ref(name, version or uri_version)
+        return self._make_ref(ref, version)
+
+    def key(self, ref: KeyRef | str, version: str | None = None) -> KeyHandle:
+        """A :class:`KeyHandle` bound to one key of this provider."""
+        return KeyHandle(self, self.ref(ref, version))
+
+    def create_key(
+        self,
+        name: str,
+        spec: KeySpec,
+        *,
+        ops: Ops | None = None,
+        exportable: bool = False,
+        tags: Mapping[str, str] | None = None,
+        not_before: _dt.datetime | None = None,
+        expires: _dt.datetime | None = None,
+    ) -> KeyInfo:
+        """Generate a key inside the backend. Keys are non-exportable unless asked."""
+        with audited("create_key", self.scheme, name, None) as ev:
+            self._check_name(name)
+            info = self._create_key(
+                name,
+                spec,
+                spec.check_ops(ops),
+                exportable=exportable,
+                tags=dict(tags or {}),
+                not_before=not_before,
+                expires=expires,
+            )
+            ev.key = str(info.ref)
+            return info
+
+    def import_key(
+        self,
+        name: str,
+        key: PrivateKey | bytes,
+        *,
+        ops: Ops | None = None,
+        exportable: bool = False,
+        tags: Mapping[str, str] | None = None,
+        not_before: _dt.datetime | None = None,
+        expires: _dt.datetime | None = None,
+    ) -> KeyInfo:
+        """Store an existing RSA/EC private key or AES key bytes."""
+        with audited("import_key", self.scheme, name, None) as ev:
+            self._check_name(name)
+            spec = KeySpec.of(key)
+            info = self._import_key(
+                name,
+                bytes(key) if isinstance(key, (bytearray, memoryview)) else key,
+                spec,
+                spec.check_ops(ops),
+                exportable=exportable,
+                tags=dict(tags or {}),
+                not_before=not_before,
+                expires=expires,
+            )
+            ev.key = str(info.ref)
+            return info
+
+    def import_byok(
+        self,
+        name: str,
+        package: bytes,
+        spec: KeySpec,
+        *,
+        ops: Ops | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> KeyInfo:
+        """Import a key from a .byok package wrapped under one of this provider's KEKs."""
+        with audited("import_byok", self.scheme, name, "CKM_RSA_AES_KEY_WRAP") as ev:
+            self._check_name(name)
+            info = self._import_byok(name, bytes(package), spec, spec.check_ops(ops), dict(tags or {}))
+            ev.key = str(info.ref)
+            return info
+
+    def get_key(self, ref: KeyRef | str, version: str | None = None) -> KeyInfo:
+        """Metadata of one key version (the current one unless a version is given)."""
+        r = self.ref(ref, version)
+        with audited("get_key", self.scheme, r, None):
+            return self._get_key(r.name, r.version)
+
+    def list_keys(self) -> Iterator[KeyInfo]:
+        """The current version of every key."""
+        with audited("list_keys", self.scheme, None, None):
+            keys = list(self._list_keys())
+        return iter(keys)
+
+    def list_versions(self, name: str) -> Iterator[KeyInfo]:
+        """Every version of one key, oldest first."""
+        with audited("list_versions", self.scheme, name, None):
+            versions = list(self._list_versions(self.ref(name).name))
+        return iter(versions)
+
+    def rotate_key(self, name: str) -> KeyInfo:
+        """A new version with the same spec and operations."""
+        with audited("rotate_key", self.scheme, name, None) as ev:
+            info = self._rotate_key(self.ref(name).name)
+            ev.key = str(info.ref)
+            return info
+
+    def set_enabled(self, ref: KeyRef | str, enabled: bool) -> KeyInfo:
+        """Enable or disable a key version."""
+        r = self.ref(ref)
+        with audited("enable_key" if enabled else "disable_key", self.scheme, r, None):
+            return self._set_enabled(self._get_key(r.name, r.version), enabled)
+
+    def delete_key(self, name: str) -> None:
+        """Delete a key and all its versions."""
+        r = self.ref(name)
+        with audited("delete_key", self.scheme, r, None):
+            self._delete_key(r.name)
+
+    def wrap_key(self, ref: KeyRef | str, alg: str, key: bytes) -> bytes:
+        """Wrap key material under the key (RSA wraps run locally from the public key)."""
+        with audited("wrap_key", self.scheme, ref, alg) as ev:
+            info, a = self._usable(ref, KeyOp.WRAP_KEY, alg, ev)
+            _crypto.check_input(a, info.spec, "wrap_key", key)
+            if a.is_public_op and isinstance(info.public_key, rsa.RSAPublicKey):
+                return _crypto.public_encrypt(info.public_key, a, bytes(key))
+            return self._wrap_key(info, a, bytes(key))
+
+    def unwrap_key(self, ref: KeyRef | str, alg: str, wrapped: bytes) -> bytes:
+        """Unwrap key material inside the backend."""
+        with audited("unwrap_key", self.scheme, ref, alg) as ev:
+            info, a = self._usable(ref, KeyOp.UNWRAP_KEY, alg, ev)
+            return self._unwrap_key(info, a, bytes(wrapped))
+
+    def encrypt(self, ref: KeyRef | str, alg: str, data: bytes, *, aad: bytes | None = None) -> bytes:
+        """Encrypt (RSA encryption runs locally from the public key)."""
+        with audited("encrypt", self.scheme, ref, alg) as ev:
+            info, a = self._usable(ref, KeyOp.ENCRYPT, alg, ev)
+            self._check_aad(a, aad)
+            _crypto.check_input(a, info.spec, "encrypt", data)
+            if a.is_public_op and isinstance(info.public_key, rsa.RSAPublicKey):
+                return _crypto.public_encrypt(info.public_key, a, bytes(data))
+            return self._encrypt(info, a, bytes(data), aad)
+
+    def decrypt(self, ref: KeyRef | str, alg: str, data: bytes, *, aad: bytes | None = None) -> bytes:
+        """Decrypt inside the backend."""
+        with audited("decrypt", self.scheme, ref, alg) as ev:
+            info, a = self._usable(ref, KeyOp.DECRYPT, alg, ev)
+            self._check_aad(a, aad)
+            _crypto.check_input(a, info.spec, "decrypt", data)
+            return self._decrypt(info, a, bytes(data), aad)
+
+    def sign(self, ref: KeyRef | str, alg: str, digest: bytes) -> bytes:
+        """Sign a digest inside the backend."""
+        with audited("sign", self.scheme, ref, alg) as ev:
+            info, a = self._usable(ref, KeyOp.SIGN, alg, ev)
+            _crypto.check_input(a, info.spec, "sign", digest)
+            return self._sign(info, a, bytes(digest))
+
+    def verify(self, ref: KeyRef | str, alg: str, digest: bytes, signature: bytes) -> bool:
+        """Verify a signature locally from the public key."""
+        with audited("verify", self.scheme, ref, alg) as ev:
+            info, a = self._usable(ref, KeyOp.VERIFY, alg, ev)
+            _crypto.check_input(a, info.spec, "verify", digest)
+            assert info.public_key is not None
+            return _crypto.verify(info.public_key, a, bytes(digest), bytes(signature))
+
+    def export_key(self, ref: KeyRef | str) -> PrivateKey | bytes:
+        """Key material in clear; only for keys created with ``exportable=True``."""
+        with audited("export_key", self.scheme, ref, None) as ev:
+            info = self._resolve(ref, ev)
+            self._check_exportable(info)
+            return self._export_key(info)
+
+    def export_wrapped(self, ref: KeyRef | str, kek: rsa.RSAPublicKey) -> bytes:
+        """The key wrapped under ``kek`` with CKM_RSA_AES_KEY_WRAP, done inside the backend."""
+        with audited("export_wrapped", self.scheme, ref, "CKM_RSA_AES_KEY_WRAP") as ev:
+            info = self._resolve(ref, ev)
+            self._check_exportable(info)
+            if not isinstance(kek, rsa.RSAPublicKey):
+                raise UnsupportedAlgorithm("CKM_RSA_AES_KEY_WRAP needs an RSA public key as the KEK")
+            return self._export_wrapped(info, kek)
+
+    def close(self) -> None:
+        """Release what the backend holds. Idempotent."""
+        self._close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} scheme={self.scheme!r}>"
+
+    # ---- shared checks -------------------------------------------------------------------------
+
+    def _unsupported(self, what: str) -> UnsupportedAlgorithm:
+        return UnsupportedAlgorithm(f"the {self.scheme} provider does not support {what}")
+
+    def _check_name(self, name: str) -> None:
+        if not isinstance(name, str) or not name or name != name.strip():
+            raise InvalidArgument(f"invalid key name {name!r}: use a non-empty name without surrounding spaces")
+
+    def _check_exportable(self, info: KeyInfo) -> None:
+        if not info.exportable:
+            raise OperationNotPermitted(
+                f"key {info.ref} was not created exportable; create it with exportable=True to let it leave"
+            )
+
+    def _check_aad(self, a: AlgorithmSpec, aad: bytes | None) -> None:
+        if aad is not None and a.kty is not KeyType.OCT:
+            raise UnsupportedAlgorithm(f"{a.name} does not take additional authenticated data (aad)")
+
+    def _resolve(self, ref: KeyRef | str, ev: Any) -> KeyInfo:
+        r = self.ref(ref)
+        info = self._get_key(r.name, r.version)
+        ev.key = str(info.ref)
+        return info
+
+    def _usable(self, ref: KeyRef | str, op: KeyOp, alg: str, ev: Any) -> tuple[KeyInfo, AlgorithmSpec]:
+        """Resolve the key and refuse, before the backend is touched, anything not allowed."""
+        a = algorithm(alg)
+        if a.name not in self.algorithms:
+            raise UnsupportedAlgorithm(f"the {self.scheme} provider does not support {a.name}")
+        if op not in a.ops:
+            raise UnsupportedAlgorithm(f"{a.name} is not an algorithm for {op.value}")
+        info = self._resolve(ref, ev)
+        spec = info.spec
+        if a.kty is not spec.kty or (a.key_bits is not None and a.key_bits != spec.size):
+            needed = f"AES-{a.key_bits}" if a.key_bits else str(a.kty)
+            raise UnsupportedAlgorithm(f"{a.name} needs an {needed} key; {info.ref} is {spec}")
+        if a.name.startswith("ES") and ES_CURVES[a.name] != spec.curve:
+            raise UnsupportedAlgorithm(f"{a.name} needs a {ES_CURVES[a.name]} key; {info.ref} is {spec}")
+        if op not in info.ops:
+            allowed = ", ".join(sorted(o.value for o in info.ops)) or "none"
+            raise OperationNotPermitted(f"key {info.ref} does not allow {op.value} (allowed: {allowed})")
+        if not info.enabled:
+            raise KeyDisabled(f"key {info.ref} is disabled; enable it before use")
+        if not info.is_valid_at():
+            raise KeyExpired(f"key {info.ref} is outside its validity window (not before / expires)")
+        return info, a
+
+
+# ---- registry ----------------------------------------------------------------------------------
+
+ProviderFactory = Callable[..., KeyProvider]
+"""``factory(uri, **options) -> KeyProvider`` for one URI scheme."""
+
+_BUILTIN: dict[str, str] = {
+    "memory": "keybridge.providers.memory:from_uri",
+    "pkcs11": "keybridge.providers.pkcs11:from_uri",
+    "https": "keybridge.providers.azure:from_uri",
+}
+_registry: dict[str, ProviderFactory] = {}
+_registry_lock = threading.Lock()
+
+
+def register_provider(scheme: str, factory: ProviderFactory, *, replace: bool = False) -> None:
+    """Route key URIs of ``scheme`` to ``factory``. Third-party packages can instead declare an
+    entry point in the ``keybridge.providers`` group named after the scheme."""
+    scheme = scheme.lower()
+    with _registry_lock:
+        if scheme in _registry and not replace:
+            raise InvalidKeyUri(f"a provider for {scheme!r} is already registered; pass replace=True")
+        _registry[scheme] = factory
+
+
+def _factory(scheme: str) -> ProviderFactory:
+    with _registry_lock:
+        if scheme in _registry:
+            return _registry[scheme]
+    if scheme in _BUILTIN:
+        module, _, attr = _BUILTIN[scheme].partition(":")
+        factory: ProviderFactory = getattr(importlib.import_module(module), attr)
+        return factory
+    for ep in entry_points(group="keybridge.providers"):
+        if ep.name.lower() == scheme:
+            loaded: ProviderFactory = ep.load()
+            return loaded
+    known = sorted(set(_BUILTIN) | set(_registry))
+    raise InvalidKeyUri(f"no provider handles {scheme!r} URIs; known schemes: {', '.join(known)}")
+
+
+def _scheme(uri: str) -> str:
+    if not isinstance(uri, str) or ":" not in uri:
+        raise InvalidKeyUri(
+            f"{uri!r} is not a key URI; expected e.g. 'memory:NAME', 'pkcs11:token=T;object=NAME'"
+            " or 'https://VAULT.vault.azure.net/keys/NAME'"
+        )
+    return uri.split(":", 1)[0].lower()
+
+
+def open_provider(uri: str, **options: Any) -> KeyProvider:
+    """The provider for a key or provider URI (``memory:``, ``pkcs11:…``, ``https://…``)."""
+    return _factory(_scheme(uri))(uri, **options)
+
+
+def open_key(uri: str, **options: Any) -> KeyHandle:
+    """A :class:`KeyHandle` for a full key URI, opening its provider with ``options``."""
+    return open_provider(uri, **options).key(uri)

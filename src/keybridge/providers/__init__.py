@@ -1,0 +1,1 @@
+"""Backends: one package per place keys live; they never import each other."""
