@@ -1,0 +1,180 @@
+"""A data-key cache: fewer calls to the KEKs (HSM round trips, Azure requests) for many messages.
+
+:class:`DataKeyCache` wraps any materials source, as the ESDK caching CMM does:
+
+* **Encryption** materials are reused per (suite, encryption context) until the entry is
+  ``max_age`` seconds old, has served ``max_messages`` messages, or would exceed ``max_bytes`` of
+  plaintext. A request of unknown length (``plaintext_length=None``, a stream) is never served
+  from nor stored in the cache, since its byte count cannot be charged; neither is one longer than
+  ``max_bytes``.
+* **Decryption** materials are cached by (suite, context, EDKs) for ``max_age`` seconds.
+
+Trade-off to know: reusing a data key means several messages share one key (each still has its own
+message ID and hence its own derived key), and a cached key keeps working for up to ``max_age``
+after its KEK was disabled or deleted. Keep ``max_age`` short.
+
+Entries hold the key in a ``bytearray`` that is overwritten with zeros when the entry leaves the
+cache; copies already handed to callers are out of the cache's reach (Python gives no more).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ..errors import InvalidArgument
+from ._keyring import serialize_context
+from ._materials import EncryptedDataKey, EncryptionMaterials, MaterialsSource
+
+__all__ = ["DataKeyCache"]
+
+MAX_MESSAGES = 2**32
+MAX_BYTES = 2**63 - 1
+
+
+@dataclass
+class _Entry:
+    key: bytearray
+    edks: tuple[EncryptedDataKey, ...]
+    created: float
+    messages: int = 0
+    nbytes: int = 0
+
+    def wipe(self) -> None:
+        self.key[:] = bytes(len(self.key))
+
+
+class DataKeyCache:
+    """A materials source that caches another one's data keys within age, message and byte limits.
+
+    ``clock`` (seconds, monotonic) is injectable for tests; ``capacity`` bounds the number of
+    entries (least recently used leave first).
+    """
+
+    def __init__(
+        self,
+        source: MaterialsSource,
+        *,
+        max_age: float,
+        max_messages: int = MAX_MESSAGES,
+        max_bytes: int = MAX_BYTES,
+        capacity: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not max_age > 0:
+            raise InvalidArgument(f"max_age must be a positive number of seconds, got {max_age!r}")
+        if not 1 <= max_messages <= MAX_MESSAGES:
+            raise InvalidArgument(f"max_messages must be between 1 and 2**32, got {max_messages!r}")
+        if not 0 <= max_bytes <= MAX_BYTES:
+            raise InvalidArgument(f"max_bytes must be between 0 and 2**63 - 1, got {max_bytes!r}")
+        if capacity < 1:
+            raise InvalidArgument(f"capacity must be at least 1, got {capacity!r}")
+        self.source = source
+        self.max_age = float(max_age)
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.capacity = capacity
+        self._clock = clock
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"DataKeyCache({self.source!r}, max_age={self.max_age}, entries={len(self._entries)})"
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def clear(self) -> None:
+        """Forget (and wipe) every cached key."""
+        with self._lock:
+            for entry in self._entries.values():
+                entry.wipe()
+            self._entries.clear()
+
+    # ---- MaterialsSource -----------------------------------------------------------------------
+
+    def encryption_materials(
+        self, *, suite_id: int, context: Mapping[str, str], plaintext_length: int | None
+    ) -> EncryptionMaterials:
+        """Cached materials while within the limits; fresh ones (then cached) otherwise."""
+        if plaintext_length is None or plaintext_length > self.max_bytes:
+            return self.source.encryption_materials(
+                suite_id=suite_id, context=context, plaintext_length=plaintext_length
+            )
+        slot = ("enc", suite_id, serialize_context(context))
+        with self._lock:
+            entry = self._live(slot)
+            if entry is not None:
+                hit = EncryptionMaterials(bytes(entry.key), entry.edks)  # copy: charging may wipe it
+                if self._charge(slot, entry, plaintext_length):
+                    return hit
+        fresh = self.source.encryption_materials(suite_id=suite_id, context=context, plaintext_length=plaintext_length)
+        with self._lock:
+            entry = _Entry(bytearray(fresh.data_key), fresh.edks, self._clock())
+            self._store(slot, entry)
+            self._charge(slot, entry, plaintext_length)
+        return fresh
+
+    def decryption_materials(
+        self, *, suite_id: int, context: Mapping[str, str], edks: Sequence[EncryptedDataKey]
+    ) -> bytes:
+        """The cached data key for exactly these EDKs and context, else the source's (then cached)."""
+        slot = ("dec", suite_id, serialize_context(context), tuple(edks))
+        with self._lock:
+            entry = self._live(slot)
+            if entry is not None:
+                return bytes(entry.key)
+        data_key = self.source.decryption_materials(suite_id=suite_id, context=context, edks=edks)
+        with self._lock:
+            self._store(slot, _Entry(bytearray(data_key), (), self._clock()))
+        return data_key
+
+    def wrap_existing(
+        self, data_key: bytes, *, suite_id: int, context: Mapping[str, str]
+    ) -> tuple[EncryptedDataKey, ...]:
+        """Passed straight to the wrapped source (never cached)."""
+        wrap = getattr(self.source, "wrap_existing", None)
+        if wrap is None:
+            raise InvalidArgument(f"{self.source!r} cannot wrap an existing data key (it has no wrap_existing)")
+        edks: tuple[EncryptedDataKey, ...] = wrap(data_key, suite_id=suite_id, context=context)
+        return edks
+
+    # ---- internals (caller holds the lock) -----------------------------------------------------
+
+    def _live(self, slot: Hashable) -> _Entry | None:
+        entry = self._entries.get(slot)
+        if entry is None:
+            return None
+        if self._clock() - entry.created >= self.max_age:
+            self._evict(slot)
+            return None
+        self._entries.move_to_end(slot)
+        return entry
+
+    def _charge(self, slot: Hashable, entry: _Entry, nbytes: int) -> bool:
+        """Count one more message of ``nbytes`` against the entry if the limits allow it; an entry
+        that can serve no further message leaves the cache."""
+        if entry.messages + 1 > self.max_messages or entry.nbytes + nbytes > self.max_bytes:
+            self._evict(slot)
+            return False
+        entry.messages += 1
+        entry.nbytes += nbytes
+        if entry.messages >= self.max_messages or entry.nbytes >= self.max_bytes:
+            self._evict(slot)
+        return True
+
+    def _store(self, slot: Hashable, entry: _Entry) -> None:
+        self._evict(slot)
+        self._entries[slot] = entry
+        while len(self._entries) > self.capacity:
+            _, oldest = self._entries.popitem(last=False)
+            oldest.wipe()
+
+    def _evict(self, slot: Hashable) -> None:
+        entry = self._entries.pop(slot, None)
+        if entry is not None:
+            entry.wipe()

@@ -1,0 +1,280 @@
+"""One key-encryption key (KEK) in any provider, as a materials source: the ESDK raw keyrings.
+
+A :class:`Keyring` wraps data keys with one :class:`~keybridge.provider.KeyHandle`, through the
+handle only, so the KEK may live in software, a PKCS#11 token or Azure. The EDKs it writes use the
+AWS Encryption SDK raw-keyring layouts, so an ESDK raw keyring configured with the same key
+namespace (ESDK ``provider_id``) and key name (ESDK ``key_id``) reads them, and the other way round:
+
+* **AES KEK, AES-GCM** (ESDK raw AES keyring): the provider encrypts the data key with ``A<bits>GCM``
+  and the serialized encryption context as AAD. ``provider_id`` = namespace, ``provider_info`` =
+  name || u32 tag bits (128) || u32 IV length (12) || IV, ``ciphertext`` = ciphertext || tag.
+* **AES KEK, key wrap** (keybridge only, for backends without AES-GCM): RFC 5649
+  (``CKM_AES_KEY_WRAP_PAD``) or RFC 3394 (``A<bits>KW``). ``provider_info`` = name || u32 0 ||
+  u32 length of the algorithm name || algorithm name (ASCII); the zero tag length keeps ESDK
+  readers from mistaking it for their layout. Key wrap takes no AAD, so such an EDK does not bind
+  the encryption context itself; the message still does, through the header tag under the
+  committed data key, which an attacker without the data key cannot recompute.
+* **RSA KEK** (ESDK raw RSA keyring): RSA-OAEP with SHA-256 (``RSA-OAEP-256``, the default where
+  the provider has it) or SHA-1 (``RSA-OAEP``). ``provider_info`` = name, ``ciphertext`` = the OAEP
+  ciphertext. As in the ESDK, the RSA EDK does not bind the encryption context.
+
+Defaults: namespace ``"keybridge"``; name = the key's URI *without* a version
+(``str(provider.ref(handle.ref.name))``, e.g. ``memory:kek`` or
+``https://v.vault.azure.net/keys/kek``), so a handle pinned to an older version after a rotation
+still recognises the EDKs written under it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ..errors import IntegrityError, InvalidArgument, KeybridgeError, KeyNotFound, UnsupportedAlgorithm
+from ..keys import KeyOp, KeyType
+from ..provider import KeyHandle
+from ._materials import EncryptedDataKey, EncryptionMaterials
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "DataKeyUnavailable",
+    "Keyring",
+    "NoMatchingEdk",
+    "data_key_length",
+    "serialize_context",
+]
+
+DEFAULT_NAMESPACE = "keybridge"
+_GCM_TAG_BITS = 128
+_GCM_IV = 12
+_KEY_WRAP = frozenset({"A128KW", "A192KW", "A256KW", "CKM_AES_KEY_WRAP", "CKM_AES_KEY_WRAP_PAD"})
+_RSA_WRAP = frozenset({"RSA-OAEP", "RSA-OAEP-256"})
+# Data-key length per ESDK message-format-v2 suite (both are AES-256-GCM, HKDF-SHA512, committing).
+_SUITE_KEY_LENGTH = {0x0478: 32, 0x0578: 32}
+
+
+class DataKeyUnavailable(IntegrityError, KeyNotFound):
+    """No key given for decryption could recover the data key.
+
+    Wrong keys and damaged EDKs look the same from here, so this is both a :class:`KeyNotFound`
+    and an :class:`IntegrityError`. ``failures`` holds ``(key reference, error)`` for every key
+    that was tried (or had no EDK); the message lists them without any secret.
+    """
+
+    def __init__(self, summary: str, failures: Sequence[tuple[str, KeybridgeError]]) -> None:
+        self.failures = tuple(failures)
+        lines = "".join(f"\n  - {who}: {type(err).__name__}: {err}" for who, err in self.failures)
+        super().__init__(summary + lines)
+
+
+class NoMatchingEdk(KeyNotFound):
+    """The message has no EDK for this key (by namespace, name and layout); nothing was tried."""
+
+
+def data_key_length(suite_id: int) -> int:
+    """The data-key length (bytes) of an ESDK message-format-v2 suite."""
+    try:
+        return _SUITE_KEY_LENGTH[suite_id]
+    except KeyError:
+        known = ", ".join(f"0x{s:04X}" for s in _SUITE_KEY_LENGTH)
+        raise UnsupportedAlgorithm(f"algorithm suite 0x{suite_id:04X} is not supported; use {known}") from None
+
+
+def serialize_context(context: Mapping[str, str]) -> bytes:
+    """The ESDK encryption-context serialization: u16 count, then u16-length key/value pairs sorted
+    by the UTF-8 key bytes; an empty context serializes to no bytes at all."""
+    if not context:
+        return b""
+    items = sorted((str(k).encode("utf-8"), str(v).encode("utf-8")) for k, v in context.items())
+    if len(items) > 0xFFFF:
+        raise InvalidArgument(f"encryption context has {len(items)} entries; the format allows 65535")
+    out = bytearray(struct.pack(">H", len(items)))
+    for key, value in items:
+        if len(key) > 0xFFFF or len(value) > 0xFFFF:
+            raise InvalidArgument("an encryption-context key or value is longer than 65535 bytes (UTF-8)")
+        out += struct.pack(">H", len(key)) + key + struct.pack(">H", len(value)) + value
+    return bytes(out)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How this keyring talks to its KEK, decided once from the key's metadata."""
+
+    kty: KeyType
+    bits: int
+    wrapping: str  # algorithm for new EDKs
+    ops: frozenset[KeyOp]
+    rsa_unwrap: tuple[str, ...]  # OAEP variants to try: the EDK does not say which hash it used
+
+
+class Keyring:
+    """One KEK behind a :class:`KeyHandle`, writing and reading ESDK raw-keyring EDKs.
+
+    ``namespace`` and ``name`` are what the EDK records (ESDK ``provider_id`` and key name);
+    ``wrapping`` picks the algorithm for new EDKs (``A256GCM``, ``CKM_AES_KEY_WRAP_PAD``,
+    ``A256KW``, ``RSA-OAEP-256``, ``RSA-OAEP``); by default AES-GCM for AES keys where the provider
+    has it, else key wrap, and RSA-OAEP-256 for RSA keys, else RSA-OAEP. Decryption reads every
+    layout above regardless of ``wrapping``.
+    """
+
+    def __init__(
+        self,
+        handle: KeyHandle,
+        *,
+        namespace: str | None = None,
+        name: str | None = None,
+        wrapping: str | None = None,
+    ) -> None:
+        if not isinstance(handle, KeyHandle):
+            raise InvalidArgument(f"Keyring needs a KeyHandle (provider.key(NAME)), got {type(handle).__name__}")
+        self.handle = handle
+        self.namespace = DEFAULT_NAMESPACE if namespace is None else namespace
+        self.name = str(handle.provider.ref(handle.ref.name)) if name is None else name
+        if not self.namespace or not self.name:
+            raise InvalidArgument("a keyring's namespace and name must be non-empty")
+        if self.namespace.startswith("aws-kms"):
+            raise InvalidArgument("the key namespace 'aws-kms' is reserved by the AWS Encryption SDK")
+        self._pid = self.namespace.encode("utf-8")
+        self._name = self.name.encode("utf-8")
+        if len(self._pid) > 0xFFFF or len(self._name) > 0xFFFF - 64:
+            raise InvalidArgument("the keyring's namespace or name is too long for an EDK")
+        self._wrapping = wrapping
+        self._plan: _Plan | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Keyring({self.handle.ref}, namespace={self.namespace!r}, name={self.name!r})"
+
+    # ---- MaterialsSource -----------------------------------------------------------------------
+
+    def encryption_materials(
+        self, *, suite_id: int, context: Mapping[str, str], plaintext_length: int | None
+    ) -> EncryptionMaterials:
+        """A fresh random data key, wrapped under this KEK."""
+        data_key = os.urandom(data_key_length(suite_id))
+        return EncryptionMaterials(data_key, self.wrap_existing(data_key, suite_id=suite_id, context=context))
+
+    def wrap_existing(
+        self, data_key: bytes, *, suite_id: int, context: Mapping[str, str]
+    ) -> tuple[EncryptedDataKey, ...]:
+        """Wrap a given data key under this KEK (used by rewrap and by k-of-n shares)."""
+        if len(data_key) != data_key_length(suite_id):
+            raise InvalidArgument(f"data key is {len(data_key)} bytes; suite 0x{suite_id:04X} needs 32")
+        plan = self._resolve()
+        h = self.handle
+        if plan.kty is KeyType.RSA:
+            use_wrap = KeyOp.WRAP_KEY in plan.ops or KeyOp.ENCRYPT not in plan.ops
+            ct = h.wrap_key(plan.wrapping, data_key) if use_wrap else h.encrypt(plan.wrapping, data_key)
+            return (EncryptedDataKey(self._pid, self._name, ct),)
+        if plan.wrapping in _KEY_WRAP:
+            alg = plan.wrapping.encode("ascii")
+            info = self._name + struct.pack(">II", 0, len(alg)) + alg
+            return (EncryptedDataKey(self._pid, info, h.wrap_key(plan.wrapping, data_key)),)
+        out = h.encrypt(plan.wrapping, data_key, aad=serialize_context(context) or None)
+        if len(out) != _GCM_IV + len(data_key) + _GCM_TAG_BITS // 8:
+            raise IntegrityError(f"{h.ref} returned {len(out)} bytes from {plan.wrapping}; expected IV||ct||tag")
+        info = self._name + struct.pack(">II", _GCM_TAG_BITS, _GCM_IV) + out[:_GCM_IV]
+        return (EncryptedDataKey(self._pid, info, out[_GCM_IV:]),)
+
+    def decryption_materials(
+        self, *, suite_id: int, context: Mapping[str, str], edks: Sequence[EncryptedDataKey]
+    ) -> bytes:
+        """Unwrap the first EDK of this KEK that works; raise :class:`DataKeyUnavailable` if none."""
+        length = data_key_length(suite_id)
+        who = str(self.handle.ref)
+        failures: list[tuple[str, KeybridgeError]] = []
+        for edk in edks:
+            call = self._match(edk) if edk.provider_id == self._pid else None
+            if call is None:
+                continue
+            try:
+                key = call(context)
+            except KeybridgeError as exc:
+                failures.append((who, exc))
+                continue
+            if len(key) == length:
+                return key
+            failures.append((who, IntegrityError(f"unwrapped data key is {len(key)} bytes, expected {length}")))
+        if not failures:
+            failures.append((who, NoMatchingEdk(f"no EDK for namespace {self.namespace!r}, name {self.name!r}")))
+        raise DataKeyUnavailable(f"{who} could not recover the data key", failures)
+
+    # ---- internals -----------------------------------------------------------------------------
+
+    def _resolve(self) -> _Plan:
+        with self._lock:
+            if self._plan is None:
+                info = self.handle.info()
+                spec = info.spec
+                wrapping = self._choose(spec.kty, spec.size, info.ops)
+                # Without an explicit choice, read both OAEP hashes the provider offers (ours first).
+                offered = self.handle.provider.algorithms
+                rsa_auto = spec.kty is KeyType.RSA and not self._wrapping
+                others = tuple(sorted(_RSA_WRAP & offered - {wrapping})) if rsa_auto else ()
+                self._plan = _Plan(spec.kty, spec.size, wrapping, info.ops, (wrapping, *others))
+            return self._plan
+
+    def _choose(self, kty: KeyType, bits: int, ops: frozenset[KeyOp]) -> str:
+        offered = self.handle.provider.algorithms
+        if kty is KeyType.RSA:
+            allowed = _RSA_WRAP
+            default = "RSA-OAEP-256" if "RSA-OAEP-256" in offered else "RSA-OAEP"
+        elif kty is KeyType.OCT:
+            gcm = f"A{bits}GCM"
+            allowed = _KEY_WRAP | {gcm}
+            if gcm in offered and KeyOp.ENCRYPT in ops:
+                default = gcm
+            else:
+                default = "CKM_AES_KEY_WRAP_PAD" if "CKM_AES_KEY_WRAP_PAD" in offered else f"A{bits}KW"
+        else:
+            raise UnsupportedAlgorithm(f"{self.handle.ref} is an {kty} key; a keyring needs an AES or RSA key")
+        wrapping = self._wrapping or default
+        if wrapping not in allowed:
+            raise UnsupportedAlgorithm(
+                f"{wrapping!r} cannot wrap data keys with {self.handle.ref}; use one of {', '.join(sorted(allowed))}"
+            )
+        return wrapping
+
+    def _match(self, edk: EncryptedDataKey) -> Callable[[Mapping[str, str]], bytes] | None:
+        """A callable ``context -> data key`` if ``edk`` is this keyring's (by namespace, name and
+        layout), else None. The KEK type is looked up only once an EDK's name matches."""
+        info, n = edk.provider_info, len(self._name)
+        if info == self._name:
+            return lambda _ctx: self._rsa_unwrap(edk.ciphertext)
+        if len(info) < n + 8 or info[:n] != self._name:
+            return None
+        tag_bits, field_len = struct.unpack(">II", info[n : n + 8])
+        rest = info[n + 8 :]
+        if tag_bits == _GCM_TAG_BITS and field_len == _GCM_IV and len(rest) == _GCM_IV:
+            return lambda ctx: self._gcm_unwrap(rest + edk.ciphertext, ctx)
+        if tag_bits == 0 and field_len == len(rest) and rest.decode("ascii", "replace") in _KEY_WRAP:
+            return lambda _ctx: self._kw_unwrap(rest.decode("ascii"), edk.ciphertext)
+        return None
+
+    def _rsa_unwrap(self, ct: bytes) -> bytes:
+        plan = self._resolve()
+        if plan.kty is not KeyType.RSA:
+            raise IntegrityError(f"EDK has the RSA layout but {self.handle.ref} is not an RSA key")
+        use_unwrap = KeyOp.UNWRAP_KEY in plan.ops or KeyOp.DECRYPT not in plan.ops
+        last: IntegrityError | None = None
+        for alg in plan.rsa_unwrap:
+            try:
+                return self.handle.unwrap_key(alg, ct) if use_unwrap else self.handle.decrypt(alg, ct)
+            except IntegrityError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    def _gcm_unwrap(self, iv_ct_tag: bytes, context: Mapping[str, str]) -> bytes:
+        plan = self._resolve()
+        if plan.kty is not KeyType.OCT:
+            raise IntegrityError(f"EDK has the AES-GCM layout but {self.handle.ref} is not an AES key")
+        alg = f"A{plan.bits}GCM"
+        return self.handle.decrypt(alg, iv_ct_tag, aad=serialize_context(context) or None)
+
+    def _kw_unwrap(self, alg: str, wrapped: bytes) -> bytes:
+        if self._resolve().kty is not KeyType.OCT:
+            raise IntegrityError(f"EDK has the AES key-wrap layout but {self.handle.ref} is not an AES key")
+        return self.handle.unwrap_key(alg, wrapped)
