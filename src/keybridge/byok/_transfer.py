@@ -1,0 +1,254 @@
+"""transfer(): move a key from one provider into another (Azure) with BYOK, and prove it arrived.
+
+The proof uses each side's private key and the other side's public key, in both directions, so
+a transfer that silently imported a different key, or a key the target cannot use, fails loudly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import secrets
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import serialization
+
+from .. import _crypto
+from .._byok import ByokPackage
+from ..errors import IntegrityError, InvalidArgument, InvalidKeySpec, KeybridgeError
+from ..keys import ES_CURVES, RSA_SIZES, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType, PublicKey, algorithm
+from ..provider import KeyProvider
+from ._export import export, import_package
+from ._wrap import check_kek_id
+
+__all__ = ["Proof", "TransferResult", "transfer"]
+
+
+@dataclass(frozen=True)
+class Proof:
+    """How :func:`transfer` showed that source and target hold the same key. Every check listed
+    passed (a failed one raises :class:`~keybridge.IntegrityError` instead)."""
+
+    method: str  # "signature", "decryption", "encryption", "key-wrap" or "public-key"
+    algorithm: str | None
+    checks: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return "; ".join(self.checks)
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """What :func:`transfer` did: the key in the source and in the target, the package that
+    carried it, the KEK used (deleted afterwards if transfer created it and ``keep_kek`` was
+    false), and the proof."""
+
+    source_ref: KeyRef
+    target_ref: KeyRef
+    package: ByokPackage
+    kek_ref: KeyRef
+    proof: Proof
+
+
+def transfer(
+    source: KeyProvider,
+    target: KeyProvider,
+    name: str,
+    spec: KeySpec,
+    ops: Collection[KeyOp | str] | None = None,
+    *,
+    kek: KeyRef | str | None = None,
+    keep_kek: bool = False,
+    target_name: str | None = None,
+    kek_size: int = 4096,
+    tags: Mapping[str, str] | None = None,
+) -> TransferResult:
+    """Generate ``name`` in ``source``, move it into ``target`` with BYOK, and prove it arrived.
+
+    Steps: use the KEK ``kek`` in the target, or create one (RSA ``kek_size``, ops exactly
+    ``import``); generate the key in the source, exportable only wrapped; have the source wrap
+    it under the KEK; import the package into the target as ``target_name`` (default ``name``);
+    prove both sides hold the same key (RSA/EC: sign on each side, verify with the other side's
+    public key, and compare public keys; AES: encrypt or wrap on each side, decrypt or unwrap on
+    the other). A KEK created here is deleted at the end unless ``keep_kek``.
+
+    Errors are typed: a refused import raises :class:`~keybridge.InvalidPackage`, a failed proof
+    :class:`~keybridge.IntegrityError`; provider errors pass through unchanged.
+    """
+    key_ops = spec.check_ops(ops)
+    if KeyOp.IMPORT in key_ops:
+        raise InvalidKeySpec("a transferred key cannot be a key-exchange key: leave 'import' out of ops")
+    prove = _proof_plan(source, target, spec, key_ops)  # refuse an unprovable transfer before any work
+    dest = target_name or name
+    kek_info, created = _kek(target, dest, kek, kek_size)
+    try:
+        src = source.create_key(name, spec, ops=key_ops, exportable=True, tags=tags)
+        assert kek_info.public_key is not None
+        pkg = export(source, src.ref, kek_info.public_key, _kek_id(kek_info.ref))  # type: ignore[arg-type]
+        tgt = import_package(target, dest, pkg, spec, ops=key_ops, tags=tags)
+        proof = prove(source, src, target, tgt)
+    except BaseException:
+        if created and not keep_kek:
+            _delete_quietly(target, kek_info.ref)
+        raise
+    if created and not keep_kek:
+        target.delete_key(kek_info.ref.name)
+    return TransferResult(src.ref, tgt.ref, pkg, kek_info.ref, proof)
+
+
+def _kek_id(ref: KeyRef) -> str:
+    """The KEK's Key Vault key id. A target that is not Key Vault (the in-memory provider) has
+    none, so its KEK is named by a placeholder host under the reserved ``.invalid`` domain; such
+    providers resolve a package's KEK by the ``/keys/NAME/VERSION`` path alone."""
+    try:
+        return check_kek_id(str(ref))
+    except InvalidArgument:
+        return f"https://{ref.provider}.invalid/keys/{ref.name}/{ref.version}"
+
+
+def _delete_quietly(target: KeyProvider, ref: KeyRef) -> None:
+    # Cleanup after a failure must not hide the failure itself.
+    with contextlib.suppress(KeybridgeError):
+        target.delete_key(ref.name)
+
+
+def _kek(target: KeyProvider, name: str, kek: KeyRef | str | None, size: int) -> tuple[KeyInfo, bool]:
+    if kek is None:
+        if size not in RSA_SIZES:
+            raise InvalidKeySpec(f"KEK size {size} is not allowed; Azure BYOK takes RSA {RSA_SIZES}")
+        info = target.create_key(f"{name}-kek-{secrets.token_hex(4)}", KeySpec.rsa(size), ops=[KeyOp.IMPORT])
+        return info, True
+    info = target.get_key(kek)
+    if info.spec.kty is not KeyType.RSA or info.ops != {KeyOp.IMPORT}:
+        raise InvalidArgument(f"{info.ref} cannot be a KEK: it must be an RSA key whose only operation is 'import'")
+    return info, False
+
+
+Prover = Callable[[KeyProvider, KeyInfo, KeyProvider, KeyInfo], Proof]
+
+
+def _common(source: KeyProvider, target: KeyProvider, *names: str) -> str | None:
+    return next((n for n in names if n in source.algorithms and n in target.algorithms), None)
+
+
+def _proof_plan(source: KeyProvider, target: KeyProvider, spec: KeySpec, ops: frozenset[KeyOp]) -> Prover:
+    """Pick the strongest proof the key's operations and both providers allow."""
+    if spec.kty is KeyType.OCT:
+        gcm = _common(source, target, f"A{spec.size}GCM")
+        if gcm and {KeyOp.ENCRYPT, KeyOp.DECRYPT} <= ops:
+            return _symmetric("encryption", gcm)
+        kw = _common(source, target, f"A{spec.size}KW", "CKM_AES_KEY_WRAP", "CKM_AES_KEY_WRAP_PAD")
+        if kw and {KeyOp.WRAP_KEY, KeyOp.UNWRAP_KEY} <= ops:
+            return _symmetric("key-wrap", kw)
+        raise InvalidArgument(
+            f"an {spec} transfer cannot be proven with ops {sorted(o.value for o in ops)}: give the key"
+            " encrypt+decrypt (AES-GCM) or wrapKey+unwrapKey on providers that both support them"
+        )
+    if spec.kty is KeyType.EC:
+        es = next(a for a, curve in ES_CURVES.items() if curve == spec.curve)
+        sig = _common(source, target, es)
+    else:
+        sig = _common(source, target, "PS256", "RS256")
+    if sig and KeyOp.SIGN in ops:
+        return _signature(sig)
+    if spec.kty is KeyType.RSA and _common(source, target, "RSA-OAEP") and ops & {KeyOp.DECRYPT, KeyOp.UNWRAP_KEY}:
+        return _rsa_decryption(KeyOp.DECRYPT if KeyOp.DECRYPT in ops else KeyOp.UNWRAP_KEY)
+    return _public_only
+
+
+def _same_public_key(s: KeyInfo, t: KeyInfo) -> tuple[PublicKey, PublicKey]:
+    if s.public_key is None or t.public_key is None:
+        raise IntegrityError(f"proof failed: {s.ref} or {t.ref} has no public key")
+
+    def spki(k: PublicKey) -> bytes:
+        return k.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    if not hmac.compare_digest(spki(s.public_key), spki(t.public_key)):
+        raise IntegrityError(f"proof failed: {t.ref} has a different public key than {s.ref}")
+    return s.public_key, t.public_key
+
+
+def _public_only(source: KeyProvider, s: KeyInfo, target: KeyProvider, t: KeyInfo) -> Proof:
+    _same_public_key(s, t)
+    return Proof("public-key", None, ("public keys are equal (the key's ops allow no private-key check)",))
+
+
+def _signature(alg: str) -> Prover:
+    a = algorithm(alg)
+
+    def prove(source: KeyProvider, s: KeyInfo, target: KeyProvider, t: KeyInfo) -> Proof:
+        s_pub, t_pub = _same_public_key(s, t)
+        for signer, info, other_pub, where in ((target, t, s_pub, "target"), (source, s, t_pub, "source")):
+            digest = os.urandom(a.digest_size())
+            if not _crypto.verify(other_pub, a, digest, signer.sign(info.ref, alg, digest)):
+                other = "source" if where == "target" else "target"
+                raise IntegrityError(
+                    f"proof failed: a {alg} signature made in the {where} does not verify with the {other}'s public key"
+                )
+        return Proof(
+            "signature",
+            alg,
+            (
+                "public keys are equal",
+                f"{alg} signature made in the target verifies with the source public key",
+                f"{alg} signature made in the source verifies with the target public key",
+            ),
+        )
+
+    return prove
+
+
+def _rsa_decryption(op: KeyOp) -> Prover:
+    a = algorithm("RSA-OAEP")
+
+    def prove(source: KeyProvider, s: KeyInfo, target: KeyProvider, t: KeyInfo) -> Proof:
+        s_pub, t_pub = _same_public_key(s, t)
+        for opener, info, other_pub, where in ((target, t, s_pub, "target"), (source, s, t_pub, "source")):
+            secret = os.urandom(32)
+            sealed = _crypto.public_encrypt(other_pub, a, secret)  # type: ignore[arg-type]
+            fn = opener.decrypt if op is KeyOp.DECRYPT else opener.unwrap_key
+            _check_opens(where, secret, fn, info.ref, a.name, sealed)
+        return Proof(
+            "decryption",
+            a.name,
+            (
+                "public keys are equal",
+                f"the target opens {a.name} ciphertext made with the source public key",
+                f"the source opens {a.name} ciphertext made with the target public key",
+            ),
+        )
+
+    return prove
+
+
+def _symmetric(method: str, alg: str) -> Prover:
+    def prove(source: KeyProvider, s: KeyInfo, target: KeyProvider, t: KeyInfo) -> Proof:
+        for sealer, si, opener, oi, where in ((source, s, target, t, "target"), (target, t, source, s, "source")):
+            secret = os.urandom(32)
+            if method == "encryption":
+                _check_opens(where, secret, opener.decrypt, oi.ref, alg, sealer.encrypt(si.ref, alg, secret))
+            else:
+                _check_opens(where, secret, opener.unwrap_key, oi.ref, alg, sealer.wrap_key(si.ref, alg, secret))
+        verb = "decrypts" if method == "encryption" else "unwraps"
+        return Proof(
+            method,
+            alg,
+            (
+                f"the target {verb} {alg} output of the source",
+                f"the source {verb} {alg} output of the target",
+            ),
+        )
+
+    return prove
+
+
+def _check_opens(where: str, expected: bytes, open_: Callable[[KeyRef, str, bytes], bytes], *args: object) -> None:
+    """``open_(*args)`` must give back ``expected``: the other side sealed it with the same key."""
+    try:
+        got = open_(*args)  # type: ignore[arg-type]
+    except IntegrityError as exc:
+        raise IntegrityError(f"proof failed: the {where} could not open what the other side sealed") from exc
+    if not hmac.compare_digest(got, expected):
+        raise IntegrityError(f"proof failed: the {where} opened different bytes than the other side sealed")

@@ -1,0 +1,188 @@
+"""CKM_RSA_AES_KEY_WRAP in software: build a .byok package from a key in hand, and open one.
+
+The wire format itself (:class:`~keybridge._byok.ByokPackage`) and the two-step wrap
+(:func:`~keybridge._crypto.rsa_aes_key_wrap`) live below the provider layer because backends speak
+them too; this module adds what a *user* of BYOK needs on top: key encoding per the Azure
+specification, KEK checks, and tolerant decoding of what real HSMs emit.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from cryptography.exceptions import UnsupportedAlgorithm as _CryptoUnsupported
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from .. import __version__
+from .._byok import ByokPackage
+from .._crypto import rsa_aes_key_unwrap, rsa_aes_key_wrap
+from ..errors import InvalidArgument, InvalidKeySpec, InvalidPackage
+from ..keys import RSA_SIZES, KeySpec, KeyType, PrivateKey
+
+__all__ = ["check_kek_id", "implied_specs", "load_kek_public_key", "load_unwrapped", "unwrap", "wrap_for_azure"]
+
+DEFAULT_GENERATOR = f"keybridge {__version__}"
+# Raw AES keys are the only plaintexts this short: the smallest PKCS#8 EC key (P-256) is 67 bytes.
+_AES_LENGTHS = frozenset({16, 24, 32})
+# Plaintext lengths (min, max) of targets whose size shows through the ciphertext length. RSA PKCS#8
+# varies by a few bytes with leading zeros; EC PKCS#8 lengths of different curves overlap (optional
+# parameters and public key), so EC is left out.
+_TARGET_LENGTHS = (
+    (KeySpec.aes(128), 16, 16),
+    (KeySpec.aes(192), 24, 24),
+    (KeySpec.aes(256), 32, 32),
+    (KeySpec.rsa(2048), 1200, 1232),
+    (KeySpec.rsa(3072), 1776, 1808),
+    (KeySpec.rsa(4096), 2360, 2392),
+)
+# RFC 5649 pads to 8 bytes, so a buggy wrapper (SoftHSM 2.6.1) can add at most 7 zero bytes.
+_MAX_ZERO_PAD = 7
+
+
+def load_kek_public_key(kek: rsa.RSAPublicKey | bytes | str) -> rsa.RSAPublicKey:
+    """The key-exchange key as an RSA public key: a ``cryptography`` object, or PEM / DER
+    (SubjectPublicKeyInfo, as ``az keyvault key download`` writes it). It must be RSA 2048, 3072
+    or 4096 bits, the sizes Azure allows for a KEK."""
+    if isinstance(kek, str):
+        kek = kek.encode("ascii", "replace")
+    if isinstance(kek, (bytes, bytearray)):
+        data = bytes(kek)
+        try:
+            loaded = (
+                serialization.load_pem_public_key(data)
+                if data.lstrip().startswith(b"-----")
+                else serialization.load_der_public_key(data)
+            )
+        except (ValueError, TypeError, _CryptoUnsupported) as exc:
+            raise InvalidArgument(
+                "the KEK is not a readable public key; pass the PEM that `az keyvault key download` writes"
+            ) from exc
+        kek = loaded  # type: ignore[assignment]
+    if not isinstance(kek, rsa.RSAPublicKey):
+        raise InvalidKeySpec(f"the KEK must be an RSA public key, got {type(kek).__name__}")
+    if kek.key_size not in RSA_SIZES:
+        raise InvalidKeySpec(f"the KEK is RSA-{kek.key_size}; Azure BYOK needs an RSA KEK of {RSA_SIZES} bits")
+    return kek
+
+
+def check_kek_id(kek_id: str) -> str:
+    """Refuse a KEK id that Azure could not resolve: it must be the full key id with version."""
+    parts = urlsplit(kek_id) if isinstance(kek_id, str) else None
+    segments = parts.path.strip("/").split("/") if parts else []
+    if parts is None or parts.scheme != "https" or len(segments) != 3 or segments[0] != "keys" or not all(segments):
+        raise InvalidArgument(
+            f"KEK id {kek_id!r} is not a full key id; expected https://NAME.managedhsm.azure.net/keys/KEK/VERSION"
+            " (`az keyvault key show ... --query key.kid`)"
+        )
+    return kek_id
+
+
+def encode_target(key: PrivateKey | bytes) -> bytes:
+    """The plaintext Azure expects: PKCS#8 DER for RSA and EC, the raw bytes for AES."""
+    spec = KeySpec.of(key)  # also refuses sizes and curves Azure does not take
+    if spec.kty is KeyType.OCT:
+        return bytes(key)  # type: ignore[arg-type]
+    assert isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey))
+    der = serialization.Encoding.DER
+    return key.private_bytes(der, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def make_package(kek_id: str, ciphertext: bytes, generator: str | None) -> ByokPackage:
+    """A package for ``kek_id``, checked to parse back exactly as written."""
+    pkg = ByokPackage(kid=check_kek_id(kek_id), ciphertext=ciphertext, generator=generator or DEFAULT_GENERATOR)
+    return ByokPackage.from_json(pkg.to_json())
+
+
+def wrap_for_azure(
+    key: PrivateKey | bytes,
+    kek_public_key: rsa.RSAPublicKey | bytes | str,
+    kek_id: str,
+    *,
+    generator: str | None = None,
+) -> ByokPackage:
+    """Wrap a key you hold in software for import into Azure (CKM_RSA_AES_KEY_WRAP, done here).
+
+    ``key`` is a ``cryptography`` RSA or EC private key or AES key bytes; ``kek_public_key`` the
+    target's key-exchange key (object or PEM); ``kek_id`` its full key id with version. Prefer
+    :func:`keybridge.byok.export` when the key lives in an HSM: then it never leaves in clear.
+    """
+    kek = load_kek_public_key(kek_public_key)
+    check_kek_id(kek_id)
+    return make_package(kek_id, rsa_aes_key_wrap(kek, encode_target(key)), generator)
+
+
+def unwrap(package: ByokPackage, kek_private_key: rsa.RSAPrivateKey) -> bytes:
+    """The key material inside ``package``: PKCS#8 DER (RSA, EC) or raw AES bytes.
+
+    Tolerates the SoftHSM 2.6.1 defect that zero-pads the DER to a multiple of 8 before RFC 5649
+    wrapping: the padding is removed, and anything but zeros after the DER is refused.
+    A wrong KEK or a damaged package raises :class:`~keybridge.IntegrityError`.
+    """
+    if not isinstance(kek_private_key, rsa.RSAPrivateKey):
+        raise InvalidArgument(f"the KEK private key must be an RSA private key, got {type(kek_private_key).__name__}")
+    k = kek_private_key.key_size // 8
+    if len(package.ciphertext) < k + 16:
+        raise InvalidPackage(
+            f"ciphertext is {len(package.ciphertext)} bytes; under an RSA-{kek_private_key.key_size} KEK it must"
+            f" hold {k} bytes of wrapped AES key plus a wrapped target key"
+        )
+    return strip_der_padding(rsa_aes_key_unwrap(kek_private_key, package.ciphertext))
+
+
+def _der_length(data: bytes) -> int | None:
+    """Length of the DER SEQUENCE that starts ``data`` (header included), or None."""
+    if len(data) < 2 or data[0] != 0x30:
+        return None
+    if data[1] < 0x80:
+        return 2 + data[1]
+    n = data[1] & 0x7F
+    if not 1 <= n <= 4 or len(data) < 2 + n:
+        return None
+    return 2 + n + int.from_bytes(data[2 : 2 + n], "big")
+
+
+def strip_der_padding(plaintext: bytes) -> bytes:
+    """Raw AES keys unchanged; a PKCS#8 DER key cut to its encoded length (see :func:`unwrap`)."""
+    if len(plaintext) in _AES_LENGTHS:
+        return plaintext
+    total = _der_length(plaintext)
+    if total is None or total > len(plaintext):
+        raise InvalidPackage("the unwrapped key is neither raw AES key bytes nor a PKCS#8 DER key")
+    pad = plaintext[total:]
+    if len(pad) > _MAX_ZERO_PAD or any(pad):
+        raise InvalidPackage("the unwrapped PKCS#8 key is followed by unexpected bytes; the package is damaged")
+    return plaintext[:total]
+
+
+def load_unwrapped(plaintext: bytes, spec: KeySpec) -> PrivateKey | bytes:
+    """Turn :func:`unwrap` output into a key of ``spec``: a ``cryptography`` private key, or AES
+    bytes. A package holding another kind of key raises :class:`~keybridge.InvalidPackage`."""
+    if spec.kty is KeyType.OCT:
+        if len(plaintext) != spec.size // 8:
+            raise InvalidPackage(f"the package does not hold an {spec} key ({len(plaintext)} bytes of key material)")
+        return bytes(plaintext)
+    if len(plaintext) in _AES_LENGTHS:
+        raise InvalidPackage(f"the package holds a raw AES key, not an {spec} key; import it as oct")
+    try:
+        key = serialization.load_der_private_key(strip_der_padding(plaintext), password=None)
+        found = KeySpec.of(key)  # type: ignore[arg-type]
+    except (ValueError, TypeError, _CryptoUnsupported, InvalidKeySpec) as exc:
+        raise InvalidPackage(f"the package does not hold a usable PKCS#8 key for {spec}") from exc
+    if found != spec:
+        raise InvalidPackage(f"the package holds an {found} key, not {spec}; import it with the matching key type")
+    return key  # type: ignore[return-value]
+
+
+def implied_specs(package: ByokPackage) -> list[tuple[int, KeySpec]]:
+    """(KEK modulus bits, target key spec) pairs that the ciphertext length fits, for packages of
+    RSA and AES keys (an EC key's curve does not show in the length). Needs no key: it only reads
+    sizes, so it is what ``keybridge byok inspect`` reports."""
+    found = []
+    for bits in RSA_SIZES:
+        wrapped = len(package.ciphertext) - bits // 8
+        if wrapped < 24 or wrapped % 8:
+            continue
+        low, high = wrapped - 15, wrapped - 8  # RFC 5649 output is ceil8(len) + 8 bytes
+        found += [(bits, spec) for spec, a, b in _TARGET_LENGTHS if a <= high and low <= b]
+    return found
