@@ -1,0 +1,170 @@
+"""The in-memory provider passes the provider conformance suite, and the suite fails providers that
+are broken in ways a self-consistent backend would not notice on its own."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from keybridge import InMemoryProvider, IntegrityError, KeyNotFound
+from keybridge.testing import ProviderConformance
+
+pytest_plugins = ["pytester"]
+
+
+class TestInMemoryProvider(ProviderConformance):
+    """Every capability on: the in-memory provider is the reference backend."""
+
+    @pytest.fixture(scope="class")
+    def provider(self) -> Iterator[InMemoryProvider]:
+        with InMemoryProvider() as provider:
+            yield provider
+
+
+# ---- mutants: each breaks one promise while staying consistent with itself ----------------------
+
+
+class DerEcdsaSignatures(InMemoryProvider):
+    """ES* signatures in DER instead of raw r||s (its own verify would need the same mistake)."""
+
+    def _sign(self, info: Any, alg: Any, digest: bytes) -> bytes:
+        key = self._material(info)
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            return key.sign(digest, ec.ECDSA(Prehashed(alg.hash)))
+        return super()._sign(info, alg, digest)
+
+
+class PssMaxSalt(InMemoryProvider):
+    """PS* with the longest salt instead of salt = digest length."""
+
+    def _sign(self, info: Any, alg: Any, digest: bytes) -> bytes:
+        key = self._material(info)
+        if alg.pss:
+            assert isinstance(key, rsa.RSAPrivateKey)
+            pss = padding.PSS(mgf=padding.MGF1(alg.hash), salt_length=padding.PSS.MAX_LENGTH)
+            return key.sign(digest, pss, Prehashed(alg.hash))
+        return super()._sign(info, alg, digest)
+
+
+class Oaep256WithMgf1Sha1(InMemoryProvider):
+    """RSA-OAEP-256 decryption with MGF1-SHA1 (JWA says MGF1-SHA256)."""
+
+    def _decrypt(self, info: Any, alg: Any, data: bytes, aad: bytes | None) -> bytes:
+        key = self._material(info)
+        if isinstance(key, rsa.RSAPrivateKey) and alg.name == "RSA-OAEP-256":
+            oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA256(), label=None)
+            try:
+                return key.decrypt(data, oaep)
+            except ValueError as exc:
+                raise IntegrityError("decryption failed") from exc
+        return super()._decrypt(info, alg, data, aad)
+
+
+class FixedGcmIv(InMemoryProvider):
+    """The same GCM IV every time."""
+
+    def _encrypt(self, info: Any, alg: Any, data: bytes, aad: bytes | None) -> bytes:
+        iv = bytes(12)
+        return iv + AESGCM(self._secret(info)).encrypt(iv, data, aad)
+
+
+class VerifyRaises(InMemoryProvider):
+    """verify() raises on a bad signature instead of returning False."""
+
+    def verify(self, ref: Any, alg: str, digest: bytes, signature: bytes) -> bool:
+        if not super().verify(ref, alg, digest, signature):
+            raise IntegrityError("bad signature")
+        return True
+
+
+class RotationReusesTheKey(InMemoryProvider):
+    """rotate_key() makes a new version holding the old key material."""
+
+    def _rotate_key(self, name: str) -> Any:
+        current = self._stored(name, None)
+        return self._add(name, current.info.spec, current.material, current.info.ops)
+
+
+class UnknownVersionMeansCurrent(InMemoryProvider):
+    """A version that does not exist silently resolves to the current one."""
+
+    def _stored(self, name: str, version: str | None) -> Any:
+        try:
+            return super()._stored(name, version)
+        except KeyNotFound:
+            return super()._stored(name, None)
+
+
+class IgnoresExpiry(InMemoryProvider):
+    """not_before / expires are dropped."""
+
+    def _get_key(self, name: str, version: str | None) -> Any:
+        return dataclasses.replace(super()._get_key(name, version), not_before=None, expires=None)
+
+
+class ExportsAnything(InMemoryProvider):
+    """Keys leave whether or not they were created exportable."""
+
+    def _check_exportable(self, info: Any) -> None:
+        pass
+
+
+class TwoAuditEventsPerSign(InMemoryProvider):
+    """sign() emits a get_key event besides its own."""
+
+    def sign(self, ref: Any, alg: str, digest: bytes) -> bytes:
+        self.get_key(ref)
+        return super().sign(ref, alg, digest)
+
+
+MUTANTS: dict[type[InMemoryProvider], str] = {
+    DerEcdsaSignatures: "test_signature_verifies_outside_with_the_public_key",
+    PssMaxSalt: "test_signature_verifies_outside_with_the_public_key",
+    Oaep256WithMgf1Sha1: "test_rsa_sealed_outside_opens_inside",
+    FixedGcmIv: "test_gcm_round_trip_and_layout",
+    VerifyRaises: "test_tampered_signature_or_other_digest_does_not_verify",
+    RotationReusesTheKey: "test_rotation_makes_a_new_version_and_old_ones_stay_usable",
+    UnknownVersionMeansCurrent: "test_unknown_version_raises_key_not_found",
+    IgnoresExpiry: "test_key_outside_its_validity_window_is_refused",
+    ExportsAnything: "test_non_exportable_key_cannot_leave",
+    TwoAuditEventsPerSign: "test_every_operation_emits_exactly_one_audit_event",
+}
+
+_SUITE_ON_MUTANT = """
+import pytest
+from keybridge.testing import ProviderConformance
+
+class TestMutant(ProviderConformance):
+    @pytest.fixture(scope="class")
+    def provider(self, mutant_class):
+        with mutant_class() as provider:
+            yield provider
+"""
+
+
+class _MutantPlugin:
+    def __init__(self, cls: type[InMemoryProvider]) -> None:
+        self.cls = cls
+
+    @pytest.fixture(scope="session")
+    def mutant_class(self) -> type[InMemoryProvider]:
+        return self.cls
+
+
+@pytest.mark.parametrize("mutant", list(MUTANTS), ids=[m.__name__ for m in MUTANTS])
+def test_suite_fails_a_provider_that_breaks_the_protocol(pytester: pytest.Pytester, mutant: type) -> None:
+    pytester.makepyfile(test_mutant=_SUITE_ON_MUTANT)
+    test_name = MUTANTS[mutant]
+    result = pytester.runpytest_inprocess(
+        "-q", "-p", "no:cacheprovider", "-k", test_name, plugins=[_MutantPlugin(mutant)]
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) >= 1, f"{mutant.__name__} passed {test_name}: {outcomes}"
+    assert outcomes.get("errors", 0) == 0, result.stdout.str()  # it must fail on purpose, not by crashing
