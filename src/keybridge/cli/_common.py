@@ -1,0 +1,119 @@
+"""Helpers every CLI command module shares: where the default keystore is, how a key URI becomes
+a provider (with the keystore passphrase), and one way to print results for people or machines."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console, RenderableType
+from rich.text import Text
+
+from ..errors import AuthenticationError
+from ..keys import KeyInfo
+from ..provider import KeyHandle, KeyProvider, open_provider
+
+__all__ = [
+    "PASSPHRASE_ENV",
+    "KEYSTORE_ENV",
+    "cli_uri",
+    "default_keystore",
+    "emit",
+    "json_option",
+    "key_info_dict",
+    "open_cli_key",
+    "open_cli_provider",
+]
+
+KEYSTORE_ENV = "KEYBRIDGE_KEYSTORE"
+PASSPHRASE_ENV = "KEYBRIDGE_PASSPHRASE"
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+"""The ``--json`` flag; the command receives it as ``as_json``."""
+
+
+def default_keystore() -> Path:
+    """The keystore the CLI uses for ``memory:`` keys: ``$KEYBRIDGE_KEYSTORE`` or
+    ``~/.local/share/keybridge/keystore.kbks``."""
+    env = os.environ.get(KEYSTORE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".local" / "share" / "keybridge" / "keystore.kbks"
+
+
+def _passphrase(keystore: Path) -> str:
+    env = os.environ.get(PASSPHRASE_ENV)
+    if env:
+        return env
+    if sys.stdin.isatty():
+        new = not keystore.exists()
+        prompt = f"New passphrase for keystore {keystore}" if new else f"Passphrase for keystore {keystore}"
+        value: str = click.prompt(prompt, hide_input=True, confirmation_prompt=new, err=True)
+        return value
+    raise AuthenticationError(
+        f"the keystore {keystore} needs a passphrase: set {PASSPHRASE_ENV} (no terminal to ask on)"
+    )
+
+
+def open_cli_provider(uri: str) -> KeyProvider:
+    """The provider for ``uri``. ``memory:`` URIs open the default keystore (created on first
+    use) with the passphrase from ``$KEYBRIDGE_PASSPHRASE`` or a hidden prompt."""
+    if uri.split(":", 1)[0].lower() == "memory":
+        keystore = default_keystore()
+        passphrase = _passphrase(keystore)
+        keystore.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return open_provider(uri, keystore=keystore, passphrase=passphrase, create=True)
+    return open_provider(uri)
+
+
+def cli_uri(uri: str) -> str:
+    """A bare key NAME (no ``:``) means ``memory:NAME`` in the default keystore."""
+    return uri if ":" in uri else f"memory:{uri}"
+
+
+def open_cli_key(uri: str) -> KeyHandle:
+    """A handle for a key URI, or for a bare NAME in the default keystore."""
+    full = cli_uri(uri)
+    return open_cli_provider(full).key(full)
+
+
+def key_info_dict(info: KeyInfo) -> dict[str, Any]:
+    """Key metadata as plain JSON-able values (no key material; the public key as PEM)."""
+    from cryptography.hazmat.primitives import serialization
+
+    pem = None
+    if info.public_key is not None:
+        pem = info.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode("ascii")
+    return {
+        "uri": str(info.ref),
+        "name": info.ref.name,
+        "version": info.ref.version,
+        "spec": str(info.spec),
+        "kty": info.spec.kty.value,
+        "size": info.spec.size,
+        "curve": info.spec.curve,
+        "ops": sorted(op.value for op in info.ops),
+        "enabled": info.enabled,
+        "created": info.created.isoformat() if info.created else None,
+        "not_before": info.not_before.isoformat() if info.not_before else None,
+        "expires": info.expires.isoformat() if info.expires else None,
+        "tags": dict(info.tags),
+        "hsm_protected": info.hsm_protected,
+        "exportable": info.exportable,
+        "public_key_pem": pem,
+    }
+
+
+def emit(data: dict[str, Any], human: str | RenderableType, *, as_json: bool) -> None:
+    """Print ``data`` as JSON (sorted keys) or ``human`` for people. A plain string is printed
+    as is (no rich markup), so key names and paths are never reinterpreted."""
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True, indent=2, default=str))
+        return
+    Console(soft_wrap=True).print(Text(human) if isinstance(human, str) else human, highlight=False)

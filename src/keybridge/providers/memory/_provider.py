@@ -1,0 +1,395 @@
+"""The in-memory provider: software keys with real versions, ops, enable and expiry rules."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import re
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from ... import _crypto
+from ..._byok import ByokPackage
+from ...errors import (
+    InvalidArgument,
+    InvalidKeySpec,
+    InvalidKeyUri,
+    InvalidPackage,
+    KeyDisabled,
+    KeyExpired,
+    KeyNotFound,
+    OperationNotPermitted,
+)
+from ...keys import ALGORITHMS, CURVES, AlgorithmSpec, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType, PrivateKey
+from ...provider import BaseProvider
+from . import _keystore
+from ._keystore import Material, Sealer, StoredKey
+
+__all__ = ["InMemoryProvider", "from_uri"]
+
+SCHEME = "memory"
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,127}")
+_URI = re.compile(r"(?i:memory):(?P<name>[^/]+)(?:/(?P<version>[A-Za-z0-9]+))?")
+_URI_FORM = "memory:NAME or memory:NAME/VERSION (NAME: letters, digits, '-', '_', '.')"
+# CKM_RSA_AES_KEY_WRAP packages name their KEK by a Key Vault key id: https://HOST/keys/NAME[/VERSION].
+_KID_PATH = re.compile(r"/keys/(?P<name>[^/]+)(?:/(?P<version>[^/]+))?/?")
+# SoftHSM 2.6.1 pads wrapped key data to a multiple of 8 before RFC 5649 (facts §3).
+_MAX_ZERO_PAD = 7
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _generate(spec: KeySpec) -> Material:
+    if spec.kty is KeyType.RSA:
+        return rsa.generate_private_key(public_exponent=65537, key_size=spec.size)
+    if spec.kty is KeyType.EC:
+        assert spec.curve is not None
+        return ec.generate_private_key(CURVES[spec.curve])
+    return os.urandom(spec.size // 8)
+
+
+def _der_length(data: bytes) -> int | None:
+    """Total length of the DER SEQUENCE at the start of ``data``, or None if there is none."""
+    if len(data) < 2 or data[0] != 0x30:
+        return None
+    first = data[1]
+    if first < 0x80:
+        return 2 + first
+    n = first & 0x7F
+    if not 1 <= n <= 4 or len(data) < 2 + n:
+        return None
+    return 2 + n + int.from_bytes(data[2 : 2 + n], "big")
+
+
+def _parse_private_key(plaintext: bytes) -> PrivateKey | None:
+    """PKCS#8 DER, tolerating up to 7 trailing zero bytes as SoftHSM 2.6.1 writes them.
+
+    Whether Azure itself accepts the zero-padded form is unverified; keybridge accepts it so that
+    packages made by SoftHSM 2.6.1 can be tested against the emulator. Anything else after the DER
+    is refused."""
+    end = _der_length(plaintext)
+    if end is None or end > len(plaintext):
+        return None
+    tail = plaintext[end:]
+    if len(tail) > _MAX_ZERO_PAD or tail.strip(b"\x00"):
+        return None
+    try:
+        key = serialization.load_der_private_key(plaintext[:end], None)
+    except (ValueError, TypeError):
+        return None
+    return key if isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)) else None
+
+
+def _describe(plaintext: bytes) -> str:
+    key = _parse_private_key(plaintext)
+    if key is not None:
+        try:
+            return str(KeySpec.of(key))
+        except InvalidKeySpec:
+            return "an unsupported private key"
+    return f"{len(plaintext)} bytes that are not a PKCS#8 private key"
+
+
+class InMemoryProvider(BaseProvider):
+    """Keys in process memory, optionally persisted to a passphrase-encrypted keystore file.
+
+    ``InMemoryProvider()`` is empty and ephemeral; :meth:`open` binds it to a keystore file and
+    saves after every change. Creating a key under an existing name makes a new version of it, as
+    Key Vault does. Key names use letters, digits, ``-``, ``_`` and ``.``; versions are random hex
+    ids. All methods are thread-safe. One process should own a keystore file at a time: two
+    processes writing the same file overwrite each other's changes (the file itself stays whole).
+    """
+
+    scheme = SCHEME
+    algorithms = frozenset(ALGORITHMS)
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._keys: dict[str, list[StoredKey]] = {}
+        self._path: Path | None = None
+        self._sealer: Sealer | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, *, create: bool = False) -> InMemoryProvider:
+        """Load the keystore at ``path`` (``create=True`` makes an empty one if it is missing) and
+        save every later change to it. A wrong passphrase raises ``AuthenticationError``, a damaged
+        or truncated file ``IntegrityError``, a missing one (without ``create``)
+        ``ProviderUnavailable``."""
+        self = cls()
+        target = Path(path)
+        if create and not target.exists():
+            self._sealer = Sealer(passphrase)
+            self._path = target
+            self.save()
+        else:
+            self._sealer, self._keys = _keystore.read(target, passphrase, self._make_ref)
+            self._path = target
+        return self
+
+    @property
+    def keystore(self) -> Path | None:
+        """The keystore file this provider saves to, if any."""
+        return self._path
+
+    def save(self, path: str | os.PathLike[str] | None = None, *, passphrase: str | bytes | None = None) -> None:
+        """Write all keys to a keystore file atomically (mode 0600).
+
+        Without arguments it writes the file the provider was opened from. With ``path`` it writes
+        a copy there (under ``passphrase`` if given, else under the open keystore's passphrase);
+        later changes still go only to the opened file."""
+        with self._lock:
+            sealer = Sealer(passphrase) if passphrase is not None else self._sealer
+            target = Path(path) if path is not None else self._path
+            if target is None or sealer is None:
+                raise InvalidArgument("nothing to save to: pass a path and a passphrase, or use InMemoryProvider.open")
+            _keystore.write(target, sealer, self._keys)
+
+    def __repr__(self) -> str:
+        where = f" keystore={str(self._path)!r}" if self._path else ""
+        return f"<InMemoryProvider keys={len(self._keys)}{where}>"
+
+    # ---- references ----------------------------------------------------------------------------
+
+    def _make_ref(self, name: str, version: str | None) -> KeyRef:
+        uri = f"{SCHEME}:{name}" + (f"/{version}" if version else "")
+        return KeyRef(SCHEME, name, version, uri)
+
+    def _parse_uri(self, uri: str) -> tuple[str, str | None]:
+        m = _URI.fullmatch(uri)
+        if m is None or not _NAME.fullmatch(m["name"]):
+            raise InvalidKeyUri(f"{uri!r} is not an in-memory key URI; expected {_URI_FORM}")
+        return m["name"], m["version"]
+
+    def _check_name(self, name: str) -> None:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise InvalidArgument(f"invalid key name {name!r}: use 1-127 letters, digits, '-', '_' or '.'")
+
+    # ---- state ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _mutation(self) -> Iterator[None]:
+        """Hold the lock, then persist; if persisting fails, the change is rolled back."""
+        with self._lock:
+            before = {name: list(versions) for name, versions in self._keys.items()}
+            try:
+                yield
+                if self._path is not None:
+                    self.save()
+            except BaseException:
+                self._keys = before
+                raise
+
+    def _versions(self, name: str) -> list[StoredKey]:
+        try:
+            return self._keys[name]
+        except KeyError:
+            raise KeyNotFound(f"no key named {name!r} in this in-memory provider") from None
+
+    def _stored(self, name: str, version: str | None) -> StoredKey:
+        with self._lock:
+            versions = self._versions(name)
+            if version is None:
+                return versions[-1]
+            for s in versions:
+                if s.info.ref.version == version:
+                    return s
+        raise KeyNotFound(f"key {name!r} has no version {version!r}")
+
+    def _add(self, name: str, spec: KeySpec, material: Material, ops: frozenset[KeyOp], **meta: Any) -> KeyInfo:
+        info = KeyInfo(
+            ref=self._make_ref(name, uuid.uuid4().hex),
+            spec=spec,
+            ops=ops,
+            created=_now(),
+            public_key=None if isinstance(material, bytes) else material.public_key(),
+            **meta,
+        )
+        with self._mutation():
+            self._keys.setdefault(name, []).append(StoredKey(info, material))
+        return info
+
+    # ---- management hooks ----------------------------------------------------------------------
+
+    def _create_key(
+        self,
+        name: str,
+        spec: KeySpec,
+        ops: frozenset[KeyOp],
+        *,
+        exportable: bool,
+        tags: Mapping[str, str],
+        not_before: _dt.datetime | None,
+        expires: _dt.datetime | None,
+    ) -> KeyInfo:
+        return self._add(
+            name, spec, _generate(spec), ops, exportable=exportable, tags=tags, not_before=not_before, expires=expires
+        )
+
+    def _import_key(
+        self,
+        name: str,
+        key: PrivateKey | bytes,
+        spec: KeySpec,
+        ops: frozenset[KeyOp],
+        *,
+        exportable: bool,
+        tags: Mapping[str, str],
+        not_before: _dt.datetime | None,
+        expires: _dt.datetime | None,
+    ) -> KeyInfo:
+        return self._add(name, spec, key, ops, exportable=exportable, tags=tags, not_before=not_before, expires=expires)
+
+    def _get_key(self, name: str, version: str | None) -> KeyInfo:
+        return self._stored(name, version).info
+
+    def _list_keys(self) -> Iterator[KeyInfo]:
+        with self._lock:
+            current = [self._keys[name][-1].info for name in sorted(self._keys)]
+        return iter(current)
+
+    def _list_versions(self, name: str) -> Iterator[KeyInfo]:
+        with self._lock:
+            infos = [s.info for s in self._versions(name)]
+        return iter(infos)
+
+    def _rotate_key(self, name: str) -> KeyInfo:
+        with self._lock:
+            cur = self._stored(name, None).info
+            return self._add(
+                name,
+                cur.spec,
+                _generate(cur.spec),
+                cur.ops,
+                tags=cur.tags,
+                exportable=cur.exportable,
+                hsm_protected=cur.hsm_protected,
+            )
+
+    def _set_enabled(self, info: KeyInfo, enabled: bool) -> KeyInfo:
+        name = info.ref.name
+        with self._mutation():
+            versions = self._versions(name)
+            for i, s in enumerate(versions):
+                if s.info.ref.version == info.ref.version:
+                    versions[i] = StoredKey(replace(s.info, enabled=enabled), s.material)
+                    self._keys[name] = versions
+                    return versions[i].info
+        raise KeyNotFound(f"key {name!r} has no version {info.ref.version!r}")
+
+    def _delete_key(self, name: str) -> None:
+        with self._mutation():
+            self._versions(name)
+            del self._keys[name]
+
+    # ---- key operations ------------------------------------------------------------------------
+
+    def _material(self, info: KeyInfo) -> Material:
+        return self._stored(info.ref.name, info.ref.version).material
+
+    def _secret(self, info: KeyInfo) -> bytes:
+        m = self._material(info)
+        assert isinstance(m, bytes)
+        return m
+
+    def _wrap_key(self, info: KeyInfo, alg: AlgorithmSpec, key: bytes) -> bytes:
+        return _crypto.aes_wrap(alg, self._secret(info), key)
+
+    def _unwrap_key(self, info: KeyInfo, alg: AlgorithmSpec, wrapped: bytes) -> bytes:
+        m = self._material(info)
+        if isinstance(m, rsa.RSAPrivateKey):
+            return _crypto.private_decrypt(m, alg, wrapped)
+        assert isinstance(m, bytes)
+        return _crypto.aes_unwrap(alg, m, wrapped)
+
+    def _encrypt(self, info: KeyInfo, alg: AlgorithmSpec, data: bytes, aad: bytes | None) -> bytes:
+        return _crypto.gcm_encrypt(self._secret(info), data, aad)
+
+    def _decrypt(self, info: KeyInfo, alg: AlgorithmSpec, data: bytes, aad: bytes | None) -> bytes:
+        m = self._material(info)
+        if isinstance(m, rsa.RSAPrivateKey):
+            return _crypto.private_decrypt(m, alg, data)
+        assert isinstance(m, bytes)
+        return _crypto.gcm_decrypt(m, data, aad)
+
+    def _sign(self, info: KeyInfo, alg: AlgorithmSpec, digest: bytes) -> bytes:
+        m = self._material(info)
+        assert not isinstance(m, bytes)
+        return _crypto.sign(m, alg, digest)
+
+    def _export_key(self, info: KeyInfo) -> PrivateKey | bytes:
+        return self._material(info)
+
+    def _export_wrapped(self, info: KeyInfo, kek: rsa.RSAPublicKey) -> bytes:
+        # Azure BYOK plaintext: PKCS#8 DER for RSA/EC, raw bytes for AES.
+        return _crypto.rsa_aes_key_wrap(kek, _keystore._material_bytes(self._material(info)))
+
+    # ---- BYOK import ---------------------------------------------------------------------------
+
+    def _kek_for(self, kid: str) -> rsa.RSAPrivateKey:
+        """The key-exchange key a package names. Its ``kid`` is a Key Vault key id; only the
+        ``/keys/NAME[/VERSION]`` path counts here (the host is whatever served the KEK, e.g. the
+        emulator), and NAME[/VERSION] is looked up in this provider."""
+        m = _KID_PATH.fullmatch(urlsplit(kid).path)
+        if m is None:
+            raise InvalidPackage(f"package kid {kid!r} has no /keys/NAME[/VERSION] path")
+        stored = self._stored(m["name"], m["version"])
+        info = stored.info
+        if not isinstance(stored.material, rsa.RSAPrivateKey) or info.ops != {KeyOp.IMPORT}:
+            ops = ", ".join(sorted(o.value for o in info.ops))
+            raise OperationNotPermitted(
+                f"key {info.ref} ({info.spec}, ops: {ops}) is not a key-exchange key; a KEK is RSA with ops=[import]"
+            )
+        if not info.enabled:
+            raise KeyDisabled(f"key-exchange key {info.ref} is disabled; enable it before importing")
+        if not info.is_valid_at():
+            raise KeyExpired(f"key-exchange key {info.ref} is outside its validity window")
+        return stored.material
+
+    def _import_byok(
+        self, name: str, package: bytes, spec: KeySpec, ops: frozenset[KeyOp], tags: Mapping[str, str]
+    ) -> KeyInfo:
+        pkg = ByokPackage.from_json(package)
+        plaintext = _crypto.rsa_aes_key_unwrap(self._kek_for(pkg.kid), pkg.ciphertext)
+        material: Material | None
+        if spec.kty is KeyType.OCT:
+            material = plaintext if len(plaintext) * 8 == spec.size else None
+        else:
+            material = _parse_private_key(plaintext)
+            if material is not None and KeySpec.of(material) != spec:
+                material = None
+        if material is None:
+            raise InvalidPackage(f"the package holds {_describe(plaintext)}, but a {spec} key was requested")
+        return self._add(name, spec, material, ops, tags=tags, hsm_protected=True, exportable=False)
+
+
+def from_uri(uri: str, **options: Any) -> InMemoryProvider:
+    """Registry factory for ``memory:`` URIs.
+
+    Options: ``keystore=PATH`` and ``passphrase=...`` open a keystore file (``create=True`` makes
+    it if missing); without ``keystore`` the provider is empty and lives only in this process."""
+    if not isinstance(uri, str) or not uri.lower().startswith(f"{SCHEME}:"):
+        raise InvalidKeyUri(f"{uri!r} is not an in-memory URI; expected {_URI_FORM}")
+    unknown = set(options) - {"keystore", "passphrase", "create"}
+    if unknown:
+        raise InvalidArgument(
+            f"unknown option(s) for the memory provider: {', '.join(sorted(unknown))};"
+            " valid: keystore, passphrase, create"
+        )
+    keystore = options.get("keystore")
+    if keystore is None:
+        return InMemoryProvider()
+    passphrase = options.get("passphrase")
+    if passphrase is None:
+        raise InvalidArgument("a keystore needs a passphrase: pass passphrase=...")
+    return InMemoryProvider.open(keystore, passphrase, create=bool(options.get("create", False)))
