@@ -15,15 +15,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._files import atomic_write
-from .errors import InvalidPackage
+from cryptography.exceptions import UnsupportedAlgorithm as _CryptoUnsupported
+from cryptography.hazmat.primitives import serialization
 
-__all__ = ["ByokPackage", "b64url_decode", "b64url_encode"]
+from ._files import atomic_write
+from .errors import InvalidKeySpec, InvalidPackage
+from .keys import KeySpec, KeyType, PrivateKey
+
+__all__ = ["ByokPackage", "b64url_decode", "b64url_encode", "load_unwrapped", "strip_der_padding"]
 
 SCHEMA_VERSION = "1.0.0"
 ALG = "dir"
 ENC = "CKM_RSA_AES_KEY_WRAP"
-MAX_PACKAGE = 64 * 1024  # an RSA-4096 target under a 4096-bit KEK is ~3 KiB of JSON
+MAX_PACKAGE = 64 * 1024
+# Raw AES keys are the only plaintexts this short: the smallest PKCS#8 EC key (P-256) is 67 bytes.
+_AES_LENGTHS = frozenset({16, 24, 32})
+# RFC 5649 pads to 8 bytes, so a buggy wrapper (SoftHSM 2.6.1) can add at most 7 zero bytes.
+_MAX_ZERO_PAD = 7  # an RSA-4096 target under a 4096-bit KEK is ~3 KiB of JSON
 
 
 def b64url_encode(data: bytes) -> str:
@@ -111,3 +119,47 @@ class ByokPackage:
         except OSError as exc:
             raise InvalidPackage(f"cannot read package {os.fspath(path)!r}: {exc.strerror}") from exc
         return cls.from_json(data)
+
+
+def _der_length(data: bytes) -> int | None:
+    """Length of the DER SEQUENCE that starts ``data`` (header included), or None."""
+    if len(data) < 2 or data[0] != 0x30:
+        return None
+    if data[1] < 0x80:
+        return 2 + data[1]
+    n = data[1] & 0x7F
+    if not 1 <= n <= 4 or len(data) < 2 + n:
+        return None
+    return 2 + n + int.from_bytes(data[2 : 2 + n], "big")
+
+
+def strip_der_padding(plaintext: bytes) -> bytes:
+    """Raw AES keys unchanged; a PKCS#8 DER key cut to its encoded length (see :func:`unwrap`)."""
+    if len(plaintext) in _AES_LENGTHS:
+        return plaintext
+    total = _der_length(plaintext)
+    if total is None or total > len(plaintext):
+        raise InvalidPackage("the unwrapped key is neither raw AES key bytes nor a PKCS#8 DER key")
+    pad = plaintext[total:]
+    if len(pad) > _MAX_ZERO_PAD or any(pad):
+        raise InvalidPackage("the unwrapped PKCS#8 key is followed by unexpected bytes; the package is damaged")
+    return plaintext[:total]
+
+
+def load_unwrapped(plaintext: bytes, spec: KeySpec) -> PrivateKey | bytes:
+    """Turn :func:`unwrap` output into a key of ``spec``: a ``cryptography`` private key, or AES
+    bytes. A package holding another kind of key raises :class:`~keybridge.InvalidPackage`."""
+    if spec.kty is KeyType.OCT:
+        if len(plaintext) != spec.size // 8:
+            raise InvalidPackage(f"the package does not hold an {spec} key ({len(plaintext)} bytes of key material)")
+        return bytes(plaintext)
+    if len(plaintext) in _AES_LENGTHS:
+        raise InvalidPackage(f"the package holds a raw AES key, not an {spec} key; import it as oct")
+    try:
+        key = serialization.load_der_private_key(strip_der_padding(plaintext), password=None)
+        found = KeySpec.of(key)  # type: ignore[arg-type]
+    except (ValueError, TypeError, _CryptoUnsupported, InvalidKeySpec) as exc:
+        raise InvalidPackage(f"the package does not hold a usable PKCS#8 key for {spec}") from exc
+    if found != spec:
+        raise InvalidPackage(f"the package holds an {found} key, not {spec}; import it with the matching key type")
+    return key  # type: ignore[return-value]

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .. import __version__
-from .._byok import ByokPackage
+from .._byok import ByokPackage, load_unwrapped, strip_der_padding
 from .._crypto import rsa_aes_key_unwrap, rsa_aes_key_wrap
 from ..errors import InvalidArgument, InvalidKeySpec, InvalidPackage
 from ..keys import RSA_SIZES, KeySpec, KeyType, PrivateKey
@@ -23,8 +23,6 @@ from ..keys import RSA_SIZES, KeySpec, KeyType, PrivateKey
 __all__ = ["check_kek_id", "implied_specs", "load_kek_public_key", "load_unwrapped", "unwrap", "wrap_for_azure"]
 
 DEFAULT_GENERATOR = f"keybridge {__version__}"
-# Raw AES keys are the only plaintexts this short: the smallest PKCS#8 EC key (P-256) is 67 bytes.
-_AES_LENGTHS = frozenset({16, 24, 32})
 # Plaintext lengths (min, max) of targets whose size shows through the ciphertext length. RSA PKCS#8
 # varies by a few bytes with leading zeros; EC PKCS#8 lengths of different curves overlap (optional
 # parameters and public key), so EC is left out.
@@ -36,8 +34,6 @@ _TARGET_LENGTHS = (
     (KeySpec.rsa(3072), 1776, 1808),
     (KeySpec.rsa(4096), 2360, 2392),
 )
-# RFC 5649 pads to 8 bytes, so a buggy wrapper (SoftHSM 2.6.1) can add at most 7 zero bytes.
-_MAX_ZERO_PAD = 7
 
 
 def load_kek_public_key(kek: rsa.RSAPublicKey | bytes | str) -> rsa.RSAPublicKey:
@@ -128,50 +124,6 @@ def unwrap(package: ByokPackage, kek_private_key: rsa.RSAPrivateKey) -> bytes:
             f" hold {k} bytes of wrapped AES key plus a wrapped target key"
         )
     return strip_der_padding(rsa_aes_key_unwrap(kek_private_key, package.ciphertext))
-
-
-def _der_length(data: bytes) -> int | None:
-    """Length of the DER SEQUENCE that starts ``data`` (header included), or None."""
-    if len(data) < 2 or data[0] != 0x30:
-        return None
-    if data[1] < 0x80:
-        return 2 + data[1]
-    n = data[1] & 0x7F
-    if not 1 <= n <= 4 or len(data) < 2 + n:
-        return None
-    return 2 + n + int.from_bytes(data[2 : 2 + n], "big")
-
-
-def strip_der_padding(plaintext: bytes) -> bytes:
-    """Raw AES keys unchanged; a PKCS#8 DER key cut to its encoded length (see :func:`unwrap`)."""
-    if len(plaintext) in _AES_LENGTHS:
-        return plaintext
-    total = _der_length(plaintext)
-    if total is None or total > len(plaintext):
-        raise InvalidPackage("the unwrapped key is neither raw AES key bytes nor a PKCS#8 DER key")
-    pad = plaintext[total:]
-    if len(pad) > _MAX_ZERO_PAD or any(pad):
-        raise InvalidPackage("the unwrapped PKCS#8 key is followed by unexpected bytes; the package is damaged")
-    return plaintext[:total]
-
-
-def load_unwrapped(plaintext: bytes, spec: KeySpec) -> PrivateKey | bytes:
-    """Turn :func:`unwrap` output into a key of ``spec``: a ``cryptography`` private key, or AES
-    bytes. A package holding another kind of key raises :class:`~keybridge.InvalidPackage`."""
-    if spec.kty is KeyType.OCT:
-        if len(plaintext) != spec.size // 8:
-            raise InvalidPackage(f"the package does not hold an {spec} key ({len(plaintext)} bytes of key material)")
-        return bytes(plaintext)
-    if len(plaintext) in _AES_LENGTHS:
-        raise InvalidPackage(f"the package holds a raw AES key, not an {spec} key; import it as oct")
-    try:
-        key = serialization.load_der_private_key(strip_der_padding(plaintext), password=None)
-        found = KeySpec.of(key)  # type: ignore[arg-type]
-    except (ValueError, TypeError, _CryptoUnsupported, InvalidKeySpec) as exc:
-        raise InvalidPackage(f"the package does not hold a usable PKCS#8 key for {spec}") from exc
-    if found != spec:
-        raise InvalidPackage(f"the package holds an {found} key, not {spec}; import it with the matching key type")
-    return key  # type: ignore[return-value]
 
 
 def implied_specs(package: ByokPackage) -> list[tuple[int, KeySpec]]:

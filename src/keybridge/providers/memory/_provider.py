@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ... import _crypto
-from ..._byok import ByokPackage
+from ..._byok import ByokPackage, load_unwrapped
 from ...errors import (
     InvalidArgument,
-    InvalidKeySpec,
     InvalidKeyUri,
     InvalidPackage,
     KeyDisabled,
@@ -42,8 +40,6 @@ _URI = re.compile(r"(?i:memory):(?P<name>[^/]+)(?:/(?P<version>[A-Za-z0-9]+))?")
 _URI_FORM = "memory:NAME or memory:NAME/VERSION (NAME: letters, digits, '-', '_', '.')"
 # CKM_RSA_AES_KEY_WRAP packages name their KEK by a Key Vault key id: https://HOST/keys/NAME[/VERSION].
 _KID_PATH = re.compile(r"/keys/(?P<name>[^/]+)(?:/(?P<version>[^/]+))?/?")
-# SoftHSM 2.6.1 pads wrapped key data to a multiple of 8 before RFC 5649 (facts §3).
-_MAX_ZERO_PAD = 7
 
 
 def _now() -> _dt.datetime:
@@ -57,48 +53,6 @@ def _generate(spec: KeySpec) -> Material:
         assert spec.curve is not None
         return ec.generate_private_key(CURVES[spec.curve])
     return os.urandom(spec.size // 8)
-
-
-def _der_length(data: bytes) -> int | None:
-    """Total length of the DER SEQUENCE at the start of ``data``, or None if there is none."""
-    if len(data) < 2 or data[0] != 0x30:
-        return None
-    first = data[1]
-    if first < 0x80:
-        return 2 + first
-    n = first & 0x7F
-    if not 1 <= n <= 4 or len(data) < 2 + n:
-        return None
-    return 2 + n + int.from_bytes(data[2 : 2 + n], "big")
-
-
-def _parse_private_key(plaintext: bytes) -> PrivateKey | None:
-    """PKCS#8 DER, tolerating up to 7 trailing zero bytes as SoftHSM 2.6.1 writes them.
-
-    Whether Azure itself accepts the zero-padded form is unverified; keybridge accepts it so that
-    packages made by SoftHSM 2.6.1 can be tested against the emulator. Anything else after the DER
-    is refused."""
-    end = _der_length(plaintext)
-    if end is None or end > len(plaintext):
-        return None
-    tail = plaintext[end:]
-    if len(tail) > _MAX_ZERO_PAD or tail.strip(b"\x00"):
-        return None
-    try:
-        key = serialization.load_der_private_key(plaintext[:end], None)
-    except (ValueError, TypeError):
-        return None
-    return key if isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)) else None
-
-
-def _describe(plaintext: bytes) -> str:
-    key = _parse_private_key(plaintext)
-    if key is not None:
-        try:
-            return str(KeySpec.of(key))
-        except InvalidKeySpec:
-            return "an unsupported private key"
-    return f"{len(plaintext)} bytes that are not a PKCS#8 private key"
 
 
 class InMemoryProvider(BaseProvider):
@@ -361,15 +315,7 @@ class InMemoryProvider(BaseProvider):
     ) -> KeyInfo:
         pkg = ByokPackage.from_json(package)
         plaintext = _crypto.rsa_aes_key_unwrap(self._kek_for(pkg.kid), pkg.ciphertext)
-        material: Material | None
-        if spec.kty is KeyType.OCT:
-            material = plaintext if len(plaintext) * 8 == spec.size else None
-        else:
-            material = _parse_private_key(plaintext)
-            if material is not None and KeySpec.of(material) != spec:
-                material = None
-        if material is None:
-            raise InvalidPackage(f"the package holds {_describe(plaintext)}, but a {spec} key was requested")
+        material = load_unwrapped(plaintext, spec)
         return self._add(name, spec, material, ops, tags=tags, hsm_protected=True, exportable=False)
 
 
