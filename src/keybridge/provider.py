@@ -239,6 +239,9 @@ class KeyHandle:
         return self.provider.verify(self.ref, alg, digest, signature)
 
 
+_PUBLIC_OPS = frozenset({KeyOp.VERIFY, KeyOp.ENCRYPT, KeyOp.WRAP_KEY})
+
+
 class BaseProvider:
     """Shared machinery for backends; see the module docstring for what it does for them."""
 
@@ -562,7 +565,10 @@ class BaseProvider:
     def _usable(self, ref: KeyRef | str, op: KeyOp, alg: str, ev: Any) -> tuple[KeyInfo, AlgorithmSpec]:
         """Resolve the key and refuse, before the backend is touched, anything not allowed."""
         a = algorithm(alg)
-        if a.name not in self.algorithms:
+        # Public-key operations run locally (see wrap_key/encrypt/verify), so a backend that lacks
+        # e.g. RSA-OAEP-256 itself still wraps with it; only its private half is refused.
+        local = a.is_public_op and op in _PUBLIC_OPS
+        if a.name not in self.algorithms and not local:
             raise UnsupportedAlgorithm(f"the {self.scheme} provider does not support {a.name}")
         if op not in a.ops:
             raise UnsupportedAlgorithm(f"{a.name} is not an algorithm for {op.value}")
