@@ -271,12 +271,13 @@ def test_a_damaged_edk_is_reported_and_the_next_one_used(provider: InMemoryProvi
     assert [type(e) for _, e in info.value.failures] == [IntegrityError]
 
 
-def test_default_name_has_no_version_so_a_pinned_old_version_still_matches(provider: InMemoryProvider) -> None:
+def test_default_name_has_no_version_so_old_versions_still_match(provider: InMemoryProvider) -> None:
     v1 = provider.create_key("kek", KeySpec.aes(256)).ref.version
     mat = Keyring(provider.key("kek")).encryption_materials(suite_id=SUITE, context={}, plaintext_length=1)
     provider.rotate_key("kek")
-    with pytest.raises(IntegrityError):  # the current version is a different key
-        Keyring(provider.key("kek")).decryption_materials(suite_id=SUITE, context={}, edks=mat.edks)
+    # The current version is a different key; the unversioned keyring falls back to older versions.
+    current = Keyring(provider.key("kek"))
+    assert current.decryption_materials(suite_id=SUITE, context={}, edks=mat.edks) == mat.data_key
     pinned = Keyring(provider.key("kek", v1))
     assert pinned.name == "memory:kek"
     assert pinned.decryption_materials(suite_id=SUITE, context={}, edks=mat.edks) == mat.data_key
@@ -329,3 +330,21 @@ def test_ec_keys_and_unknown_suites_are_refused(provider: InMemoryProvider) -> N
         Keyring(provider.key("kek")).encryption_materials(suite_id=0x0014, context={}, plaintext_length=1)
     with pytest.raises(InvalidArgument, match="KeyHandle"):
         Keyring("memory:kek")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("spec", [KeySpec.aes(256), KeySpec.rsa(2048)], ids=str)
+def test_messages_written_before_a_kek_rotation_still_decrypt(spec: KeySpec) -> None:
+    from keybridge.envelope import decrypt, encrypt
+
+    kp = InMemoryProvider()
+    kp.create_key("rot", spec)
+    handle = kp.key("rot")  # unversioned: always the current version
+    old_message = encrypt(b"before rotation", handle)
+    kp.rotate_key("rot")
+    new_message = encrypt(b"after rotation", handle)
+    assert decrypt(old_message, handle).plaintext == b"before rotation"
+    assert decrypt(new_message, handle).plaintext == b"after rotation"
+    # The new message is under the new version only: the old version alone cannot open it.
+    old_version = next(iter(kp.list_versions("rot"))).ref
+    with pytest.raises(IntegrityError):
+        decrypt(new_message, kp.key(old_version))

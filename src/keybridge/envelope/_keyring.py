@@ -21,7 +21,9 @@ namespace (ESDK ``provider_id``) and key name (ESDK ``key_id``) reads them, and 
 Defaults: namespace ``"keybridge"``; name = the key's URI *without* a version
 (``str(provider.ref(handle.ref.name))``, e.g. ``memory:kek`` or
 ``https://v.vault.azure.net/keys/kek``), so a handle pinned to an older version after a rotation
-still recognises the EDKs written under it.
+still recognises the EDKs written under it. An unversioned handle encrypts with the current
+version and, on decrypt, falls back to older versions when the current one fails, so rotating a
+KEK never strands messages written before the rotation.
 """
 
 from __future__ import annotations
@@ -199,7 +201,30 @@ class Keyring:
             failures.append((who, IntegrityError(f"unwrapped data key is {len(key)} bytes, expected {length}")))
         if not failures:
             failures.append((who, NoMatchingEdk(f"no EDK for namespace {self.namespace!r}, name {self.name!r}")))
+        elif self.handle.ref.version is None:
+            key = self._older_versions(suite_id, context, edks)
+            if key is not None:
+                return key
         raise DataKeyUnavailable(f"{who} could not recover the data key", failures)
+
+    def _older_versions(
+        self, suite_id: int, context: Mapping[str, str], edks: Sequence[EncryptedDataKey]
+    ) -> bytes | None:
+        """After a KEK rotation an unversioned handle means the new version, but the EDK names the
+        key without a version (so ESDK keyrings can match it): try the older versions, newest
+        first. This runs only after the current version failed, so it costs nothing normally."""
+        provider, name = self.handle.provider, self.handle.ref.name
+        try:
+            versions = [v.ref for v in provider.list_versions(name)][::-1]
+        except KeybridgeError:
+            return None
+        for ref in versions[1:]:
+            pinned = Keyring(provider.key(ref), namespace=self.namespace, name=self.name, wrapping=self._wrapping)
+            try:
+                return pinned.decryption_materials(suite_id=suite_id, context=context, edks=edks)
+            except KeybridgeError:
+                continue
+        return None
 
     # ---- internals -----------------------------------------------------------------------------
 
