@@ -202,9 +202,9 @@ class Keyring:
         if not failures:
             failures.append((who, NoMatchingEdk(f"no EDK for namespace {self.namespace!r}, name {self.name!r}")))
         elif self.handle.ref.version is None:
-            key = self._older_versions(suite_id, context, edks)
-            if key is not None:
-                return key
+            recovered = self._older_versions(suite_id, context, edks)
+            if recovered is not None:
+                return recovered
         raise DataKeyUnavailable(f"{who} could not recover the data key", failures)
 
     def _older_versions(

@@ -1,0 +1,299 @@
+"""Decryption: one-shot :func:`decrypt` and the streaming :class:`DecryptingReader`.
+
+Release rule: nothing from the header is used before the header tag verifies; a regular frame is
+released once its tag verifies; the final frame is released only after the footer signature
+(signed suites) verifies and the end of the message is confirmed. Errors: a malformed header is
+:class:`InvalidMessage`; everything after it (failed authentication, wrong order, truncation,
+trailing data, bad signature) is :class:`IntegrityError`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from ..errors import IntegrityError, InvalidArgument
+from ._encrypt import resolve_keys
+from ._frames import FINAL_MARKER, FrameCodec
+from ._header import Header, MessageInfo, authenticate, parse_header
+from ._io import Buffer, OutputBuffer, Source, StreamSource, Truncated, ViewSource, check_stream
+from ._recipients import Keys
+from ._suites import IV_LEN, PUBLIC_KEY_CONTEXT_KEY, TAG_LEN, Verifier
+
+__all__ = ["DecryptResult", "DecryptingReader", "decrypt", "open_decryptor"]
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class DecryptResult(MessageInfo):
+    """The plaintext of a message and what its authenticated header says."""
+
+    plaintext: bytes = field(default=b"")
+
+    def _more(self) -> str:
+        return f", plaintext=<{len(self.plaintext)} bytes>"
+
+
+def check_expected_context(context: Mapping[str, str], expected: Mapping[str, str] | None) -> None:
+    """Every expected pair must be in the message's context with the same value."""
+    if expected is None:
+        return
+    if not isinstance(expected, Mapping):
+        raise InvalidArgument(f"expected_context must be a mapping of str to str, got {type(expected).__name__}")
+    wrong = sorted(str(k) for k, v in expected.items() if context.get(k) != v)
+    if wrong:
+        raise IntegrityError(f"the message's encryption context does not match expected_context for key(s) {wrong}")
+
+
+def read_header(source: Source, expected_context: Mapping[str, str] | None, max_edks: int | None) -> Header:
+    """Parse a header and check it against the caller's expectations (nothing is authenticated yet)."""
+    if max_edks is not None and (isinstance(max_edks, bool) or not isinstance(max_edks, int) or max_edks < 1):
+        raise InvalidArgument(f"max_encrypted_data_keys must be a positive int or None, got {max_edks!r}")
+    header = parse_header(source.take, max_edks=max_edks)
+    check_expected_context(header.context, expected_context)
+    return header
+
+
+def unlock(header: Header, keys: Keys) -> tuple[bytes, bytes]:
+    """The data key behind the header's EDKs and the derived key, after the header authenticates."""
+    data_key = resolve_keys(keys).decryption_materials(
+        suite_id=int(header.suite), context=header.context, edks=header.edks
+    )
+    return data_key, authenticate(header, data_key)
+
+
+class _Body:
+    """Reads the frames of an authenticated message, in order, checking sequence and lengths."""
+
+    __slots__ = ("_codec", "_source", "_verifier", "done", "final", "iv", "length", "seq")
+
+    def __init__(self, source: Source, header: Header, enc_key: bytes) -> None:
+        self._source = source
+        self._codec = FrameCodec(enc_key, header.message_id, header.frame_length)
+        self._verifier: Verifier | None = None
+        if header.suite.signed:
+            self._verifier = Verifier(header.context[PUBLIC_KEY_CONTEXT_KEY])
+            self._verifier.update(header.body)
+            self._verifier.update(header.tag)
+        self.seq = 1
+        self.done = False
+        self.final = False
+        self.iv = b""
+        self.length = 0
+
+    def next_frame(self) -> int:
+        """Read the next frame's head; return its plaintext length (``.final`` says which kind)."""
+        take = self._source.take
+        head = take(4)
+        if self._verifier is not None:
+            self._verifier.update(head)
+        if int.from_bytes(head, "big") == FINAL_MARKER:
+            rest = take(8 + IV_LEN)
+            if self._verifier is not None:
+                self._verifier.update(rest)
+            seq = int.from_bytes(rest[:4], "big")
+            self.iv = bytes(rest[4 : 4 + IV_LEN])
+            self.length = int.from_bytes(rest[4 + IV_LEN :], "big")
+            self.final = True
+            if self.length > self._codec.frame_length:
+                raise IntegrityError("the final frame is longer than the frame length: the message was modified")
+        else:
+            seq = int.from_bytes(head, "big")
+            self.length = self._codec.frame_length
+        if seq != self.seq:
+            raise IntegrityError(f"frame {seq} found where frame {self.seq} was due: frames were reordered or lost")
+        return self.length
+
+    def open_into(self, out: memoryview) -> None:
+        """Authenticate and decrypt the frame announced by :meth:`next_frame` into ``out``."""
+        if self.final:
+            blob = self._source.take(self.length + TAG_LEN)
+            iv, sealed = memoryview(self.iv), blob
+        else:
+            blob = self._source.take(IV_LEN + self.length + TAG_LEN)
+            iv, sealed = blob[:IV_LEN], blob[IV_LEN:]
+        if self._verifier is not None:
+            self._verifier.update(blob)
+        self._codec.open(self.seq, self.final, iv, sealed, out)
+        self.seq += 1
+        if self.final:
+            self._finish(out)
+
+    def _finish(self, held: memoryview) -> None:
+        try:
+            if self._verifier is not None:
+                n = int.from_bytes(self._source.take(2), "big")
+                self._verifier.verify(bytes(self._source.take(n)))
+            if not self._source.at_end():
+                raise IntegrityError("unexpected data after the end of the message")
+        except BaseException:
+            held[:] = bytes(len(held))
+            raise
+        self.done = True
+
+
+class DecryptingReader(io.RawIOBase):
+    """A read-only binary stream of a message's plaintext (see :func:`open_decryptor`).
+
+    ``.info`` is the authenticated header (context, suite, EDKs). Once a read fails, every later
+    read fails the same way.
+    """
+
+    def __init__(
+        self,
+        src: Any,
+        keys: Keys,
+        *,
+        expected_context: Mapping[str, str] | None = None,
+        max_encrypted_data_keys: int | None = None,
+        _source: Source | None = None,
+    ) -> None:
+        super().__init__()
+        if _source is None:
+            check_stream(src, readable=True, what="src")
+            _source = StreamSource(src)
+        header = read_header(_source, expected_context, max_encrypted_data_keys)
+        _, enc_key = unlock(header, keys)
+        self.info = header.info()
+        self._body = _Body(_source, header, enc_key)
+        self._stage = bytearray()
+        self._held = memoryview(self._stage)  # staged plaintext not yet handed out
+        self._hpos = 0
+        self._error: BaseException | None = None
+
+    def readable(self) -> bool:
+        """Always True."""
+        return True
+
+    def readinto(self, b: Buffer) -> int:  # type: ignore[override]
+        """Fill ``b`` with plaintext as far as the message goes; 0 at the end.
+
+        Authenticated frames read before a failure are returned first; the failure is raised by
+        the next call, and by every call after it.
+        """
+        if self.closed:
+            raise InvalidArgument("read from a closed decryptor")
+        if self._error is not None:
+            raise self._error
+        return self._fill(memoryview(b).cast("B"))
+
+    def _fill(self, out: memoryview) -> int:
+        body = self._body
+        n = len(out)
+        got = 0
+        try:
+            while got < n:
+                if self._hpos < len(self._held):
+                    k = min(n - got, len(self._held) - self._hpos)
+                    out[got : got + k] = self._held[self._hpos : self._hpos + k]
+                    self._hpos += k
+                    got += k
+                    continue
+                if body.done:
+                    break
+                length = body.next_frame()
+                if not body.final and length <= n - got:
+                    body.open_into(out[got : got + length])  # straight into the caller's buffer
+                    got += length
+                    continue
+                # Staged: the final frame waits for the end-of-message checks; a regular frame
+                # that does not fit is kept for the next read.
+                if len(self._stage) < length:
+                    self._stage = bytearray(length)  # new, not resized: old views may be alive
+                stage = memoryview(self._stage)[:length]
+                body.open_into(stage)
+                self._held = stage
+                self._hpos = 0
+        except Truncated:
+            self._error = IntegrityError("the message is truncated")
+        except BaseException as exc:
+            self._error = exc
+        else:
+            return got
+        if got:
+            return got
+        raise self._error
+
+    def readall(self) -> bytes:
+        """The rest of the plaintext."""
+        chunks = bytearray()
+        buf = bytearray(max(self._body._codec.frame_length, 1 << 20))
+        while k := self.readinto(buf):
+            chunks += memoryview(buf)[:k]
+        return bytes(chunks)
+
+    def close(self) -> None:
+        """Drop buffered plaintext; does not close the source stream."""
+        if not self.closed and len(self._held):
+            self._held[:] = bytes(len(self._held))
+        super().close()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def open_decryptor(
+    src: Any,
+    keys: Keys,
+    *,
+    expected_context: Mapping[str, str] | None = None,
+    max_encrypted_data_keys: int | None = None,
+) -> DecryptingReader:
+    """A readable binary stream of the plaintext of the message read from ``src``.
+
+    The header is read and authenticated at once (errors surface here). For the signed suite
+    0x0578, regular frames are released as they authenticate and the final frame only after the
+    signature verifies: treat output as provisional until the stream ends without error (or use
+    :func:`decrypt_file`, which only renames its output into place on success). ``src`` is not closed.
+    """
+    return DecryptingReader(
+        src, keys, expected_context=expected_context, max_encrypted_data_keys=max_encrypted_data_keys
+    )
+
+
+def decrypt(
+    message: Buffer,
+    keys: Keys,
+    *,
+    expected_context: Mapping[str, str] | None = None,
+    max_encrypted_data_keys: int | None = None,
+) -> DecryptResult:
+    """Decrypt one message; the plaintext is returned only when all of it is authenticated.
+
+    ``expected_context``: each given pair must be in the message's context with the same value,
+    else :class:`IntegrityError` (checked before any key is used). ``max_encrypted_data_keys``
+    rejects messages with more EDKs before any unwrap is tried.
+    """
+    if isinstance(message, str):
+        raise InvalidArgument("message must be bytes-like, got str")
+    try:
+        mv = memoryview(message).cast("B")
+    except TypeError:
+        raise InvalidArgument(f"message must be bytes-like, got {type(message).__name__}") from None
+    reader = DecryptingReader(
+        None,
+        keys,
+        expected_context=expected_context,
+        max_encrypted_data_keys=max_encrypted_data_keys,
+        _source=ViewSource(mv),
+    )
+    out = OutputBuffer(len(mv))  # an upper bound; cut to size at the end
+    try:
+        n = reader.readinto(out.view)
+        if reader._error is not None:
+            raise reader._error  # frames before the failure were fine; the message is not
+        if not reader._body.done:
+            raise IntegrityError("the message is truncated")
+    except BaseException:
+        out.wipe()  # never hand out, or leave behind, plaintext of a message that failed
+        raise
+    finally:
+        reader.close()
+    info = reader.info
+    return DecryptResult(
+        info.suite, info.message_id, info.context, info.edks, info.frame_length, plaintext=out.finish(n)
+    )

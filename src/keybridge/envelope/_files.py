@@ -1,0 +1,101 @@
+"""Whole files: constant memory, and atomic output (temp file in the target directory, then rename).
+
+On any failure the temp file is removed and the destination is left as it was; the destination
+only ever holds a complete result. Outputs are created with mode 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ..errors import InvalidArgument
+from ._decrypt import DecryptingReader
+from ._encrypt import DEFAULT_FRAME_LENGTH, EncryptingWriter
+from ._header import MessageInfo
+from ._recipients import Keys
+from ._suites import DEFAULT_SUITE, Suite
+
+__all__ = ["decrypt_file", "encrypt_file"]
+
+CHUNK = 1 << 20
+PathArg = str | os.PathLike[str]
+
+
+def check_path(p: object, what: str) -> Path:
+    """Paths only: a stream or bytes here is a caller mix-up worth naming."""
+    if not isinstance(p, (str, os.PathLike)):
+        raise InvalidArgument(
+            f"{what} must be a file path, got {type(p).__name__}; for streams use open_encryptor/open_decryptor"
+        )
+    return Path(p)
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, *, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """A binary file that appears at ``path`` (fsync + rename) only if the block succeeds."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def copy_through(read_into: Any, write: Any) -> None:
+    """Move everything from ``read_into`` to ``write`` through one reused buffer."""
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    while n := read_into.readinto(buf):
+        write.write(view[:n])
+
+
+def encrypt_file(
+    src_path: PathArg,
+    dst_path: PathArg,
+    keys: Keys,
+    *,
+    context: Mapping[str, str] | None = None,
+    frame_length: int = DEFAULT_FRAME_LENGTH,
+    suite: Suite | int = DEFAULT_SUITE,
+) -> MessageInfo:
+    """Encrypt the file at ``src_path`` into ``dst_path`` (may be the same path) in constant memory."""
+    src_p, dst_p = check_path(src_path, "src_path"), check_path(dst_path, "dst_path")
+    with open(src_p, "rb", buffering=0) as src, atomic_output(dst_p) as dst:
+        st = os.fstat(src.fileno())
+        size = st.st_size if stat.S_ISREG(st.st_mode) else None
+        with EncryptingWriter(
+            dst, keys, context=context, frame_length=frame_length, suite=suite, plaintext_length=size
+        ) as writer:
+            copy_through(src, writer)
+        return writer.info
+
+
+def decrypt_file(
+    src_path: PathArg,
+    dst_path: PathArg,
+    keys: Keys,
+    *,
+    expected_context: Mapping[str, str] | None = None,
+    max_encrypted_data_keys: int | None = None,
+) -> MessageInfo:
+    """Decrypt the message at ``src_path`` into ``dst_path``; the plaintext file appears only once
+    the whole message (signature included) has been authenticated."""
+    src_p, dst_p = check_path(src_path, "src_path"), check_path(dst_path, "dst_path")
+    with open(src_p, "rb") as src, atomic_output(dst_p) as dst:
+        with DecryptingReader(
+            src, keys, expected_context=expected_context, max_encrypted_data_keys=max_encrypted_data_keys
+        ) as reader:
+            copy_through(reader, dst)
+        return reader.info
