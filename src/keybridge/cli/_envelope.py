@@ -14,13 +14,12 @@ import contextlib
 import os
 import stat
 import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO, Any
 
 import click
 
+from .._files import atomic_output
 from ..errors import InvalidArgument
 from ..provider import KeyHandle, KeyProvider
 from ._common import cli_uri, emit, json_option, open_cli_provider
@@ -78,18 +77,8 @@ def _output(path: str | None) -> Iterator[IO[bytes]]:
         yield out
         out.flush()
         return
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as f:
+        yield f
 
 
 def _copy(src: Any, dst: Any, total: int | None, label: str) -> int:

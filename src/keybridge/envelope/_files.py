@@ -6,14 +6,13 @@ only ever holds a complete result. Outputs are created with mode 0600.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
+from .._files import atomic_output
 from ..errors import InvalidArgument
 from ._decrypt import DecryptingReader
 from ._encrypt import DEFAULT_FRAME_LENGTH, EncryptingWriter
@@ -34,23 +33,6 @@ def check_path(p: object, what: str) -> Path:
             f"{what} must be a file path, got {type(p).__name__}; for streams use open_encryptor/open_decryptor"
         )
     return Path(p)
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path, *, mode: int = 0o600) -> Iterator[BinaryIO]:
-    """A binary file that appears at ``path`` (fsync + rename) only if the block succeeds."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def copy_through(read_into: Any, write: Any) -> None:

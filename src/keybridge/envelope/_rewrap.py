@@ -18,9 +18,10 @@ import shutil
 from collections.abc import Mapping
 from typing import Any
 
+from .._files import atomic_output
 from ..errors import InvalidArgument, UnsupportedAlgorithm
 from ._decrypt import read_header, unlock
-from ._files import CHUNK, PathArg, atomic_output, check_path
+from ._files import CHUNK, PathArg, check_path
 from ._header import MessageInfo, build_header, header_tag, serialize_context
 from ._io import StreamSource, check_stream, write_all
 from ._materials import EncryptedDataKey
