@@ -1,0 +1,129 @@
+"""Which JWA algorithms a token can really do, and the PKCS#11 mechanism behind each one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pkcs11 import MGF, GCMParams
+from pkcs11 import Mechanism as M
+
+from ...keys import AlgorithmSpec
+
+# CKF_* bits a CK_MECHANISM_INFO may carry. SoftHSM 2.6 ORs into an uninitialised value for
+# AES-GCM, so bits outside this set mean "garbage": then only the mechanism's presence counts.
+_KNOWN_FLAGS = 0x1 | 0x3FFFF00 | 0x80000000
+_CKF_ENCRYPT, _CKF_DECRYPT, _CKF_SIGN, _CKF_WRAP, _CKF_UNWRAP = 0x100, 0x200, 0x800, 0x20000, 0x40000
+
+# RFC 5649 is CKM_AES_KEY_WRAP_KWP (0x210B) in PKCS#11 3.x; SoftHSM implements it under 0x210A.
+_SOFTHSM = "SoftHSM"
+
+_PREFIX = {  # DER DigestInfo headers for RSASSA-PKCS1-v1_5 over a precomputed digest (RFC 8017 §9.2)
+    "SHA256": bytes.fromhex("3031300d060960864801650304020105000420"),
+    "SHA384": bytes.fromhex("3041300d060960864801650304020205000430"),
+    "SHA512": bytes.fromhex("3051300d060960864801650304020305000440"),
+}
+_HASH_MECH = {"SHA256": (M.SHA256, MGF.SHA256), "SHA384": (M.SHA384, MGF.SHA384), "SHA512": (M.SHA512, MGF.SHA512)}
+OAEP_SHA1 = (M.SHA_1, MGF.SHA1, None)
+
+
+def _flags_ok(info_flags: int | None, needed: int) -> bool:
+    if info_flags is None or info_flags & ~_KNOWN_FLAGS:
+        return True  # unknown or garbage flags: trust the mechanism list alone
+    return info_flags & needed == needed
+
+
+def read_mechanisms(slot: Any) -> dict[int, int | None]:
+    """The slot's mechanisms with their CKF_* flags (None where the token reported garbage)."""
+    out: dict[int, int | None] = {}
+    for mech in slot.get_mechanisms():
+        try:
+            flags: int | None = int(slot.get_mechanism_info(mech).flags)
+        except Exception:  # a mechanism whose info cannot be read is still listed
+            flags = None
+        if flags is not None and flags & ~_KNOWN_FLAGS:
+            flags = None
+        out[int(mech)] = flags
+    return out
+
+
+def kwp_mechanism(mechs: Mapping[int, int | None], manufacturer: str) -> M | None:
+    """The mechanism that does RFC 5649 on this token, if any."""
+    if int(M.AES_KEY_WRAP_KWP) in mechs:
+        return M.AES_KEY_WRAP_KWP
+    if int(M.AES_KEY_WRAP_PAD) in mechs and manufacturer.startswith(_SOFTHSM):
+        return M.AES_KEY_WRAP_PAD
+    return None
+
+
+def supported(mechs: Mapping[int, int | None], manufacturer: str) -> frozenset[str]:
+    """JWA names whose private/secret half the token performs correctly."""
+
+    def has(mech: M, needed: int) -> bool:
+        return int(mech) in mechs and _flags_ok(mechs[int(mech)], needed)
+
+    algs: set[str] = set()
+    if has(M.AES_GCM, _CKF_ENCRYPT | _CKF_DECRYPT):
+        algs |= {"A128GCM", "A192GCM", "A256GCM"}
+    if has(M.AES_KEY_WRAP, _CKF_WRAP | _CKF_UNWRAP):
+        algs |= {"A128KW", "A192KW", "A256KW", "CKM_AES_KEY_WRAP"}
+    if kwp_mechanism(mechs, manufacturer) is not None:
+        algs.add("CKM_AES_KEY_WRAP_PAD")
+    if has(M.RSA_PKCS_OAEP, _CKF_DECRYPT):
+        algs.add("RSA-OAEP")
+        if not manufacturer.startswith(_SOFTHSM):
+            algs.add("RSA-OAEP-256")  # SoftHSM 2.6/2.7 accept only SHA-1 OAEP parameters
+    if has(M.RSA_PKCS, _CKF_SIGN):
+        algs |= {"RSA1_5", "RS256", "RS384", "RS512"}
+    if has(M.RSA_PKCS_PSS, _CKF_SIGN):
+        algs |= {"PS256", "PS384", "PS512"}
+    if has(M.ECDSA, _CKF_SIGN):
+        algs |= {"ES256", "ES384", "ES512"}
+    return frozenset(algs)
+
+
+def signature(alg: AlgorithmSpec, digest: bytes) -> tuple[M, Any, bytes]:
+    """(mechanism, parameter, data) to sign a precomputed ``digest`` with ``alg``."""
+    assert alg.hash is not None
+    h = alg.hash.name.upper().replace("-", "")
+    if alg.name.startswith("ES"):
+        return M.ECDSA, None, digest  # raw ECDSA over the digest: output is already r||s
+    if alg.pss:
+        hash_mech, mgf = _HASH_MECH[h]
+        return M.RSA_PKCS_PSS, (hash_mech, mgf, alg.hash.digest_size), digest
+    return M.RSA_PKCS, None, _PREFIX[h] + digest
+
+
+def rsa_decryption(alg: AlgorithmSpec) -> tuple[M, Any]:
+    """(mechanism, parameter) for RSA decrypt/unwrap with ``alg``."""
+    if alg.hash is None:
+        return M.RSA_PKCS, None
+    if alg.hash.name == "sha1":
+        return M.RSA_PKCS_OAEP, OAEP_SHA1
+    return M.RSA_PKCS_OAEP, (M.SHA256, MGF.SHA256, None)
+
+
+def gcm(iv: bytes, aad: bytes | None) -> GCMParams:
+    """GCM parameters: 96-bit IV, 128-bit tag."""
+    return GCMParams(iv, aad or b"", 128)
+
+
+def rfc5649_wrap(encrypt_block: Callable[[bytes], bytes], data: bytes) -> bytes:
+    """RFC 5649 key wrap with padding, built on a one-block AES encryption the token performs.
+
+    Used only where the token's own mechanism is wrong (SoftHSM < 2.7 pads before wrapping, so
+    the length indicator counts the zero bytes): the key never leaves the token, only the AES
+    block function is driven from here (RFC 3394 §2.2.1, with RFC 5649's alternative IV).
+    """
+    aiv = bytes.fromhex("A65959A6") + len(data).to_bytes(4, "big")
+    padded = data + bytes(-len(data) % 8)
+    if len(padded) == 8:
+        return encrypt_block(aiv + padded)
+    a, r = aiv, [padded[i : i + 8] for i in range(0, len(padded), 8)]
+    n = len(r)
+    for j in range(6):
+        for i in range(n):
+            b = encrypt_block(a + r[i])
+            t = (n * j + i + 1).to_bytes(8, "big")
+            a, r[i] = bytes(x ^ y for x, y in zip(b[:8], t, strict=False)), b[8:]
+    return a + b"".join(r)

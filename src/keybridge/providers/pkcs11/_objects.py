@@ -1,0 +1,287 @@
+"""How keybridge keys map onto PKCS#11 objects (see docs/pkcs11.md, "Names and versions").
+
+* A key is the secret key (AES) or private key (RSA/EC) objects whose CKA_LABEL is the key name;
+  each object is one version and CKA_ID is the version (printed as hex). The public key object
+  carries the same label and id.
+* keybridge makes ids of 16 bytes: ``b"kb"`` + creation time (µs since the epoch, 8 bytes big
+  endian) + 6 random bytes, so versions sort by creation and ``created`` is known. Objects other
+  tools made (any other id) sort before them, by id, and are used just the same.
+* What PKCS#11 has no attribute for (tags, validity window, enabled flag, the operations to
+  restore on enable) lives in one private CKO_DATA object per name: CKA_LABEL = name,
+  CKA_APPLICATION = "keybridge", CKA_VALUE = JSON ``{"versions": {id_hex: {...}}}``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pkcs11 import Attribute as A
+from pkcs11 import ObjectClass as OC
+from pkcs11 import PrivateKey as P11Private
+from pkcs11 import PublicKey as P11Public
+from pkcs11 import SecretKey as P11Secret
+from pkcs11.util.ec import encode_named_curve_parameters
+
+from ...errors import InvalidKeySpec
+from ...keys import CURVES, KeyOp, KeySpec, KeyType, PrivateKey
+
+APPLICATION = "keybridge"
+_MARK = b"kb"
+_UTC = _dt.timezone.utc
+_CURVE_OID = {"P-256": "secp256r1", "P-384": "secp384r1", "P-521": "secp521r1"}
+_PARAMS_CURVE = {encode_named_curve_parameters(oid): name for name, oid in _CURVE_OID.items()}
+
+# Which CKA_ usage flag grants which operation, on the private/secret and on the public object.
+PRIVATE_FLAGS: Mapping[KeyOp, Any] = {
+    KeyOp.SIGN: A.SIGN,
+    KeyOp.DECRYPT: A.DECRYPT,
+    KeyOp.UNWRAP_KEY: A.UNWRAP,
+}
+SECRET_FLAGS: Mapping[KeyOp, Any] = {
+    KeyOp.ENCRYPT: A.ENCRYPT,
+    KeyOp.DECRYPT: A.DECRYPT,
+    KeyOp.WRAP_KEY: A.WRAP,
+    KeyOp.UNWRAP_KEY: A.UNWRAP,
+}
+PUBLIC_FLAGS: Mapping[KeyOp, Any] = {KeyOp.VERIFY: A.VERIFY, KeyOp.ENCRYPT: A.ENCRYPT, KeyOp.WRAP_KEY: A.WRAP}
+_PUBLIC_TWIN = {KeyOp.SIGN: KeyOp.VERIFY, KeyOp.DECRYPT: KeyOp.ENCRYPT, KeyOp.UNWRAP_KEY: KeyOp.WRAP_KEY}
+
+
+# ---- ids and versions ----------------------------------------------------------------------------
+
+
+def new_id() -> bytes:
+    """A fresh keybridge CKA_ID: marker, creation time, randomness."""
+    return _MARK + (time.time_ns() // 1000).to_bytes(8, "big") + os.urandom(6)
+
+
+def created_at(id_bytes: bytes) -> _dt.datetime | None:
+    """Creation time encoded in a keybridge id (None for ids other tools chose)."""
+    if len(id_bytes) != 16 or not id_bytes.startswith(_MARK):
+        return None
+    return _dt.datetime.fromtimestamp(int.from_bytes(id_bytes[2:10], "big") / 1e6, _UTC)
+
+
+def order(id_bytes: bytes) -> tuple[int, bytes]:
+    """Sort key: foreign ids first (by value), then keybridge ids by creation time."""
+    return (1, id_bytes[2:10]) if created_at(id_bytes) else (0, id_bytes)
+
+
+# ---- reading objects -----------------------------------------------------------------------------
+
+
+def flags_template(flags: Mapping[KeyOp, Any], ops: Iterable[KeyOp]) -> dict[Any, bool]:
+    """CKA_ usage attributes for ``ops`` (every flag set explicitly, True or False)."""
+    wanted = set(ops)
+    return {attr: op in wanted for op, attr in flags.items()}
+
+
+def spec_of(obj: Any, attrs: Mapping[Any, Any], meta: Mapping[str, Any]) -> KeySpec:
+    """The KeySpec of a secret or private key object (raises InvalidKeySpec for others)."""
+    if isinstance(obj, P11Secret):
+        length = attrs.get(A.VALUE_LEN) or meta.get("size", 0) // 8  # SoftHSM 2.6: 0 after unwrap
+        return KeySpec.aes(int(length) * 8)
+    modulus = attrs.get(A.MODULUS)
+    if modulus:
+        return KeySpec.rsa(int.from_bytes(modulus, "big").bit_length())
+    params = attrs.get(A.EC_PARAMS)
+    if params in _PARAMS_CURVE:
+        return KeySpec.ec(_PARAMS_CURVE[params])
+    raise InvalidKeySpec(f"object labelled {obj.label!r} is a {obj.key_type!r} key keybridge cannot use")
+
+
+def public_key_of(
+    spec: KeySpec, priv_attrs: Mapping[Any, Any], pub: Any
+) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey | None:
+    """The public key as a cryptography object, from the public object or the RSA private one."""
+    if spec.kty is KeyType.RSA:
+        src = pub.get_attributes([A.MODULUS, A.PUBLIC_EXPONENT]) if pub is not None else priv_attrs
+        n = int.from_bytes(src[A.MODULUS], "big")
+        e = int.from_bytes(src[A.PUBLIC_EXPONENT], "big")
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    if spec.kty is KeyType.EC and pub is not None:
+        point = _der_octets(pub[A.EC_POINT])
+        return ec.EllipticCurvePublicKey.from_encoded_point(CURVES[spec.curve or ""], point)
+    return None
+
+
+def ops_of(obj: Any, attrs: Mapping[Any, Any], pub: Any) -> frozenset[KeyOp]:
+    """Operations the token's usage flags grant (used for keys keybridge has no record of)."""
+    if isinstance(obj, P11Secret):
+        return frozenset(op for op, a in SECRET_FLAGS.items() if attrs.get(a))
+    ops = {op for op, a in PRIVATE_FLAGS.items() if attrs.get(a)}
+    if pub is None:
+        return frozenset(ops | {_PUBLIC_TWIN[op] for op in ops})
+    pub_attrs = pub.get_attributes(list(PUBLIC_FLAGS.values()))
+    return frozenset(ops | {op for op, a in PUBLIC_FLAGS.items() if pub_attrs.get(a)})
+
+
+KEY_ATTRS = [
+    A.ID,
+    A.EXTRACTABLE,
+    A.VALUE_LEN,
+    A.MODULUS,
+    A.PUBLIC_EXPONENT,
+    A.EC_PARAMS,
+    *SECRET_FLAGS.values(),
+    A.SIGN,
+]
+
+
+def is_key(obj: Any) -> bool:
+    """Secret and private keys are key versions; public keys and data objects are not."""
+    return isinstance(obj, (P11Secret, P11Private))
+
+
+def is_secret(obj: Any) -> bool:
+    """True for secret (AES) key objects."""
+    return isinstance(obj, P11Secret)
+
+
+def is_our_meta(obj: Any) -> bool:
+    """True for keybridge's metadata data objects (python-pkcs11 gives data objects no class)."""
+    if is_key(obj) or is_public(obj):
+        return False
+    attrs = obj.get_attributes([A.CLASS, A.APPLICATION])
+    return bool(attrs.get(A.CLASS) == OC.DATA and attrs.get(A.APPLICATION) == APPLICATION)
+
+
+def is_public(obj: Any) -> bool:
+    """True for public key objects."""
+    return isinstance(obj, P11Public)
+
+
+# ---- metadata object -----------------------------------------------------------------------------
+
+
+def find_meta(session: Any, name: str) -> Any:
+    """The keybridge CKO_DATA object of ``name`` (None if there is none)."""
+    for obj in session.get_objects({A.CLASS: OC.DATA, A.LABEL: name, A.APPLICATION: APPLICATION}):
+        return obj
+    return None
+
+
+def load_meta(obj: Any) -> dict[str, Any]:
+    """The JSON record of a metadata object (empty when absent or unreadable)."""
+    if obj is None:
+        return {"versions": {}}
+    try:
+        data = json.loads(bytes(obj[A.VALUE]).decode("utf-8"))
+    except ValueError:
+        return {"versions": {}}
+    return data if isinstance(data.get("versions"), dict) else {"versions": {}}
+
+
+def store_meta(session: Any, name: str, old: Any, meta: Mapping[str, Any]) -> None:
+    """Replace the metadata object (SoftHSM makes CKA_VALUE of data objects read-only)."""
+    if old is not None:
+        old.destroy()
+    if not meta.get("versions"):
+        return
+    session.create_object(
+        {
+            A.CLASS: OC.DATA,
+            A.TOKEN: True,
+            A.PRIVATE: True,
+            A.LABEL: name,
+            A.APPLICATION: APPLICATION,
+            A.VALUE: json.dumps(meta, sort_keys=True).encode("utf-8"),
+        }
+    )
+
+
+def version_record(
+    ops: Iterable[KeyOp],
+    *,
+    enabled: bool,
+    tags: Mapping[str, str],
+    not_before: _dt.datetime | None,
+    expires: _dt.datetime | None,
+    size: int | None = None,
+) -> dict[str, Any]:
+    """One version's entry in the metadata JSON."""
+    return {
+        "ops": sorted(op.value for op in ops),
+        "enabled": enabled,
+        "tags": dict(tags),
+        "not_before": not_before.isoformat() if not_before else None,
+        "expires": expires.isoformat() if expires else None,
+        "size": size,
+    }
+
+
+def parse_time(value: Any) -> _dt.datetime | None:
+    """An ISO timestamp from the metadata (None if missing)."""
+    return _dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+
+
+# ---- templates for new objects ---------------------------------------------------------------------
+
+
+def ec_params(spec: KeySpec) -> bytes:
+    """DER ECParameters (named curve) for ``spec``."""
+    return bytes(encode_named_curve_parameters(_CURVE_OID[spec.curve or ""]))
+
+
+def import_templates(key: PrivateKey | bytes, spec: KeySpec) -> tuple[dict[Any, Any], dict[Any, Any] | None]:
+    """(private-or-secret, public) attribute templates holding ``key``'s values."""
+    from pkcs11 import KeyType as KT
+
+    if isinstance(key, bytes):
+        return {A.CLASS: OC.SECRET_KEY, A.KEY_TYPE: KT.AES, A.VALUE: key}, None
+    if isinstance(key, rsa.RSAPrivateKey):
+        nums = key.private_numbers()
+        pub = nums.public_numbers
+
+        def b(i: int) -> bytes:
+            return i.to_bytes((i.bit_length() + 7) // 8 or 1, "big")
+
+        priv = {
+            A.CLASS: OC.PRIVATE_KEY,
+            A.KEY_TYPE: KT.RSA,
+            A.MODULUS: b(pub.n),
+            A.PUBLIC_EXPONENT: b(pub.e),
+            A.PRIVATE_EXPONENT: b(nums.d),
+            A.PRIME_1: b(nums.p),
+            A.PRIME_2: b(nums.q),
+            A.EXPONENT_1: b(nums.dmp1),
+            A.EXPONENT_2: b(nums.dmq1),
+            A.COEFFICIENT: b(nums.iqmp),
+        }
+        return priv, {A.CLASS: OC.PUBLIC_KEY, A.KEY_TYPE: KT.RSA, A.MODULUS: b(pub.n), A.PUBLIC_EXPONENT: b(pub.e)}
+    size = (key.curve.key_size + 7) // 8
+    scalar = key.private_numbers().private_value.to_bytes(size, "big")
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    point = key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    params = ec_params(spec)
+    return (
+        {A.CLASS: OC.PRIVATE_KEY, A.KEY_TYPE: KT.EC, A.EC_PARAMS: params, A.VALUE: scalar},
+        {A.CLASS: OC.PUBLIC_KEY, A.KEY_TYPE: KT.EC, A.EC_PARAMS: params, A.EC_POINT: _der_octet_string(point)},
+    )
+
+
+def _der_octet_string(data: bytes) -> bytes:
+    n = len(data)
+    length = bytes([n]) if n < 0x80 else bytes([0x81, n]) if n < 0x100 else bytes([0x82]) + n.to_bytes(2, "big")
+    return b"\x04" + length + data
+
+
+def _der_octets(data: bytes) -> bytes:
+    """The point inside a DER OCTET STRING (CKA_EC_POINT); a raw point (some tokens) passes through."""
+    data = bytes(data)
+    if len(data) > 2 and data[0] == 0x04:
+        if data[1] < 0x80:
+            head, n = 2, data[1]
+        else:
+            head = 2 + (data[1] & 0x7F)
+            n = int.from_bytes(data[2:head], "big")
+        if head + n == len(data):
+            return data[head:]
+    return data

@@ -1,0 +1,107 @@
+"""RFC 7512 ``pkcs11:`` URIs: parse strictly, print canonically, never echo a PIN."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from urllib.parse import quote, unquote_to_bytes
+
+from ...errors import InvalidKeyUri
+
+_PATH_ATTRS = frozenset(
+    [
+        "token",
+        "manufacturer",
+        "serial",
+        "model",
+        "library-manufacturer",
+        "library-description",
+        "library-version",
+        "object",
+        "type",
+        "id",
+        "slot-description",
+        "slot-manufacturer",
+        "slot-id",
+    ]
+)
+_QUERY_ATTRS = frozenset({"pin-source", "pin-value", "module-name", "module-path"})
+_TYPES = frozenset({"private", "secret-key", "public", "cert", "data"})
+_EXAMPLE = "pkcs11:token=TOKEN;object=NAME?module-path=/path/to/module.so&pin-source=file:/path/pin"
+_PCT_OK = re.compile(r"^(?:[^%]|%[0-9A-Fa-f]{2})*$")
+_PIN = re.compile(r"(pin-value=)[^&]*", re.IGNORECASE)
+
+
+def redact(uri: object) -> str:
+    """``uri`` as text with any pin-value replaced, safe to put in a message."""
+    return _PIN.sub(r"\1***", str(uri))
+
+
+@dataclass(frozen=True)
+class Pkcs11Uri:
+    """A parsed ``pkcs11:`` URI. ``id`` is bytes; every other value is text."""
+
+    path: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, str] = field(default_factory=dict)
+    id: bytes | None = None
+
+    def __repr__(self) -> str:  # the query may hold a pin-value
+        return f"Pkcs11Uri(path={dict(self.path)!r}, id={self.id!r}, query_keys={sorted(self.query)!r})"
+
+
+def _fail(uri: str, problem: str) -> InvalidKeyUri:
+    return InvalidKeyUri(f"invalid PKCS#11 URI {redact(uri)!r}: {problem}; expected e.g. {_EXAMPLE!r}")
+
+
+def _decode(uri: str, name: str, raw: str) -> bytes:
+    if not _PCT_OK.match(raw):
+        raise _fail(uri, f"attribute {name!r} has a malformed percent-encoding")
+    return unquote_to_bytes(raw)
+
+
+def _split(uri: str, part: str, sep: str, allowed: frozenset[str]) -> tuple[dict[str, str], bytes | None]:
+    out: dict[str, str] = {}
+    id_bytes = None
+    for item in part.split(sep) if part else ():
+        name, eq, raw = item.partition("=")
+        name = name.strip().lower()
+        if not eq or not name:
+            raise _fail(uri, f"attribute {item.split('=')[0]!r} has no value (write name=value)")
+        if name not in allowed and not name.startswith("x-"):
+            raise _fail(uri, f"unknown attribute {name!r} (known: {', '.join(sorted(allowed))})")
+        if name in out or (name == "id" and id_bytes is not None):
+            raise _fail(uri, f"attribute {name!r} appears twice")
+        value = _decode(uri, name, raw)
+        if name == "id":
+            id_bytes = value
+            continue
+        try:
+            out[name] = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _fail(uri, f"attribute {name!r} is not UTF-8 text after percent-decoding") from None
+    return out, id_bytes
+
+
+def parse(uri: str) -> Pkcs11Uri:
+    """Parse an RFC 7512 URI; any unknown or malformed attribute raises :class:`InvalidKeyUri`."""
+    if not isinstance(uri, str) or not uri.lower().startswith("pkcs11:"):
+        raise _fail(str(uri), "it does not start with 'pkcs11:'")
+    body = uri[len("pkcs11:") :]
+    path_part, _, query_part = body.partition("?")
+    path, id_bytes = _split(uri, path_part, ";", _PATH_ATTRS)
+    query, _ = _split(uri, query_part, "&", _QUERY_ATTRS)
+    if "type" in path and path["type"] not in _TYPES:
+        raise _fail(uri, f"attribute 'type' must be one of {', '.join(sorted(_TYPES))}")
+    if "pin-value" in query and "pin-source" in query:
+        raise _fail(uri, "give either pin-value or pin-source, not both")
+    return Pkcs11Uri(MappingProxyType(path), MappingProxyType(query), id_bytes)
+
+
+def key_uri(token: str, name: str, id_bytes: bytes | None) -> str:
+    """The canonical key URI: token, object label and (for a version) the CKA_ID; never a PIN."""
+    uri = f"pkcs11:token={quote(token, safe='')};object={quote(name, safe='')}"
+    if id_bytes is not None:
+        uri += ";id=" + "".join(f"%{b:02X}" for b in id_bytes)
+    return uri
