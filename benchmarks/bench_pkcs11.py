@@ -142,8 +142,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=0.8, help="measuring time per run")
     parser.add_argument("--reps", type=int, default=3, help="runs per cell (the best counts)")
+    parser.add_argument("--quick", action="store_true", help="one short run per cell (a smoke test)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.reps = 0.2, 1
     module = next((m for m in MODULES if os.path.exists(m)), None)
     if module is None or shutil.which("softhsm2-util") is None:
         print("softhsm2 is not installed; nothing to measure")
