@@ -1,1 +1,65 @@
-"""(being written)"""
+"""``keybridge emulator``: run the local Managed HSM emulator until Ctrl-C."""
+
+from __future__ import annotations
+
+import threading
+
+import click
+
+from ..emulator import Faults, ManagedHsmEmulator
+from ..errors import KeybridgeError
+
+__all__ = ["emulator"]
+
+_HOWTO = """\
+Point the Azure SDK at it:
+
+    from azure.keyvault.keys import KeyClient
+    from keybridge.emulator import EmulatorCredential
+
+    client = KeyClient("{url}", EmulatorCredential(),
+                       connection_verify="{ca}", verify_challenge_resource=False)
+
+or keybridge:  open_provider("{url}", credential=EmulatorCredential(),
+                             connection_verify="{ca}", verify_challenge_resource=False)
+
+Any bearer token is accepted. Other tools: trust {ca} (e.g. REQUESTS_CA_BUNDLE={ca}).
+Press Ctrl-C to stop.
+"""
+
+
+@click.command("emulator")
+@click.option("--port", type=click.IntRange(0, 65535), default=8443, show_default=True, help="0 picks a free port.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, writable=True),
+    default=None,
+    help="Keep keys and vault state here across runs (test data only).",
+)
+@click.option(
+    "--faults",
+    default=None,
+    metavar="SPEC",
+    help="Inject faults, e.g. 'error_rate=0.3,statuses=429/503,retry_after=0,latency=0.05,drop_rate=0.01,seed=1'.",
+)
+def emulator(port: int, state_dir: str | None, faults: str | None) -> None:
+    """Run a local Azure Key Vault / Managed HSM keys endpoint over HTTPS."""
+    try:
+        spec = Faults.parse(faults) if faults else None
+        hsm = ManagedHsmEmulator(port=port, faults=spec, state_dir=state_dir, require_token=False).start()
+    except KeybridgeError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        click.echo(f"Vault URL: {hsm.vault_url}")
+        click.echo(f"CA file:   {hsm.ca_file}")
+        if state_dir:
+            click.echo(f"State dir: {state_dir}")
+        if spec:
+            click.echo(f"Faults:    {spec}")
+        click.echo("")
+        click.echo(_HOWTO.format(url=hsm.vault_url, ca=hsm.ca_file))
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        click.echo("stopping")
+    finally:
+        hsm.stop()

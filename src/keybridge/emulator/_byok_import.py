@@ -1,0 +1,74 @@
+"""BYOK import: check the package's key-exchange key, then let the provider unwrap the key.
+
+The wire request names only the key family (``kty``, and ``crv`` for EC when the caller gives
+it), while the provider needs the exact spec it must find in the package; the emulator tries each
+spec of the family and keeps the one the unwrapped key matches (a mismatch is an
+``InvalidPackage`` from the provider; any other failure, such as a wrong KEK or a tampered
+package, stops at once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import unquote, urlsplit
+
+from .._byok import ByokPackage
+from ..errors import InvalidPackage, KeybridgeError
+from ..keys import AES_SIZES, CURVES, RSA_SIZES, KeyInfo, KeySpec, KeyType
+from ._errors import ApiError, bad
+from ._vault import Vault
+
+__all__ = ["importer"]
+
+
+def _candidates(kind: KeyType, crv: object) -> list[KeySpec]:
+    if kind is KeyType.EC:
+        if crv is None:
+            return [KeySpec.ec(c) for c in CURVES]
+        if crv not in CURVES:
+            raise bad(f"crv {crv!r} is not supported; use one of {', '.join(CURVES)}")
+        return [KeySpec.ec(str(crv))]
+    if kind is KeyType.RSA:
+        return [KeySpec.rsa(bits) for bits in RSA_SIZES]
+    return [KeySpec.aes(bits) for bits in AES_SIZES]
+
+
+def _kek_kid(vault: Vault, kid: str) -> str:
+    """The provider-side kid of the KEK the package names, after the service's own checks."""
+    parts = [unquote(p) for p in urlsplit(kid).path.strip("/").split("/")]
+    if len(parts) not in (2, 3) or parts[0] != "keys":
+        raise bad(f"the package's kid {kid!r} is not a key id of this vault (https://HOST/keys/NAME/VERSION)")
+    try:
+        entry = vault.active(parts[1])
+        ver = vault.version(entry, parts[2] if len(parts) == 3 else None)
+    except ApiError:
+        raise bad(f"the package's key-exchange key {kid!r} is not a key in this vault") from None
+    if ver.kty != "RSA-HSM" or ver.ops != ["import"]:
+        raise bad(
+            f"key {entry.name} cannot be a key-exchange key: a KEK must be RSA-HSM with key_ops exactly"
+            f" ['import'] (it is {ver.kty} with {ver.ops})"
+        )
+    return f"https://emulator.invalid/keys/{entry.pname}/{ver.id}"
+
+
+def importer(vault: Vault, package: bytes, kind: KeyType, crv: object) -> Callable[[str, list[str] | None], KeyInfo]:
+    """A ``make`` function for :meth:`Vault.add` that imports ``package`` (the .byok bytes)."""
+    try:
+        pkg = ByokPackage.from_json(package)
+    except InvalidPackage as exc:
+        raise bad(f"key_hsm is not a valid BYOK package: {exc}") from None
+    rewritten = ByokPackage(_kek_kid(vault, pkg.kid), pkg.ciphertext, pkg.generator).to_json()
+    specs = _candidates(kind, crv)
+
+    def make(pname: str, ops: list[str] | None) -> KeyInfo:
+        mismatch: InvalidPackage | None = None
+        for spec in specs:
+            try:
+                return vault.provider.import_byok(pname, rewritten, spec, ops=ops)
+            except InvalidPackage as exc:
+                mismatch = exc
+            except KeybridgeError as exc:
+                raise bad(f"BYOK import failed: {exc}") from None
+        raise bad(f"BYOK import failed: {mismatch}")
+
+    return make

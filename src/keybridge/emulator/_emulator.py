@@ -1,0 +1,162 @@
+"""ManagedHsmEmulator: start, stop and describe one emulator instance."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from typing_extensions import Self
+
+from .._files import atomic_write
+from ..errors import InvalidArgument, ProviderUnavailable
+from ..provider import KeyProvider, open_provider
+from ._auth import EmulatorCredential
+from ._faults import FaultInjector, Faults
+from ._routes import Router
+from ._server import EmulatorServer
+from ._tls import make_server_context
+from ._vault import Vault
+
+__all__ = ["ManagedHsmEmulator"]
+
+_KEYSTORE = "keys.kbks"
+_STATE = "vault.json"
+_PASSPHRASE = "passphrase"
+
+
+class ManagedHsmEmulator:
+    """A local Key Vault / Managed HSM keys endpoint over HTTPS, backed by an in-memory provider.
+
+    ``with ManagedHsmEmulator() as hsm:`` starts it on ``127.0.0.1`` (``port=0`` picks a free
+    port) with a fresh CA; point the Azure SDK at ``hsm.vault_url`` with ``hsm.credential()``,
+    ``connection_verify=hsm.ca_file`` and ``verify_challenge_resource=False`` (all of which
+    :meth:`provider_options` returns). ``faults`` (a :class:`Faults` or a spec string for
+    :meth:`Faults.parse`) injects throttling, latency and dropped connections. ``state_dir`` keeps
+    keys and vault state across runs (the key store is encrypted under a random passphrase kept in
+    the same directory: it is test data, not a place for real keys). ``require_token=False``
+    accepts any bearer token, for clients that cannot use :meth:`credential`.
+    """
+
+    def __init__(
+        self,
+        port: int = 0,
+        faults: Faults | str | None = None,
+        state_dir: str | Path | None = None,
+        *,
+        require_token: bool = True,
+    ) -> None:
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise InvalidArgument(f"port must be 0 (any free port) or 1-65535, got {port!r}")
+        self.faults = Faults.parse(faults) if isinstance(faults, str) else faults
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self._port = port
+        self._credential = EmulatorCredential()
+        self._require_token = require_token
+        self._server: EmulatorServer | None = None
+        self._thread: threading.Thread | None = None
+        self._tmp: Path | None = None
+        self._ca_file: Path | None = None
+        self.provider: KeyProvider = self._open_provider()
+        self._vault = Vault(self.provider, self._save_state if self.state_dir else None)
+        if self.state_dir is not None and (self.state_dir / _STATE).exists():
+            self._vault.load(json.loads((self.state_dir / _STATE).read_text("utf-8")))
+
+    def __repr__(self) -> str:
+        where = self.vault_url if self._server else "stopped"
+        return f"<ManagedHsmEmulator {where}>"
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Bind, generate the certificate and serve in a background thread. Idempotent."""
+        if self._server is not None:
+            return self
+        self._tmp = Path(tempfile.mkdtemp(prefix="keybridge-emulator-"))
+        ctx, self._ca_file = make_server_context(self._tmp)
+        injector = FaultInjector(self.faults) if self.faults else None
+        token = self._credential.get_token().token if self._require_token else None
+        try:
+            self._server = EmulatorServer(ctx, self._port, Router(self._vault), token, injector)
+        except OSError as exc:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise ProviderUnavailable(f"cannot listen on 127.0.0.1:{self._port}: {exc.strerror}") from exc
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="keybridge-emulator", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and remove the certificate files. Idempotent."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # ---- what clients need ---------------------------------------------------------------------
+
+    def _running(self) -> EmulatorServer:
+        if self._server is None:
+            raise ProviderUnavailable("the emulator is not running; use it as a context manager or call start()")
+        return self._server
+
+    @property
+    def vault_url(self) -> str:
+        """``https://127.0.0.1:PORT``."""
+        return self._running().vault_url
+
+    @property
+    def port(self) -> int:
+        """The TCP port it listens on."""
+        return int(self._running().server_address[1])
+
+    @property
+    def ca_file(self) -> str:
+        """Path of the PEM CA certificate to trust (``connection_verify=``)."""
+        self._running()
+        return str(self._ca_file)
+
+    def credential(self) -> EmulatorCredential:
+        """A TokenCredential whose token this emulator accepts."""
+        return self._credential
+
+    def provider_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``AzureKeyVaultProvider``/``open_provider``/``KeyClient``."""
+        return {"credential": self._credential, "connection_verify": self.ca_file, "verify_challenge_resource": False}
+
+    # ---- persistence ---------------------------------------------------------------------------
+
+    def _open_provider(self) -> KeyProvider:
+        if self.state_dir is None:
+            return open_provider("memory:")
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        secret = self.state_dir / _PASSPHRASE
+        if not secret.exists():
+            atomic_write(secret, secrets.token_urlsafe(32).encode("ascii"), mode=0o600)
+        return open_provider(
+            "memory:", keystore=self.state_dir / _KEYSTORE, passphrase=secret.read_text("ascii").strip(), create=True
+        )
+
+    def _save_state(self) -> None:
+        assert self.state_dir is not None
+        atomic_write(self.state_dir / _STATE, json.dumps(self._vault.dump()).encode("utf-8"))

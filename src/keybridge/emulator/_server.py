@@ -1,0 +1,167 @@
+"""HTTPS transport: a threading HTTP/1.1 server behind TLS, with faults, auth and size limits.
+
+The TLS handshake runs in each connection's worker thread (not in the accept loop), so a client
+that connects and stalls cannot block others; a socket timeout bounds every read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import ssl
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from ._auth import challenge, token_ok
+from ._errors import ApiError, bad
+from ._faults import FaultInjector
+from ._routes import Router
+
+__all__ = ["MAX_BODY", "EmulatorServer"]
+
+log = logging.getLogger("keybridge.emulator")
+MAX_BODY = 1024 * 1024
+_MAX_DRAIN = 16 * MAX_BODY
+_LOCAL_HOST = re.compile(r"(?:127\.0\.0\.1|localhost|[A-Za-z0-9-]+\.localhost):\d{1,5}")
+_THROTTLE = {
+    429: "Throttled",
+    500: "InternalError",
+    502: "BadGateway",
+    503: "ServiceUnavailable",
+    504: "GatewayTimeout",
+}
+
+
+class EmulatorServer(ThreadingHTTPServer):
+    """The listening server; holds the router, the accepted token and the fault injector."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(
+        self, ctx: ssl.SSLContext, port: int, router: Router, token: str | None, faults: FaultInjector | None
+    ) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.socket = ctx.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+        self.router = router
+        self.token = token
+        self.faults = faults
+        self.vault_url = f"https://127.0.0.1:{self.server_address[1]}"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # TLS failures (plain-HTTP clients, untrusted CAs) and dropped peers are the client's problem.
+        log.debug("connection from %s ended with an error", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "keybridge-emulator"
+    timeout = 30
+    server: EmulatorServer
+
+    def setup(self) -> None:
+        super().setup()
+        # headers and body go out in separate writes; without this, Nagle + delayed ACK add ~40 ms
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.request.do_handshake()
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def _send(self, status: int, body: dict[str, Any] | None, headers: dict[str, str] | None = None) -> None:
+        data = b"" if body is None else json.dumps(body).encode("utf-8")
+        self.send_response(status)
+        self.send_header("x-ms-request-id", str(uuid.uuid4()))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if body is not None:
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise bad("chunked request bodies are not supported; send Content-Length")
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.close_connection = True
+            raise bad("Content-Length is not a number") from None
+        if length < 0 or length > MAX_BODY:
+            # Drain a moderately oversized body so the client (which sends it all before reading)
+            # sees the answer; beyond that, stop reading. Either way this connection is finished.
+            self.close_connection = True
+            remaining = length if 0 < length <= _MAX_DRAIN else 0
+            while remaining > 0:
+                chunk = self.rfile.read(min(remaining, 65536))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+            raise bad(f"the request body is {length} bytes; the limit is {MAX_BODY}")
+        return self.rfile.read(length) if length else b""
+
+    def _base(self) -> str:
+        host = self.headers.get("Host", "")
+        return f"https://{host}" if _LOCAL_HOST.fullmatch(host) else self.server.vault_url
+
+    def _dispatch(self) -> None:
+        try:
+            if self._fault():
+                return
+            raw = self._read_body()
+            if not token_ok(self.headers.get("Authorization"), self.server.token):
+                raise ApiError(401, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.")
+            url = urlsplit(self.path)
+            parts = [unquote(p) for p in url.path.split("/")[1:]]
+            query = dict(parse_qsl(url.query, keep_blank_values=True))
+            status, body = self.server.router.handle(self.command, parts, query, _json(raw), self._base())
+            self._send(status, body)
+        except ApiError as exc:
+            headers = {"WWW-Authenticate": challenge(self.headers.get("Host", ""))} if exc.status == 401 else None
+            self._send(exc.status, exc.body(), headers)
+        except Exception:
+            log.exception("emulator failed on %s %s", self.command, urlsplit(self.path).path)
+            self._send(500, ApiError(500, "InternalError", "the emulator hit an internal error").body())
+
+    def _fault(self) -> bool:
+        injector = self.server.faults
+        if injector is None:
+            return False
+        if injector.faults.latency:
+            time.sleep(injector.faults.latency)
+        decision = injector.decide()
+        if decision.drop:
+            self.close_connection = True
+            return True
+        if decision.status is not None:
+            self._read_body()
+            err = ApiError(decision.status, _THROTTLE[decision.status], "injected fault: try again")
+            self._send(decision.status, err.body(), {"Retry-After": str(injector.faults.retry_after)})
+            return True
+        return False
+
+    do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = _dispatch
+
+
+def _json(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise bad("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise bad("the request body must be a JSON object")
+    return body

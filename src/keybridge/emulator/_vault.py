@@ -1,0 +1,414 @@
+"""The vault's state: what Key Vault knows about keys beyond what the provider protocol holds.
+
+Key material, versions and the enabled flag live in the provider; this layer adds the service's
+own state on top: the wire ``kty``, the ``key_ops`` it reports and enforces, ``nbf``/``exp``, tags,
+soft delete, rotation policies and backups. Azure key names map to provider names one to one
+(``NAME``, or ``NAME.N`` when an older, still backed-up ``NAME`` is kept in the provider).
+
+Backups never take key material out of the provider: a backup blob is an unguessable handle to a
+snapshot of this state, and purging a key that has backups keeps its provider key (hidden) so a
+restore can bring it back. Blobs therefore restore only into the emulator that made them.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .._byok import b64url_decode, b64url_encode
+from ..errors import InvalidPackage, KeybridgeError
+from ..keys import KeyInfo, KeyOp, KeyRef, KeySpec, KeyType
+from ..provider import KeyProvider
+from ._errors import ApiError, bad, from_keybridge, not_found
+
+__all__ = ["Entry", "Vault", "Version", "parse_duration"]
+
+NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
+RETENTION_DAYS = 90
+_BACKUP_PREFIX = "KBEMU-BACKUP-1."
+# Operations Key Vault still allows outside a key's nbf/exp window (they undo or check earlier work).
+_OUTSIDE_WINDOW = frozenset({KeyOp.DECRYPT, KeyOp.UNWRAP_KEY, KeyOp.VERIFY})
+_DURATION = re.compile(
+    r"P(?:(?P<y>\d+)Y)?(?:(?P<mo>\d+)M)?(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
+    r"(?:T(?:(?P<h>\d+)H)?(?:(?P<mi>\d+)M)?(?:(?P<s>\d+)S)?)?"
+)
+_SECONDS = {"y": 365 * 86400, "mo": 30 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "mi": 60, "s": 1}
+
+
+def parse_duration(text: object) -> int:
+    """Seconds in an ISO 8601 duration such as ``P90D`` or ``P1Y`` (a year = 365 days, a month = 30)."""
+    m = _DURATION.fullmatch(text) if isinstance(text, str) else None
+    if m is None or text in ("P", "PT") or not any(m.groupdict().values()):
+        raise bad(f"{text!r} is not an ISO 8601 duration such as 'P90D' or 'P1Y'")
+    return sum(int(v) * _SECONDS[k] for k, v in m.groupdict().items() if v)
+
+
+def now() -> int:
+    """Unix seconds, the unit of every Key Vault timestamp."""
+    return int(time.time())
+
+
+@dataclass
+class Version:
+    """Service-side attributes of one key version (``id`` is the provider's version id)."""
+
+    id: str
+    kty: str
+    ops: list[str]
+    tags: dict[str, str] = field(default_factory=dict)
+    nbf: int | None = None
+    exp: int | None = None
+    created: int = field(default_factory=now)
+    updated: int = field(default_factory=now)
+    exportable: bool = False
+    release_policy: dict[str, Any] | None = None
+
+
+@dataclass
+class Entry:
+    """One key name: its provider name, versions (oldest first), deletion and rotation policy."""
+
+    name: str
+    pname: str
+    versions: dict[str, Version] = field(default_factory=dict)
+    deleted: int | None = None
+    policy: dict[str, Any] | None = None
+
+    @property
+    def current(self) -> Version:
+        """The newest version."""
+        return next(reversed(self.versions.values()))
+
+
+@dataclass
+class Backup:
+    """A snapshot of an entry and of each version's enabled flag."""
+
+    entry: Entry
+    enabled: dict[str, bool]
+
+
+class Vault:
+    """Key Vault semantics over a :class:`KeyProvider`; every method holds one lock."""
+
+    def __init__(self, provider: KeyProvider, on_change: Callable[[], None] | None = None) -> None:
+        self.provider = provider
+        self.lock = threading.RLock()
+        self.entries: dict[str, Entry] = {}
+        self.backups: dict[str, Backup] = {}
+        self._on_change = on_change or (lambda: None)
+        self._serial = 0
+
+    # ---- lookups -------------------------------------------------------------------------------
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a provider method, translating its errors into service errors."""
+        try:
+            return fn(*args, **kwargs)
+        except KeybridgeError as exc:
+            raise from_keybridge(exc) from exc
+
+    def active(self, name: str) -> Entry:
+        """The live (not deleted) entry for ``name``, else 404."""
+        entry = self.entries.get(name)
+        if entry is None or entry.deleted is not None:
+            raise not_found(name)
+        return entry
+
+    def deleted(self, name: str) -> Entry:
+        """The soft-deleted entry for ``name``, else 404."""
+        entry = self.entries.get(name)
+        if entry is None or entry.deleted is None:
+            raise ApiError(404, "KeyNotFound", f"Deleted Key not found: {name}")
+        return entry
+
+    def version(self, entry: Entry, vid: str | None) -> Version:
+        """A version of ``entry`` (the current one for an empty/None id), else 404."""
+        if not vid:
+            return entry.current
+        if vid not in entry.versions:
+            raise not_found(entry.name, vid)
+        return entry.versions[vid]
+
+    def ref(self, entry: Entry, ver: Version) -> KeyRef:
+        """The provider reference of one version."""
+        return self.provider.ref(entry.pname, ver.id)
+
+    def info(self, entry: Entry, ver: Version) -> KeyInfo:
+        """The provider's metadata (public key, enabled flag) of one version."""
+        info: KeyInfo = self.call(self.provider.get_key, entry.pname, ver.id)
+        return info
+
+    # ---- creating ------------------------------------------------------------------------------
+
+    def _pname(self, name: str) -> str:
+        taken = {e.pname for e in self.entries.values()} | {b.entry.pname for b in self.backups.values()}
+        if name not in taken:
+            return name
+        while True:
+            self._serial += 1
+            if f"{name}.{self._serial}" not in taken:
+                return f"{name}.{self._serial}"
+
+    def add(
+        self,
+        name: str,
+        kind: KeyType,
+        kty: str,
+        ops: Collection[str] | None,
+        make: Callable[[str, list[str] | None], KeyInfo],
+        *,
+        attributes: Mapping[str, Any],
+        tags: Mapping[str, str],
+        release_policy: object = None,
+    ) -> tuple[Entry, Version]:
+        """Create, import or BYOK-import: ``make(provider_name, provider_ops)`` adds the key to the
+        provider. The provider gets every operation the key type allows (or exactly ``import`` for
+        a key-exchange key) and this layer enforces the reported ``key_ops``, which the service lets
+        callers change later."""
+        if not NAME.fullmatch(name):
+            raise bad(f"key name {name!r} is invalid: use 1-127 letters, digits and '-'")
+        existing = self.entries.get(name)
+        self._refuse_deleted(name)
+        spec_ops = self.check_ops(kind, ops)
+        exportable = attributes.get("exportable") is True
+        if release_policy is not None and not isinstance(release_policy, dict):
+            raise bad("release_policy must be an object")
+        if exportable and not release_policy:
+            raise bad("Exportable keys must have a release policy (release_policy).")
+        pname = existing.pname if existing else self._pname(name)
+        info = self.call(make, pname, ["import"] if spec_ops == ["import"] else None)
+        ver = Version(info.ref.version or "", kty, spec_ops, dict(tags), exportable=exportable)
+        ver.release_policy = dict(release_policy) if isinstance(release_policy, dict) else None
+        self._apply_attributes(ver, attributes)
+        entry = existing or Entry(name, pname)
+        entry.versions[ver.id] = ver
+        self.entries[name] = entry
+        if attributes.get("enabled") is False:
+            self.call(self.provider.set_enabled, self.ref(entry, ver), False)
+        self._on_change()
+        return entry, ver
+
+    def _refuse_deleted(self, name: str) -> None:
+        entry = self.entries.get(name)
+        if entry is not None and entry.deleted is not None:
+            raise ApiError(
+                409,
+                "Conflict",
+                f"Key {name} is currently in a deleted but recoverable state, and its name cannot be reused;"
+                " in this state, the key can only be recovered or purged.",
+                "ObjectIsDeletedButRecoverable",
+            )
+
+    @staticmethod
+    def check_ops(kind: KeyType, ops: Collection[str] | None) -> list[str]:
+        """Validate ``key_ops`` for a key family; None means the family's defaults."""
+        spec = {KeyType.RSA: KeySpec.rsa(), KeyType.EC: KeySpec.ec(), KeyType.OCT: KeySpec.aes()}[kind]
+        if ops is not None and (not isinstance(ops, list) or not all(isinstance(o, str) for o in ops)):
+            raise bad("key_ops must be a list of operation names")
+        try:
+            checked = spec.check_ops(ops)
+        except KeybridgeError as exc:
+            raise bad(str(exc)) from None
+        return list(dict.fromkeys(ops)) if ops is not None else sorted(o.value for o in checked)
+
+    @staticmethod
+    def _apply_attributes(ver: Version, attributes: Mapping[str, Any]) -> None:
+        for key in ("nbf", "exp"):
+            if key in attributes:
+                value = attributes[key]
+                if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                    raise bad(f"attributes.{key} must be an integer (unix seconds)")
+                setattr(ver, key, value)
+        if "enabled" in attributes and not isinstance(attributes["enabled"], (bool, type(None))):
+            raise bad("attributes.enabled must be true or false")
+
+    # ---- changing ------------------------------------------------------------------------------
+
+    def update(self, name: str, vid: str | None, body: Mapping[str, Any]) -> tuple[Entry, Version]:
+        """PATCH: key_ops, attributes (enabled, nbf, exp) and tags of one version."""
+        entry = self.active(name)
+        ver = self.version(entry, vid)
+        attributes = body.get("attributes") or {}
+        if not isinstance(attributes, dict):
+            raise bad("attributes must be an object")
+        if "key_ops" in body and body["key_ops"] is not None:
+            ver.ops = self.check_ops(self.info(entry, ver).spec.kty, body["key_ops"])
+        self._apply_attributes(ver, attributes)
+        if "tags" in body and body["tags"] is not None:
+            ver.tags = check_tags(body["tags"])
+        if isinstance(attributes.get("enabled"), bool):
+            self.call(self.provider.set_enabled, self.ref(entry, ver), attributes["enabled"])
+        ver.updated = now()
+        self._on_change()
+        return entry, ver
+
+    def rotate(self, name: str) -> tuple[Entry, Version]:
+        """A new version with the current one's kty, key_ops and tags; the policy's expiryTime
+        sets its ``exp``."""
+        entry = self.active(name)
+        cur = entry.current
+        info = self.call(self.provider.rotate_key, entry.pname)
+        ver = Version(info.ref.version or "", cur.kty, list(cur.ops), dict(cur.tags))
+        expiry = ((entry.policy or {}).get("attributes") or {}).get("expiryTime")
+        if expiry:
+            ver.exp = ver.created + parse_duration(expiry)
+        entry.versions[ver.id] = ver
+        self._on_change()
+        return entry, ver
+
+    def set_policy(self, name: str, body: Mapping[str, Any]) -> Entry:
+        """Store a rotation policy after checking its shape."""
+        entry = self.active(name)
+        actions = body.get("lifetimeActions", [])
+        if not isinstance(actions, list):
+            raise bad("lifetimeActions must be a list")
+        for action in actions:
+            trigger = action.get("trigger") if isinstance(action, dict) else None
+            kind = (action.get("action") or {}).get("type") if isinstance(action, dict) else None
+            if not isinstance(trigger, dict) or not isinstance(kind, str) or kind.lower() not in ("rotate", "notify"):
+                raise bad("each lifetime action needs a trigger and an action type of Rotate or Notify")
+            for key in ("timeAfterCreate", "timeBeforeExpiry"):
+                if trigger.get(key) is not None:
+                    parse_duration(trigger[key])
+        attributes = body.get("attributes") or {}
+        if not isinstance(attributes, dict):
+            raise bad("attributes must be an object")
+        if attributes.get("expiryTime") is not None:
+            parse_duration(attributes["expiryTime"])
+        created = (entry.policy or {}).get("attributes", {}).get("created", now())
+        entry.policy = {
+            "lifetimeActions": copy.deepcopy(actions),
+            "attributes": {
+                **({"expiryTime": attributes["expiryTime"]} if attributes.get("expiryTime") else {}),
+                "created": created,
+                "updated": now(),
+            },
+        }
+        self._on_change()
+        return entry
+
+    # ---- deleting ------------------------------------------------------------------------------
+
+    def delete(self, name: str) -> Entry:
+        """Soft delete: the key disappears from the live routes until recovered or purged."""
+        entry = self.active(name)
+        entry.deleted = now()
+        self._on_change()
+        return entry
+
+    def recover(self, name: str) -> Entry:
+        """Undo a soft delete."""
+        entry = self.deleted(name)
+        entry.deleted = None
+        self._on_change()
+        return entry
+
+    def purge(self, name: str) -> None:
+        """Remove a soft-deleted key for good; its provider key goes too unless a backup holds it."""
+        entry = self.deleted(name)
+        del self.entries[name]
+        if not any(b.entry.pname == entry.pname for b in self.backups.values()):
+            self.call(self.provider.delete_key, entry.pname)
+        self._on_change()
+
+    # ---- backup and restore --------------------------------------------------------------------
+
+    def backup(self, name: str) -> bytes:
+        """An opaque blob naming a snapshot of the key (all versions, attributes, policy)."""
+        entry = self.active(name)
+        enabled = {vid: self.info(entry, v).enabled for vid, v in entry.versions.items()}
+        handle = secrets.token_urlsafe(32)
+        self.backups[handle] = Backup(copy.deepcopy(entry), enabled)
+        self._on_change()
+        return (_BACKUP_PREFIX + handle).encode("ascii")
+
+    def restore(self, blob: bytes) -> Entry:
+        """Bring a backed-up key back under its name, which must be free (not live, not deleted)."""
+        text = blob.decode("ascii", "replace")
+        backup = self.backups.get(text[len(_BACKUP_PREFIX) :]) if text.startswith(_BACKUP_PREFIX) else None
+        if backup is None:
+            raise bad("the backup blob is not one this emulator made (blobs restore only where they were made)")
+        name = backup.entry.name
+        self._refuse_deleted(name)
+        if name in self.entries:
+            raise ApiError(409, "Conflict", f"Key {name} already exists; restore needs a free name.")
+        entry = copy.deepcopy(backup.entry)
+        entry.deleted = None
+        for vid, enabled in backup.enabled.items():
+            self.call(self.provider.set_enabled, self.provider.ref(entry.pname, vid), enabled)
+        self.entries[name] = entry
+        self._on_change()
+        return entry
+
+    # ---- key operations ------------------------------------------------------------------------
+
+    def usable(self, name: str, vid: str | None, op: KeyOp) -> tuple[Entry, Version, KeyRef]:
+        """Resolve a key version for ``op`` and refuse what its key_ops or nbf/exp window forbid;
+        the provider then checks the algorithm, the key type and the enabled flag."""
+        entry = self.active(name)
+        ver = self.version(entry, vid)
+        if op.value not in ver.ops:
+            raise ApiError(
+                403, "Forbidden", f"Operation {op.value} is not permitted on this key.", "KeyOperationForbidden"
+            )
+        t = now()
+        outside = (ver.nbf is not None and t < ver.nbf) or (ver.exp is not None and t >= ver.exp)
+        if outside and op not in _OUTSIDE_WINDOW:
+            raise ApiError(
+                403,
+                "Forbidden",
+                f"Operation {op.value} is not allowed outside the key's not-before/expiry window.",
+                "KeyOperationForbidden",
+            )
+        return entry, ver, self.ref(entry, ver)
+
+    # ---- persistence ---------------------------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        """The service-side state as JSON-ready data (no key material: that is the provider's)."""
+        return {
+            "format": 1,
+            "serial": self._serial,
+            "entries": [asdict(e) for e in self.entries.values()],
+            "backups": {h: {"entry": asdict(b.entry), "enabled": b.enabled} for h, b in self.backups.items()},
+        }
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`dump`."""
+
+        def entry(d: Mapping[str, Any]) -> Entry:
+            versions = {vid: Version(**v) for vid, v in d["versions"].items()}
+            return Entry(d["name"], d["pname"], versions, d.get("deleted"), d.get("policy"))
+
+        self._serial = int(data.get("serial", 0))
+        self.entries = {e["name"]: entry(e) for e in data.get("entries", [])}
+        self.backups = {h: Backup(entry(b["entry"]), dict(b["enabled"])) for h, b in data.get("backups", {}).items()}
+
+
+def check_tags(tags: object) -> dict[str, str]:
+    """Tags must be a string-to-string object (Key Vault allows at most 15)."""
+    if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+        raise bad("tags must be an object of string values")
+    if len(tags) > 15:
+        raise bad("a key may have at most 15 tags")
+    return dict(tags)
+
+
+def decode_b64(value: object, what: str) -> bytes:
+    """Base64url (padded or not) from a request field, or 400."""
+    try:
+        return b64url_decode(value, what)  # type: ignore[arg-type]
+    except InvalidPackage as exc:
+        raise bad(str(exc)) from None
+
+
+def encode_b64(data: bytes) -> str:
+    """Base64url without padding, as the service writes it."""
+    return b64url_encode(data)
