@@ -107,10 +107,15 @@ class ConformanceBase:
         keys.close()
 
     @pytest.fixture
-    def audit_events(self) -> Iterator[list[audit.AuditEvent]]:
-        """Every audit event emitted while the test runs."""
+    def audit_events(self, provider: KeyProvider) -> Iterator[list[audit.AuditEvent]]:
+        """Every audit event the provider under test emits while the test runs (a backend that
+        runs in-process, such as the emulator's in-memory store, audits too: those are left out)."""
         events: list[audit.AuditEvent] = []
-        sink = events.append
+
+        def sink(event: audit.AuditEvent) -> None:
+            if event.provider == provider.scheme:
+                events.append(event)
+
         audit.add_sink(sink)
         yield events
         audit.remove_sink(sink)

@@ -1,0 +1,75 @@
+"""Key Vault / Managed HSM URLs and key identifiers.
+
+A key id is ``https://HOST[:PORT]/keys/NAME[/VERSION]``; a vault URL is the same without the path.
+Real vaults live under ``*.vault.azure.net`` (and the sovereign clouds) or ``*.managedhsm.azure.net``;
+any other https host is accepted too, because that is how a local emulator is reached.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+from ...errors import InvalidKeyUri
+
+EXPECTED = (
+    "https://VAULT.vault.azure.net[/keys/NAME[/VERSION]], https://HSM.managedhsm.azure.net[/keys/NAME[/VERSION]]"
+    " or https://HOST[:PORT][/keys/NAME[/VERSION]]"
+)
+# Key Vault object names and versions: 1-127 letters, digits and dashes.
+NAME_RE = re.compile(r"[0-9A-Za-z-]{1,127}")
+_KEY_VAULT_SUFFIXES = (
+    ".vault.azure.net",
+    ".vault.azure.cn",
+    ".vault.usgovcloudapi.net",
+    ".vault.microsoftazure.de",
+)
+_MANAGED_HSM_SUFFIXES = (".managedhsm.azure.net", ".managedhsm.azure.cn", ".managedhsm.usgovcloudapi.net")
+
+
+def _bad(uri: object, why: str) -> InvalidKeyUri:
+    return InvalidKeyUri(f"{uri!r} is not an Azure Key Vault URL or key id ({why}); expected {EXPECTED}")
+
+
+def split_key_id(uri: str) -> tuple[str, str | None, str | None]:
+    """``uri`` -> (vault URL, key name or None, version or None). The vault URL is normalised:
+    lower-case host, no default port, no trailing slash."""
+    if not isinstance(uri, str):
+        raise _bad(uri, "not a string")
+    try:
+        parts = urlsplit(uri.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise _bad(uri, str(exc)) from None
+    if parts.scheme.lower() != "https":
+        raise _bad(uri, "the scheme must be https")
+    host = (parts.hostname or "").lower()
+    if not host or parts.username or parts.password:
+        raise _bad(uri, "no host name, or credentials in the URL")
+    if parts.query or parts.fragment:
+        raise _bad(uri, "a query or fragment is not allowed")
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None and port != 443:
+        netloc += f":{port}"
+    vault_url = f"https://{netloc}"
+    segments = [s for s in parts.path.split("/") if s]
+    if not segments:
+        return vault_url, None, None
+    if segments[0] != "keys" or len(segments) not in (2, 3):
+        raise _bad(uri, "the path must be /keys/NAME or /keys/NAME/VERSION")
+    for seg in segments[1:]:
+        if not NAME_RE.fullmatch(seg):
+            raise _bad(uri, f"{seg!r} is not a valid key name or version (letters, digits and dashes)")
+    return vault_url, segments[1], segments[2] if len(segments) == 3 else None
+
+
+def is_key_vault_host(vault_url: str) -> bool:
+    """True for a (non-HSM) Azure Key Vault: no AES keys, no symmetric algorithms."""
+    host = urlsplit(vault_url).hostname or ""
+    return host.endswith(_KEY_VAULT_SUFFIXES)
+
+
+def is_managed_hsm_host(vault_url: str) -> bool:
+    """True for an Azure Managed HSM host name."""
+    host = urlsplit(vault_url).hostname or ""
+    return host.endswith(_MANAGED_HSM_SUFFIXES)
