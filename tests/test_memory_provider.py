@@ -304,7 +304,7 @@ def test_import_byok_accepts_softhsm_zero_padding(kp: InMemoryProvider, kek: rsa
 @pytest.mark.parametrize("tail", [bytes(8), b"\x01", b"\x00\x00\x07", b"\x00" * 6 + b"\xff"], ids=repr)
 def test_import_byok_refuses_other_trailing_bytes(kp: InMemoryProvider, kek: rsa.RSAPublicKey, tail: bytes) -> None:
     target = ec.generate_private_key(ec.SECP256R1())
-    with pytest.raises(InvalidPackage, match="unexpected bytes|usable PKCS#8"):
+    with pytest.raises(InvalidPackage, match=r"unexpected bytes|usable PKCS#8"):
         kp.import_byok("ec", _package(kek, _pkcs8(target) + tail), KeySpec.ec("P-256"))
     with pytest.raises(KeyNotFound):
         kp.get_key("ec")

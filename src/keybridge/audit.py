@@ -12,8 +12,7 @@ import datetime as _dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["AuditEvent", "AuditSink", "add_sink", "remove_sink"]
@@ -53,42 +52,58 @@ def remove_sink(sink: AuditSink) -> None:
             _sinks.remove(sink)
 
 
-class _Pending:
-    """Mutable slot so the operation can refine the key reference once it is resolved."""
+class _Silent:
+    """The context used while nobody listens: no clock, no event, nothing allocated."""
 
     __slots__ = ("key",)
+    key: str | None
 
-    def __init__(self, key: str | None) -> None:
-        self.key = key
+    def __enter__(self) -> _Silent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
-@contextmanager
-def audited(operation: str, provider: str, key: object, algorithm: str | None) -> Iterator[_Pending]:
-    """Time the enclosed operation and emit its event, also when it raises."""
-    if not _sinks and not logger.isEnabledFor(logging.INFO):
-        # Nobody listens: skip building events on the hot path.
-        yield _Pending(None)
-        return
-    pending = _Pending(None if key is None else str(key))
-    start = time.perf_counter()
-    outcome = "ok"
-    try:
-        yield pending
-    except BaseException as exc:
-        outcome = type(exc).__name__
-        raise
-    finally:
+_SILENT = _Silent()
+
+
+class _Audit:
+    """Times one operation and emits its event on exit, also when it raises. ``key`` may be
+    refined inside the block once the reference is resolved to a concrete version."""
+
+    __slots__ = ("algorithm", "key", "operation", "provider", "start")
+
+    def __init__(self, operation: str, provider: str, key: object, algorithm: str | None) -> None:
+        self.operation = operation
+        self.provider = provider
+        self.key = None if key is None else str(key)
+        self.algorithm = algorithm
+        self.start = 0.0
+
+    def __enter__(self) -> _Audit:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
         _emit(
             AuditEvent(
-                operation=operation,
-                provider=provider,
-                key=pending.key,
-                algorithm=algorithm,
-                outcome=outcome,
-                duration=time.perf_counter() - start,
+                operation=self.operation,
+                provider=self.provider,
+                key=self.key,
+                algorithm=self.algorithm,
+                outcome="ok" if exc_type is None else exc_type.__name__,
+                duration=time.perf_counter() - self.start,
                 timestamp=_dt.datetime.now(_dt.timezone.utc),
             )
         )
+
+
+def audited(operation: str, provider: str, key: object, algorithm: str | None) -> _Audit | _Silent:
+    """A context manager around one provider operation that emits its :class:`AuditEvent`."""
+    if not _sinks and not logger.isEnabledFor(logging.INFO):
+        return _SILENT  # nobody listens: keep the hot path free of clocks and allocations
+    return _Audit(operation, provider, key, algorithm)
 
 
 def _emit(event: AuditEvent) -> None:

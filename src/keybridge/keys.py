@@ -207,6 +207,8 @@ class KeyInfo:
 
     def is_valid_at(self, when: _dt.datetime | None = None) -> bool:
         """True if ``when`` (default now) lies inside the not-before / expires window."""
+        if self.not_before is None and self.expires is None:
+            return True
         when = when or _now()
         if self.not_before is not None and when < self.not_before:
             return False
