@@ -99,7 +99,8 @@ class _AzureConformance(ProviderConformance):
 
 class TestAzureConformance(_AzureConformance):
     @pytest.fixture(scope="class")
-    def provider(self, azure_emulator: ManagedHsmEmulator) -> Iterator[AzureKeyVaultProvider]:
+    @classmethod
+    def provider(cls, azure_emulator: ManagedHsmEmulator) -> Iterator[AzureKeyVaultProvider]:
         with AzureKeyVaultProvider(azure_emulator.vault_url, **azure_emulator.provider_options()) as p:
             yield p
 
@@ -114,7 +115,8 @@ class TestAzureConformanceUnderFaults(_AzureConformance):
     specs = (KeySpec.rsa(2048), KeySpec.ec("P-256"), KeySpec.aes(256))
 
     @pytest.fixture(scope="class")
-    def provider(self) -> Iterator[AzureKeyVaultProvider]:
+    @classmethod
+    def provider(cls) -> Iterator[AzureKeyVaultProvider]:
         faults = "error_rate=0.3,statuses=429/503,retry_after=0,seed=7"
         with (
             ManagedHsmEmulator(faults=faults) as emu,

@@ -23,7 +23,8 @@ class TestInMemoryProvider(ProviderConformance):
     """Every capability on: the in-memory provider is the reference backend."""
 
     @pytest.fixture(scope="class")
-    def provider(self) -> Iterator[InMemoryProvider]:
+    @classmethod
+    def provider(cls) -> Iterator[InMemoryProvider]:
         with InMemoryProvider() as provider:
             yield provider
 
@@ -143,7 +144,8 @@ from keybridge.testing import ProviderConformance
 
 class TestMutant(ProviderConformance):
     @pytest.fixture(scope="class")
-    def provider(self, mutant_class):
+    @classmethod
+    def provider(cls, mutant_class):
         with mutant_class() as provider:
             yield provider
 """

@@ -20,6 +20,7 @@ class TestPkcs11Provider(ProviderConformance):
     supports_export = False
 
     @pytest.fixture(scope="class")
-    def provider(self, softhsm_token: SoftHsmToken) -> Iterator[Pkcs11Provider]:
+    @classmethod
+    def provider(cls, softhsm_token: SoftHsmToken) -> Iterator[Pkcs11Provider]:
         with Pkcs11Provider(softhsm_token.module_path, softhsm_token.token_label, softhsm_token.user_pin) as p:
             yield p

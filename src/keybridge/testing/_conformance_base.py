@@ -87,15 +87,17 @@ class ConformanceBase:
     # ---- fixtures ----------------------------------------------------------------------------------
 
     @pytest.fixture(scope="class")
-    def provider(self) -> Iterator[KeyProvider]:
+    @classmethod
+    def provider(cls) -> Iterator[KeyProvider]:
         """Override in the subclass with a class-scoped fixture that yields the provider under test."""
-        pytest.fail(f"{type(self).__name__} must define a class-scoped `provider` fixture yielding a KeyProvider")
+        pytest.fail(f"{cls.__name__} must define a class-scoped `provider` fixture yielding a KeyProvider")
         return  # pragma: no cover
 
     @pytest.fixture(scope="class")
-    def shared_keys(self, provider: KeyProvider) -> Iterator[Keys]:
+    @classmethod
+    def shared_keys(cls, provider: KeyProvider) -> Iterator[Keys]:
         """Keys shared by the read-only tests of the class: one per spec and flavour, deleted at the end."""
-        keys = Keys(provider, can_import=self.supports_import)
+        keys = Keys(provider, can_import=cls.supports_import)
         yield keys
         keys.close()
 
@@ -121,7 +123,8 @@ class ConformanceBase:
         audit.remove_sink(sink)
 
     @pytest.fixture(scope="class")
-    def byok_kek(self) -> rsa.RSAPrivateKey:
+    @classmethod
+    def byok_kek(cls) -> rsa.RSAPrivateKey:
         """A software RSA key-exchange key (as an Azure KEK would be) for wrapped export."""
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 

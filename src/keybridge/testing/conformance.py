@@ -23,7 +23,8 @@ class ProviderConformance(LifecycleChecks, CryptoChecks, PolicyChecks):
             supports_versions = False          # narrow the claims where the backend must
 
             @pytest.fixture(scope="class")
-            def provider(self):
+            @classmethod
+            def provider(cls):
                 with MyProvider(...) as p:
                     yield p
 
