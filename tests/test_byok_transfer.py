@@ -160,8 +160,8 @@ def test_a_failure_after_the_kek_was_created_still_deletes_it(source, target) ->
 class _ImportsAnotherKey(InMemoryProvider):
     """A target that 'imports' a fresh key instead of the packaged one: the fault the proof catches."""
 
-    def _import_byok(self, name, package, spec, ops, tags):  # type: ignore[no-untyped-def]
-        return self._create_key(name, spec, ops, exportable=False, tags=tags, not_before=None, expires=None)
+    def _import_byok(self, name, package, spec, attrs):  # type: ignore[no-untyped-def]
+        return self._create_key(name, spec, attrs)
 
 
 @pytest.mark.parametrize("spec", [KeySpec.rsa(2048), KeySpec.ec("P-256"), KeySpec.aes(256)])

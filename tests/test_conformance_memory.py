@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keybridge import InMemoryProvider, IntegrityError, KeyNotFound
+from keybridge.keys import KeyAttributes
 from keybridge.testing import ProviderConformance
 
 pytest_plugins = ["pytester"]
@@ -90,7 +91,7 @@ class RotationReusesTheKey(InMemoryProvider):
 
     def _rotate_key(self, name: str) -> Any:
         current = self._stored(name, None)
-        return self._add(name, current.info.spec, current.material, current.info.ops)
+        return self._add(name, current.info.spec, current.material, KeyAttributes.of(current.info))
 
 
 class UnknownVersionMeansCurrent(InMemoryProvider):

@@ -20,6 +20,7 @@ from .errors import InvalidKeySpec, UnsupportedAlgorithm
 __all__ = [
     "ALGORITHMS",
     "AlgorithmSpec",
+    "KeyAttributes",
     "KeyInfo",
     "KeyOp",
     "KeyRef",
@@ -213,6 +214,23 @@ class KeyInfo:
         if self.not_before is not None and when < self.not_before:
             return False
         return not (self.expires is not None and when >= self.expires)
+
+
+@dataclass(frozen=True)
+class KeyAttributes:
+    """What a new key or version is allowed and labelled with, besides its material: what
+    ``create_key`` / ``import_key`` hand to a backend, already validated."""
+
+    ops: frozenset[KeyOp]
+    exportable: bool = False
+    tags: Mapping[str, str] = field(default_factory=dict)
+    not_before: _dt.datetime | None = None
+    expires: _dt.datetime | None = None
+
+    @classmethod
+    def of(cls, info: KeyInfo) -> KeyAttributes:
+        """The attributes a rotation carries over from the current version (no validity window)."""
+        return cls(info.ops, exportable=info.exportable, tags=dict(info.tags))
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from .errors import (
 from .keys import (
     ES_CURVES,
     AlgorithmSpec,
+    KeyAttributes,
     KeyInfo,
     KeyOp,
     KeyRef,
@@ -250,36 +251,13 @@ class BaseProvider:
 
     # ---- backend hooks -------------------------------------------------------------------------
 
-    def _create_key(
-        self,
-        name: str,
-        spec: KeySpec,
-        ops: frozenset[KeyOp],
-        *,
-        exportable: bool,
-        tags: Mapping[str, str],
-        not_before: _dt.datetime | None,
-        expires: _dt.datetime | None,
-    ) -> KeyInfo:
+    def _create_key(self, name: str, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
         raise NotImplementedError
 
-    def _import_key(
-        self,
-        name: str,
-        key: PrivateKey | bytes,
-        spec: KeySpec,
-        ops: frozenset[KeyOp],
-        *,
-        exportable: bool,
-        tags: Mapping[str, str],
-        not_before: _dt.datetime | None,
-        expires: _dt.datetime | None,
-    ) -> KeyInfo:
+    def _import_key(self, name: str, key: PrivateKey | bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
         raise self._unsupported("importing keys")
 
-    def _import_byok(
-        self, name: str, package: bytes, spec: KeySpec, ops: frozenset[KeyOp], tags: Mapping[str, str]
-    ) -> KeyInfo:
+    def _import_byok(self, name: str, package: bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
         raise self._unsupported("BYOK import")
 
     def _get_key(self, name: str, version: str | None) -> KeyInfo:
@@ -365,15 +343,8 @@ class BaseProvider:
         """Generate a key inside the backend. Keys are non-exportable unless asked."""
         with audited("create_key", self.scheme, name, None) as ev:
             self._check_name(name)
-            info = self._create_key(
-                name,
-                spec,
-                spec.check_ops(ops),
-                exportable=exportable,
-                tags=dict(tags or {}),
-                not_before=not_before,
-                expires=expires,
-            )
+            attrs = KeyAttributes(spec.check_ops(ops), exportable, dict(tags or {}), not_before, expires)
+            info = self._create_key(name, spec, attrs)
             ev.key = str(info.ref)
             return info
 
@@ -392,16 +363,9 @@ class BaseProvider:
         with audited("import_key", self.scheme, name, None) as ev:
             self._check_name(name)
             spec = KeySpec.of(key)
-            info = self._import_key(
-                name,
-                bytes(key) if isinstance(key, (bytearray, memoryview)) else key,
-                spec,
-                spec.check_ops(ops),
-                exportable=exportable,
-                tags=dict(tags or {}),
-                not_before=not_before,
-                expires=expires,
-            )
+            attrs = KeyAttributes(spec.check_ops(ops), exportable, dict(tags or {}), not_before, expires)
+            material = bytes(key) if isinstance(key, (bytearray, memoryview)) else key
+            info = self._import_key(name, material, spec, attrs)
             ev.key = str(info.ref)
             return info
 
@@ -417,7 +381,8 @@ class BaseProvider:
         """Import a key from a .byok package wrapped under one of this provider's KEKs."""
         with audited("import_byok", self.scheme, name, "CKM_RSA_AES_KEY_WRAP") as ev:
             self._check_name(name)
-            info = self._import_byok(name, bytes(package), spec, spec.check_ops(ops), dict(tags or {}))
+            attrs = KeyAttributes(spec.check_ops(ops), tags=dict(tags or {}))
+            info = self._import_byok(name, bytes(package), spec, attrs)
             ev.key = str(info.ref)
             return info
 

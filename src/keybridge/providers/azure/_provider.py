@@ -20,7 +20,7 @@ from ...errors import (
     InvalidPackage,
     ProviderUnavailable,
 )
-from ...keys import ALGORITHMS, AlgorithmSpec, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType, PrivateKey
+from ...keys import ALGORITHMS, AlgorithmSpec, KeyAttributes, KeyInfo, KeyRef, KeySpec, KeyType, PrivateKey
 from ...provider import BaseProvider
 from . import _convert, _rest
 from ._errors import mapped
@@ -154,26 +154,16 @@ class AzureKeyVaultProvider(BaseProvider):
         if spec.kty is KeyType.OCT and not self.managed_hsm:
             raise InvalidKeySpec(f"{self.vault_url} is a Key Vault; AES keys need Azure Key Vault Managed HSM")
 
-    def _create_key(
-        self,
-        name: str,
-        spec: KeySpec,
-        ops: frozenset[KeyOp],
-        *,
-        exportable: bool,
-        tags: Mapping[str, str],
-        not_before: _dt.datetime | None,
-        expires: _dt.datetime | None,
-    ) -> KeyInfo:
+    def _create_key(self, name: str, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
         self._check_spec(spec)
         common: dict[str, Any] = {
-            "key_operations": sorted(op.value for op in ops),
+            "key_operations": sorted(op.value for op in attrs.ops),
             "hardware_protected": self.hsm or spec.kty is KeyType.OCT,
             "enabled": True,
-            "tags": _convert.stored_tags(spec, tags),
-            "not_before": not_before,
-            "expires_on": expires,
-            "exportable": True if exportable else None,
+            "tags": _convert.stored_tags(spec, attrs.tags),
+            "not_before": attrs.not_before,
+            "expires_on": attrs.expires,
+            "exportable": True if attrs.exportable else None,
         }
         self._forget(name)
         with mapped(f"create key {name!r} ({spec}) in {self.vault_url}"):
@@ -185,36 +175,24 @@ class AzureKeyVaultProvider(BaseProvider):
                 key = self.client.create_oct_key(name, size=spec.size, **common)
         return self._info(key, latest=True)
 
-    def _import_key(
-        self,
-        name: str,
-        key: PrivateKey | bytes,
-        spec: KeySpec,
-        ops: frozenset[KeyOp],
-        *,
-        exportable: bool,
-        tags: Mapping[str, str],
-        not_before: _dt.datetime | None,
-        expires: _dt.datetime | None,
-    ) -> KeyInfo:
+    def _import_key(self, name: str, key: PrivateKey | bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
         self._check_spec(spec)
         hsm = self.hsm or spec.kty is KeyType.OCT
-        jwk = _convert.private_jwk(key, _convert.azure_kty(spec, hsm), ops)
+        jwk = _convert.private_jwk(key, _convert.azure_kty(spec, hsm), attrs.ops)
         return self._import(
-            name, jwk, spec, tags, f"import key {name!r} ({spec}) into {self.vault_url}", InvalidArgument,
-            hardware_protected=hsm, not_before=not_before, expires_on=expires, exportable=True if exportable else None,
+            name, jwk, spec, attrs.tags, f"import key {name!r} ({spec}) into {self.vault_url}", InvalidArgument,
+            hardware_protected=hsm, not_before=attrs.not_before, expires_on=attrs.expires,
+            exportable=True if attrs.exportable else None,
         )  # fmt: skip
 
-    def _import_byok(
-        self, name: str, package: bytes, spec: KeySpec, ops: frozenset[KeyOp], tags: Mapping[str, str]
-    ) -> KeyInfo:
+    def _import_byok(self, name: str, package: bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
         self._check_spec(spec)
         # The .byok file bytes go in ``t`` as they are; the SDK base64url-encodes them as key_hsm.
         jwk = JsonWebKey(
-            kty=_convert.azure_kty(spec, True), crv=spec.curve, t=package, key_ops=sorted(op.value for op in ops)
+            kty=_convert.azure_kty(spec, True), crv=spec.curve, t=package, key_ops=sorted(op.value for op in attrs.ops)
         )
         return self._import(
-            name, jwk, spec, tags, f"BYOK import of {name!r} ({spec}) into {self.vault_url}", InvalidPackage,
+            name, jwk, spec, attrs.tags, f"BYOK import of {name!r} ({spec}) into {self.vault_url}", InvalidPackage,
             hardware_protected=True,
         )  # fmt: skip
 

@@ -8,7 +8,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,18 @@ from ...errors import (
     KeyNotFound,
     OperationNotPermitted,
 )
-from ...keys import ALGORITHMS, CURVES, AlgorithmSpec, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType, PrivateKey
+from ...keys import (
+    ALGORITHMS,
+    CURVES,
+    AlgorithmSpec,
+    KeyAttributes,
+    KeyInfo,
+    KeyOp,
+    KeyRef,
+    KeySpec,
+    KeyType,
+    PrivateKey,
+)
 from ...provider import BaseProvider
 from . import _keystore
 from ._keystore import Material, Sealer, StoredKey
@@ -160,14 +171,20 @@ class InMemoryProvider(BaseProvider):
                     return s
         raise KeyNotFound(f"key {name!r} has no version {version!r}")
 
-    def _add(self, name: str, spec: KeySpec, material: Material, ops: frozenset[KeyOp], **meta: Any) -> KeyInfo:
+    def _add(
+        self, name: str, spec: KeySpec, material: Material, attrs: KeyAttributes, *, hsm_protected: bool = False
+    ) -> KeyInfo:
         info = KeyInfo(
             ref=self._make_ref(name, uuid.uuid4().hex),
             spec=spec,
-            ops=ops,
+            ops=attrs.ops,
             created=_now(),
+            not_before=attrs.not_before,
+            expires=attrs.expires,
+            tags=dict(attrs.tags),
+            hsm_protected=hsm_protected,
+            exportable=attrs.exportable,
             public_key=None if isinstance(material, bytes) else material.public_key(),
-            **meta,
         )
         with self._mutation():
             self._keys.setdefault(name, []).append(StoredKey(info, material))
@@ -175,34 +192,11 @@ class InMemoryProvider(BaseProvider):
 
     # ---- management hooks ----------------------------------------------------------------------
 
-    def _create_key(
-        self,
-        name: str,
-        spec: KeySpec,
-        ops: frozenset[KeyOp],
-        *,
-        exportable: bool,
-        tags: Mapping[str, str],
-        not_before: _dt.datetime | None,
-        expires: _dt.datetime | None,
-    ) -> KeyInfo:
-        return self._add(
-            name, spec, _generate(spec), ops, exportable=exportable, tags=tags, not_before=not_before, expires=expires
-        )
+    def _create_key(self, name: str, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
+        return self._add(name, spec, _generate(spec), attrs)
 
-    def _import_key(
-        self,
-        name: str,
-        key: PrivateKey | bytes,
-        spec: KeySpec,
-        ops: frozenset[KeyOp],
-        *,
-        exportable: bool,
-        tags: Mapping[str, str],
-        not_before: _dt.datetime | None,
-        expires: _dt.datetime | None,
-    ) -> KeyInfo:
-        return self._add(name, spec, key, ops, exportable=exportable, tags=tags, not_before=not_before, expires=expires)
+    def _import_key(self, name: str, key: PrivateKey | bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
+        return self._add(name, spec, key, attrs)
 
     def _get_key(self, name: str, version: str | None) -> KeyInfo:
         return self._stored(name, version).info
@@ -221,13 +215,7 @@ class InMemoryProvider(BaseProvider):
         with self._lock:
             cur = self._stored(name, None).info
             return self._add(
-                name,
-                cur.spec,
-                _generate(cur.spec),
-                cur.ops,
-                tags=cur.tags,
-                exportable=cur.exportable,
-                hsm_protected=cur.hsm_protected,
+                name, cur.spec, _generate(cur.spec), KeyAttributes.of(cur), hsm_protected=cur.hsm_protected
             )
 
     def _set_enabled(self, info: KeyInfo, enabled: bool) -> KeyInfo:
@@ -310,13 +298,11 @@ class InMemoryProvider(BaseProvider):
             raise KeyExpired(f"key-exchange key {info.ref} is outside its validity window")
         return stored.material
 
-    def _import_byok(
-        self, name: str, package: bytes, spec: KeySpec, ops: frozenset[KeyOp], tags: Mapping[str, str]
-    ) -> KeyInfo:
+    def _import_byok(self, name: str, package: bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
         pkg = ByokPackage.from_json(package)
         plaintext = _crypto.rsa_aes_key_unwrap(self._kek_for(pkg.kid), pkg.ciphertext)
         material = load_unwrapped(plaintext, spec)
-        return self._add(name, spec, material, ops, tags=tags, hsm_protected=True, exportable=False)
+        return self._add(name, spec, material, attrs, hsm_protected=True)
 
 
 def from_uri(uri: str, **options: Any) -> InMemoryProvider:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import threading
 import time
@@ -18,7 +17,7 @@ from pkcs11 import ObjectClass as OC
 from pkcs11.util.rsa import decode_rsa_public_key
 
 from ...errors import InvalidArgument, InvalidKeySpec, InvalidKeyUri, KeyNotFound, OperationNotPermitted
-from ...keys import AlgorithmSpec, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType, PrivateKey
+from ...keys import AlgorithmSpec, KeyAttributes, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType, PrivateKey
 from ...provider import BaseProvider
 from . import _mechanisms as mech
 from . import _objects as obj
@@ -188,17 +187,8 @@ class Pkcs11Provider(BaseProvider):
 
     # ---- creating and changing keys ------------------------------------------------------------
 
-    def _create_key(
-        self,
-        name: str,
-        spec: KeySpec,
-        ops: frozenset[KeyOp],
-        *,
-        exportable: bool,
-        tags: Mapping[str, str],
-        not_before: _dt.datetime | None,
-        expires: _dt.datetime | None,
-    ) -> KeyInfo:
+    def _create_key(self, name: str, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
+        ops, exportable = attrs.ops, attrs.exportable
         id_bytes = obj.new_id()
         common = {A.TOKEN: True, A.LABEL: name, A.ID: id_bytes}
         private = {**common, A.PRIVATE: True, A.SENSITIVE: True, A.EXTRACTABLE: exportable, A.DERIVE: False}
@@ -219,20 +209,10 @@ class Pkcs11Provider(BaseProvider):
 
         with translated("generating key", repr(name)):
             self._pool.run(generate)
-        return self._record(name, id_bytes, spec, ops, tags, not_before, expires)
+        return self._record(name, id_bytes, spec, attrs)
 
-    def _import_key(
-        self,
-        name: str,
-        key: PrivateKey | bytes,
-        spec: KeySpec,
-        ops: frozenset[KeyOp],
-        *,
-        exportable: bool,
-        tags: Mapping[str, str],
-        not_before: _dt.datetime | None,
-        expires: _dt.datetime | None,
-    ) -> KeyInfo:
+    def _import_key(self, name: str, key: PrivateKey | bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
+        ops, exportable = attrs.ops, attrs.exportable
         id_bytes = obj.new_id()
         common = {A.TOKEN: True, A.LABEL: name, A.ID: id_bytes}
         priv_tpl, pub_tpl = obj.import_templates(key, spec)
@@ -247,20 +227,13 @@ class Pkcs11Provider(BaseProvider):
 
         with translated("importing key", repr(name)):
             self._pool.run(create)
-        return self._record(name, id_bytes, spec, ops, tags, not_before, expires)
+        return self._record(name, id_bytes, spec, attrs)
 
-    def _record(
-        self,
-        name: str,
-        id_bytes: bytes,
-        spec: KeySpec,
-        ops: frozenset[KeyOp],
-        tags: Mapping[str, str],
-        not_before: _dt.datetime | None,
-        expires: _dt.datetime | None,
-    ) -> KeyInfo:
+    def _record(self, name: str, id_bytes: bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
         size = spec.size if spec.kty is KeyType.OCT else None
-        rec = obj.version_record(ops, enabled=True, tags=tags, not_before=not_before, expires=expires, size=size)
+        rec = obj.version_record(
+            attrs.ops, enabled=True, tags=attrs.tags, not_before=attrs.not_before, expires=attrs.expires, size=size
+        )
         self._update_meta(name, lambda versions: versions.__setitem__(id_bytes.hex(), rec))
         return self._get_key(name, id_bytes.hex())
 
@@ -277,15 +250,7 @@ class Pkcs11Provider(BaseProvider):
 
     def _rotate_key(self, name: str) -> KeyInfo:
         cur = self._versions(name, fresh=True)[-1]
-        return self._create_key(
-            name,
-            cur.spec,
-            cur.ops,
-            exportable=cur.exportable,
-            tags=cur.tags,
-            not_before=None,
-            expires=None,
-        )
+        return self._create_key(name, cur.spec, KeyAttributes.of(cur))
 
     def _set_enabled(self, info: KeyInfo, enabled: bool) -> KeyInfo:
         # Disabling also clears the usage flags on the token, so other tools cannot use the key
