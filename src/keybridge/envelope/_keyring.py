@@ -111,7 +111,25 @@ class _Plan:
     rsa_unwrap: tuple[str, ...]  # OAEP variants to try: the EDK does not say which hash it used
 
 
-class Keyring:
+class FreshDataKey:
+    """Mixin for materials sources that wrap a given data key: encryption draws a fresh random
+    data key and wraps it with :meth:`wrap_existing` (which rewrap also uses)."""
+
+    def wrap_existing(
+        self, data_key: bytes, *, suite_id: int, context: Mapping[str, str]
+    ) -> tuple[EncryptedDataKey, ...]:
+        """The EDKs for ``data_key``."""
+        raise NotImplementedError
+
+    def encryption_materials(
+        self, *, suite_id: int, context: Mapping[str, str], plaintext_length: int | None
+    ) -> EncryptionMaterials:
+        """A fresh random data key of the suite's length and its EDKs."""
+        data_key = os.urandom(data_key_length(suite_id))
+        return EncryptionMaterials(data_key, self.wrap_existing(data_key, suite_id=suite_id, context=context))
+
+
+class Keyring(FreshDataKey):
     """One KEK behind a :class:`KeyHandle`, writing and reading ESDK raw-keyring EDKs.
 
     ``namespace`` and ``name`` are what the EDK records (ESDK ``provider_id`` and key name);
@@ -150,13 +168,6 @@ class Keyring:
         return f"Keyring({self.handle.ref}, namespace={self.namespace!r}, name={self.name!r})"
 
     # ---- MaterialsSource -----------------------------------------------------------------------
-
-    def encryption_materials(
-        self, *, suite_id: int, context: Mapping[str, str], plaintext_length: int | None
-    ) -> EncryptionMaterials:
-        """A fresh random data key, wrapped under this KEK."""
-        data_key = os.urandom(data_key_length(suite_id))
-        return EncryptionMaterials(data_key, self.wrap_existing(data_key, suite_id=suite_id, context=context))
 
     def wrap_existing(
         self, data_key: bytes, *, suite_id: int, context: Mapping[str, str]

@@ -25,8 +25,8 @@ from typing import TypeAlias
 from ..errors import InvalidArgument, KeybridgeError
 from ..provider import KeyHandle
 from . import _shamir
-from ._keyring import DataKeyUnavailable, Keyring, NoMatchingEdk, data_key_length
-from ._materials import EncryptedDataKey, EncryptionMaterials, MaterialsSource
+from ._keyring import DataKeyUnavailable, FreshDataKey, Keyring, NoMatchingEdk
+from ._materials import EncryptedDataKey, MaterialsSource
 
 __all__ = ["AnyOf", "KOfN", "Keys", "as_materials"]
 
@@ -85,8 +85,9 @@ def _failures(source: object, exc: KeybridgeError) -> list[tuple[str, KeybridgeE
     return [(_who(source), exc)]
 
 
-class AnyOf:
-    """Any one of several materials sources decrypts; all of them wrap the one data key."""
+class AnyOf(FreshDataKey):
+    """Any one of several materials sources decrypts; all of them wrap the one data key (a failure
+    of any member while encrypting fails the whole call)."""
 
     def __init__(self, *sources: MaterialsSource | KeyHandle) -> None:
         if not sources:
@@ -95,13 +96,6 @@ class AnyOf:
 
     def __repr__(self) -> str:
         return f"AnyOf({', '.join(map(repr, self.sources))})"
-
-    def encryption_materials(
-        self, *, suite_id: int, context: Mapping[str, str], plaintext_length: int | None
-    ) -> EncryptionMaterials:
-        """A fresh data key wrapped by every member; any member's failure fails the whole call."""
-        data_key = os.urandom(data_key_length(suite_id))
-        return EncryptionMaterials(data_key, self.wrap_existing(data_key, suite_id=suite_id, context=context))
 
     def wrap_existing(
         self, data_key: bytes, *, suite_id: int, context: Mapping[str, str]
@@ -122,7 +116,7 @@ class AnyOf:
         raise DataKeyUnavailable(f"none of {len(self.sources)} keys could recover the data key", failures)
 
 
-class KOfN:
+class KOfN(FreshDataKey):
     """Any ``k`` of ``n`` materials sources decrypt: the data key is split into Shamir shares."""
 
     def __init__(self, k: int, *sources: MaterialsSource | KeyHandle) -> None:
@@ -136,13 +130,6 @@ class KOfN:
 
     def __repr__(self) -> str:
         return f"KOfN({self.k}, {', '.join(map(repr, self.sources))})"
-
-    def encryption_materials(
-        self, *, suite_id: int, context: Mapping[str, str], plaintext_length: int | None
-    ) -> EncryptionMaterials:
-        """A fresh data key, split into ``n`` shares, each wrapped by its member."""
-        data_key = os.urandom(data_key_length(suite_id))
-        return EncryptionMaterials(data_key, self.wrap_existing(data_key, suite_id=suite_id, context=context))
 
     def wrap_existing(
         self, data_key: bytes, *, suite_id: int, context: Mapping[str, str]
