@@ -31,6 +31,11 @@ __all__ = [
 
 KEYSTORE_ENV = "KEYBRIDGE_KEYSTORE"
 PASSPHRASE_ENV = "KEYBRIDGE_PASSPHRASE"
+# How the CLI reaches an Azure endpoint that is not Azure itself (a local emulator, a proxy), or
+# uses a token from elsewhere (`az account get-access-token`): `keybridge emulator` prints these.
+AZURE_CA_ENV = "KEYBRIDGE_AZURE_CA_FILE"
+AZURE_TOKEN_ENV = "KEYBRIDGE_AZURE_ACCESS_TOKEN"
+AZURE_CHALLENGE_ENV = "KEYBRIDGE_AZURE_VERIFY_CHALLENGE_RESOURCE"
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 """The ``--json`` flag; the command receives it as ``as_json``."""
@@ -67,7 +72,26 @@ def open_cli_provider(uri: str) -> KeyProvider:
         passphrase = _passphrase(keystore)
         keystore.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         return open_provider(uri, keystore=keystore, passphrase=passphrase, create=True)
+    if uri.split(":", 1)[0].lower() == "https":
+        return open_provider(uri, **azure_options())
     return open_provider(uri)
+
+
+def azure_options() -> dict[str, Any]:
+    """Azure provider options from the environment: ``$KEYBRIDGE_AZURE_CA_FILE`` (a CA bundle to
+    trust), ``$KEYBRIDGE_AZURE_ACCESS_TOKEN`` (a fixed bearer token instead of
+    DefaultAzureCredential) and ``$KEYBRIDGE_AZURE_VERIFY_CHALLENGE_RESOURCE=0`` (for hosts that
+    are not ``*.vault.azure.net`` / ``*.managedhsm.azure.net``, such as the emulator)."""
+    options: dict[str, Any] = {}
+    if ca := os.environ.get(AZURE_CA_ENV):
+        options["connection_verify"] = ca
+    if token := os.environ.get(AZURE_TOKEN_ENV):
+        from ..emulator import EmulatorCredential  # a fixed-token credential; needs no azure import
+
+        options["credential"] = EmulatorCredential(token)
+    if os.environ.get(AZURE_CHALLENGE_ENV, "1").strip().lower() in ("0", "false", "no"):
+        options["verify_challenge_resource"] = False
+    return options
 
 
 def cli_uri(uri: str) -> str:

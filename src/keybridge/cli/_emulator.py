@@ -23,7 +23,14 @@ Point the Azure SDK at it:
 or keybridge:  open_provider("{url}", credential=EmulatorCredential(),
                              connection_verify="{ca}", verify_challenge_resource=False)
 
-Any bearer token is accepted. Other tools: trust {ca} (e.g. REQUESTS_CA_BUNDLE={ca}).
+or the keybridge command line (any bearer token is accepted):
+
+    export KEYBRIDGE_AZURE_CA_FILE={ca}
+    export KEYBRIDGE_AZURE_ACCESS_TOKEN=emulator
+    export KEYBRIDGE_AZURE_VERIFY_CHALLENGE_RESOURCE=0
+    keybridge byok kek create {url} --name my-kek
+
+Other tools: trust {ca} (e.g. REQUESTS_CA_BUNDLE={ca}).
 Press Ctrl-C to stop.
 """
 

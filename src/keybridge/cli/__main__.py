@@ -1,0 +1,5 @@
+"""`python -m keybridge.cli`."""
+
+from . import main
+
+main()
