@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import audit, errors
+from .base import BaseProvider
 from .errors import (
     AuthenticationError,
     IntegrityError,
@@ -29,7 +30,7 @@ from .errors import (
     UnsupportedAlgorithm,
 )
 from .keys import ALGORITHMS, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType
-from .provider import BaseProvider, KeyHandle, KeyProvider, open_key, open_provider, register_provider
+from .provider import KeyHandle, KeyProvider, open_key, open_provider, register_provider
 
 if TYPE_CHECKING:
     from .providers.azure import AzureKeyVaultProvider

@@ -1,6 +1,6 @@
 """Audit events: one structured record per provider operation.
 
-Every :class:`~keybridge.provider.BaseProvider` operation emits exactly one :class:`AuditEvent`
+Every :class:`~keybridge.base.BaseProvider` operation emits exactly one :class:`AuditEvent`
 (from one place, the base class, so no backend can forget). Sinks are plain callables; the default
 sink is the ``keybridge.audit`` logger at INFO level. Events carry key references and algorithm
 names only, never key bytes, plaintext, PINs or passphrases.

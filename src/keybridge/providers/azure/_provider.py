@@ -12,6 +12,7 @@ from azure.core.credentials import TokenCredential
 from azure.keyvault.keys import JsonWebKey, KeyClient, KeyVaultKey
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ...base import BaseProvider
 from ...errors import (
     IntegrityError,
     InvalidArgument,
@@ -21,7 +22,6 @@ from ...errors import (
     ProviderUnavailable,
 )
 from ...keys import ALGORITHMS, AlgorithmSpec, KeyAttributes, KeyInfo, KeyRef, KeySpec, KeyType, PrivateKey
-from ...provider import BaseProvider
 from . import _convert, _rest
 from ._errors import mapped
 from ._uri import NAME_RE, is_key_vault_host, split_key_id

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ... import _crypto
 from ..._byok import ByokPackage, load_unwrapped
+from ...base import BaseProvider
 from ...errors import (
     InvalidArgument,
     InvalidKeyUri,
@@ -39,7 +40,6 @@ from ...keys import (
     KeyType,
     PrivateKey,
 )
-from ...provider import BaseProvider
 from . import _keystore
 from ._keystore import Material, Sealer, StoredKey
 

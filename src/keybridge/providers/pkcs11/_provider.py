@@ -16,9 +16,9 @@ from pkcs11 import Mechanism as M
 from pkcs11 import ObjectClass as OC
 from pkcs11.util.rsa import decode_rsa_public_key
 
+from ...base import BaseProvider
 from ...errors import InvalidArgument, InvalidKeySpec, InvalidKeyUri, KeyNotFound, OperationNotPermitted
 from ...keys import AlgorithmSpec, KeyAttributes, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType, PrivateKey
-from ...provider import BaseProvider
 from . import _mechanisms as mech
 from . import _objects as obj
 from ._errors import translated

@@ -1,0 +1,359 @@
+"""What backends subclass: the checks and auditing every provider needs, done once.
+
+:class:`BaseProvider` implements the public :class:`~keybridge.provider.KeyProvider` methods and
+does, for every backend alike: resolving a reference to a key version, checking the algorithm
+against the key type and the provider's list, checking the key's allowed operations, enabled
+state and validity window *before* the backend is touched, checking input lengths, running
+public-key operations (verify, RSA encrypt and wrap) locally from the public key, and emitting one
+audit event per operation. A backend implements only the ``_``-prefixed hooks; those it leaves
+out raise :class:`~keybridge.errors.UnsupportedAlgorithm` naming the provider.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+from typing_extensions import Self
+
+from . import _crypto
+from .audit import audited
+from .errors import (
+    InvalidArgument,
+    InvalidKeyUri,
+    KeyDisabled,
+    KeyExpired,
+    OperationNotPermitted,
+    UnsupportedAlgorithm,
+)
+from .keys import (
+    ES_CURVES,
+    AlgorithmSpec,
+    KeyAttributes,
+    KeyInfo,
+    KeyOp,
+    KeyRef,
+    KeySpec,
+    KeyType,
+    PrivateKey,
+    algorithm,
+)
+from .provider import KeyHandle, Ops
+
+__all__ = ["BaseProvider"]
+
+_PUBLIC_OPS = frozenset({KeyOp.VERIFY, KeyOp.ENCRYPT, KeyOp.WRAP_KEY})
+
+
+class BaseProvider:
+    """Shared machinery for backends; see the module docstring for what it does for them."""
+
+    scheme: str = ""
+    algorithms: frozenset[str] = frozenset()
+
+    # ---- backend hooks -------------------------------------------------------------------------
+
+    def _create_key(self, name: str, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
+        raise NotImplementedError
+
+    def _import_key(self, name: str, key: PrivateKey | bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
+        raise self._unsupported("importing keys")
+
+    def _import_byok(self, name: str, package: bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
+        raise self._unsupported("BYOK import")
+
+    def _get_key(self, name: str, version: str | None) -> KeyInfo:
+        raise NotImplementedError
+
+    def _list_keys(self) -> Iterator[KeyInfo]:
+        raise NotImplementedError
+
+    def _list_versions(self, name: str) -> Iterator[KeyInfo]:
+        raise NotImplementedError
+
+    def _rotate_key(self, name: str) -> KeyInfo:
+        raise NotImplementedError
+
+    def _set_enabled(self, info: KeyInfo, enabled: bool) -> KeyInfo:
+        raise NotImplementedError
+
+    def _delete_key(self, name: str) -> None:
+        raise NotImplementedError
+
+    def _parse_uri(self, uri: str) -> tuple[str, str | None]:
+        """Split a key URI of this provider into (name, version)."""
+        raise InvalidKeyUri(f"{uri!r} is not a {self.scheme} key URI")
+
+    def _make_ref(self, name: str, version: str | None) -> KeyRef:
+        return KeyRef(self.scheme, name, version)
+
+    # Secret/private-key operations; ``info`` is always a concrete, checked version.
+    def _wrap_key(self, info: KeyInfo, alg: AlgorithmSpec, key: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _unwrap_key(self, info: KeyInfo, alg: AlgorithmSpec, wrapped: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _encrypt(self, info: KeyInfo, alg: AlgorithmSpec, data: bytes, aad: bytes | None) -> bytes:
+        raise NotImplementedError
+
+    def _decrypt(self, info: KeyInfo, alg: AlgorithmSpec, data: bytes, aad: bytes | None) -> bytes:
+        raise NotImplementedError
+
+    def _sign(self, info: KeyInfo, alg: AlgorithmSpec, digest: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _export_key(self, info: KeyInfo) -> PrivateKey | bytes:
+        raise self._unsupported("exporting key material in clear")
+
+    def _export_wrapped(self, info: KeyInfo, kek: rsa.RSAPublicKey) -> bytes:
+        raise self._unsupported("wrapped export (CKM_RSA_AES_KEY_WRAP)")
+
+    def _close(self) -> None:
+        pass
+
+    # ---- public API ----------------------------------------------------------------------------
+
+    def ref(self, ref: KeyRef | str, version: str | None = None) -> KeyRef:
+        """Parse a name or key URI of this provider into a :class:`KeyRef`."""
+        if isinstance(ref, KeyRef):
+            if ref.provider != self.scheme:
+                raise InvalidKeyUri(f"{ref} belongs to a {ref.provider} provider, not {self.scheme}")
+            return ref if version is None else self._make_ref(ref.name, version)
+        if not isinstance(ref, str) or not ref:
+            raise InvalidKeyUri(f"expected a key name or {self.scheme} key URI, got {ref!r}")
+        if ":" in ref:
+            name, uri_version = self._parse_uri(ref)
+            return self._make_ref(name, version or uri_version)
+        return self._make_ref(ref, version)
+
+    def key(self, ref: KeyRef | str, version: str | None = None) -> KeyHandle:
+        """A :class:`KeyHandle` bound to one key of this provider."""
+        return KeyHandle(self, self.ref(ref, version))
+
+    def create_key(
+        self,
+        name: str,
+        spec: KeySpec,
+        *,
+        ops: Ops | None = None,
+        exportable: bool = False,
+        tags: Mapping[str, str] | None = None,
+        not_before: _dt.datetime | None = None,
+        expires: _dt.datetime | None = None,
+    ) -> KeyInfo:
+        """Generate a key inside the backend. Keys are non-exportable unless asked."""
+        with audited("create_key", self.scheme, name, None) as ev:
+            self._check_name(name)
+            attrs = KeyAttributes(spec.check_ops(ops), exportable, dict(tags or {}), not_before, expires)
+            info = self._create_key(name, spec, attrs)
+            ev.key = str(info.ref)
+            return info
+
+    def import_key(
+        self,
+        name: str,
+        key: PrivateKey | bytes,
+        *,
+        ops: Ops | None = None,
+        exportable: bool = False,
+        tags: Mapping[str, str] | None = None,
+        not_before: _dt.datetime | None = None,
+        expires: _dt.datetime | None = None,
+    ) -> KeyInfo:
+        """Store an existing RSA/EC private key or AES key bytes."""
+        with audited("import_key", self.scheme, name, None) as ev:
+            self._check_name(name)
+            spec = KeySpec.of(key)
+            attrs = KeyAttributes(spec.check_ops(ops), exportable, dict(tags or {}), not_before, expires)
+            material = bytes(key) if isinstance(key, (bytearray, memoryview)) else key
+            info = self._import_key(name, material, spec, attrs)
+            ev.key = str(info.ref)
+            return info
+
+    def import_byok(
+        self,
+        name: str,
+        package: bytes,
+        spec: KeySpec,
+        *,
+        ops: Ops | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> KeyInfo:
+        """Import a key from a .byok package wrapped under one of this provider's KEKs."""
+        with audited("import_byok", self.scheme, name, "CKM_RSA_AES_KEY_WRAP") as ev:
+            self._check_name(name)
+            attrs = KeyAttributes(spec.check_ops(ops), tags=dict(tags or {}))
+            info = self._import_byok(name, bytes(package), spec, attrs)
+            ev.key = str(info.ref)
+            return info
+
+    def get_key(self, ref: KeyRef | str, version: str | None = None) -> KeyInfo:
+        """Metadata of one key version (the current one unless a version is given)."""
+        r = self.ref(ref, version)
+        with audited("get_key", self.scheme, r, None):
+            return self._get_key(r.name, r.version)
+
+    def list_keys(self) -> Iterator[KeyInfo]:
+        """The current version of every key."""
+        with audited("list_keys", self.scheme, None, None):
+            keys = list(self._list_keys())
+        return iter(keys)
+
+    def list_versions(self, name: str) -> Iterator[KeyInfo]:
+        """Every version of one key, oldest first."""
+        with audited("list_versions", self.scheme, name, None):
+            versions = list(self._list_versions(self.ref(name).name))
+        return iter(versions)
+
+    def rotate_key(self, name: str) -> KeyInfo:
+        """A new version with the same spec and operations."""
+        with audited("rotate_key", self.scheme, name, None) as ev:
+            info = self._rotate_key(self.ref(name).name)
+            ev.key = str(info.ref)
+            return info
+
+    def set_enabled(self, ref: KeyRef | str, enabled: bool) -> KeyInfo:
+        """Enable or disable a key version."""
+        r = self.ref(ref)
+        with audited("enable_key" if enabled else "disable_key", self.scheme, r, None):
+            return self._set_enabled(self._get_key(r.name, r.version), enabled)
+
+    def delete_key(self, name: str) -> None:
+        """Delete a key and all its versions."""
+        r = self.ref(name)
+        with audited("delete_key", self.scheme, r, None):
+            self._delete_key(r.name)
+
+    def wrap_key(self, ref: KeyRef | str, alg: str, key: bytes) -> bytes:
+        """Wrap key material under the key (RSA wraps run locally from the public key)."""
+        with audited("wrap_key", self.scheme, ref, alg) as ev:
+            info, a = self._usable(ref, KeyOp.WRAP_KEY, alg, ev)
+            _crypto.check_input(a, info.spec, "wrap_key", key)
+            if a.is_public_op and isinstance(info.public_key, rsa.RSAPublicKey):
+                return _crypto.public_encrypt(info.public_key, a, bytes(key))
+            return self._wrap_key(info, a, bytes(key))
+
+    def unwrap_key(self, ref: KeyRef | str, alg: str, wrapped: bytes) -> bytes:
+        """Unwrap key material inside the backend."""
+        with audited("unwrap_key", self.scheme, ref, alg) as ev:
+            info, a = self._usable(ref, KeyOp.UNWRAP_KEY, alg, ev)
+            return self._unwrap_key(info, a, bytes(wrapped))
+
+    def encrypt(self, ref: KeyRef | str, alg: str, data: bytes, *, aad: bytes | None = None) -> bytes:
+        """Encrypt (RSA encryption runs locally from the public key)."""
+        with audited("encrypt", self.scheme, ref, alg) as ev:
+            info, a = self._usable(ref, KeyOp.ENCRYPT, alg, ev)
+            self._check_aad(a, aad)
+            _crypto.check_input(a, info.spec, "encrypt", data)
+            if a.is_public_op and isinstance(info.public_key, rsa.RSAPublicKey):
+                return _crypto.public_encrypt(info.public_key, a, bytes(data))
+            return self._encrypt(info, a, bytes(data), aad)
+
+    def decrypt(self, ref: KeyRef | str, alg: str, data: bytes, *, aad: bytes | None = None) -> bytes:
+        """Decrypt inside the backend."""
+        with audited("decrypt", self.scheme, ref, alg) as ev:
+            info, a = self._usable(ref, KeyOp.DECRYPT, alg, ev)
+            self._check_aad(a, aad)
+            _crypto.check_input(a, info.spec, "decrypt", data)
+            return self._decrypt(info, a, bytes(data), aad)
+
+    def sign(self, ref: KeyRef | str, alg: str, digest: bytes) -> bytes:
+        """Sign a digest inside the backend."""
+        with audited("sign", self.scheme, ref, alg) as ev:
+            info, a = self._usable(ref, KeyOp.SIGN, alg, ev)
+            _crypto.check_input(a, info.spec, "sign", digest)
+            return self._sign(info, a, bytes(digest))
+
+    def verify(self, ref: KeyRef | str, alg: str, digest: bytes, signature: bytes) -> bool:
+        """Verify a signature locally from the public key."""
+        with audited("verify", self.scheme, ref, alg) as ev:
+            info, a = self._usable(ref, KeyOp.VERIFY, alg, ev)
+            _crypto.check_input(a, info.spec, "verify", digest)
+            assert info.public_key is not None
+            return _crypto.verify(info.public_key, a, bytes(digest), bytes(signature))
+
+    def export_key(self, ref: KeyRef | str) -> PrivateKey | bytes:
+        """Key material in clear; only for keys created with ``exportable=True``."""
+        with audited("export_key", self.scheme, ref, None) as ev:
+            info = self._resolve(ref, ev)
+            self._check_exportable(info)
+            return self._export_key(info)
+
+    def export_wrapped(self, ref: KeyRef | str, kek: rsa.RSAPublicKey) -> bytes:
+        """The key wrapped under ``kek`` with CKM_RSA_AES_KEY_WRAP, done inside the backend."""
+        with audited("export_wrapped", self.scheme, ref, "CKM_RSA_AES_KEY_WRAP") as ev:
+            info = self._resolve(ref, ev)
+            self._check_exportable(info)
+            if not isinstance(kek, rsa.RSAPublicKey):
+                raise UnsupportedAlgorithm("CKM_RSA_AES_KEY_WRAP needs an RSA public key as the KEK")
+            return self._export_wrapped(info, kek)
+
+    def close(self) -> None:
+        """Release what the backend holds. Idempotent."""
+        self._close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} scheme={self.scheme!r}>"
+
+    # ---- shared checks -------------------------------------------------------------------------
+
+    def _unsupported(self, what: str) -> UnsupportedAlgorithm:
+        return UnsupportedAlgorithm(f"the {self.scheme} provider does not support {what}")
+
+    def _check_name(self, name: str) -> None:
+        if not isinstance(name, str) or not name or name != name.strip():
+            raise InvalidArgument(f"invalid key name {name!r}: use a non-empty name without surrounding spaces")
+
+    def _check_exportable(self, info: KeyInfo) -> None:
+        if not info.exportable:
+            raise OperationNotPermitted(
+                f"key {info.ref} was not created exportable; create it with exportable=True to let it leave"
+            )
+
+    def _check_aad(self, a: AlgorithmSpec, aad: bytes | None) -> None:
+        if aad is not None and a.kty is not KeyType.OCT:
+            raise UnsupportedAlgorithm(f"{a.name} does not take additional authenticated data (aad)")
+
+    def _resolve(self, ref: KeyRef | str, ev: Any) -> KeyInfo:
+        r = self.ref(ref)
+        info = self._get_key(r.name, r.version)
+        ev.key = str(info.ref)
+        return info
+
+    def _usable(self, ref: KeyRef | str, op: KeyOp, alg: str, ev: Any) -> tuple[KeyInfo, AlgorithmSpec]:
+        """Resolve the key and refuse, before the backend is touched, anything not allowed."""
+        a = algorithm(alg)
+        # Public-key operations run locally (see wrap_key/encrypt/verify), so a backend that lacks
+        # e.g. RSA-OAEP-256 itself still wraps with it; only its private half is refused.
+        local = a.is_public_op and op in _PUBLIC_OPS
+        if a.name not in self.algorithms and not local:
+            raise UnsupportedAlgorithm(f"the {self.scheme} provider does not support {a.name}")
+        if op not in a.ops:
+            raise UnsupportedAlgorithm(f"{a.name} is not an algorithm for {op.value}")
+        info = self._resolve(ref, ev)
+        spec = info.spec
+        if a.kty is not spec.kty or (a.key_bits is not None and a.key_bits != spec.size):
+            needed = f"AES-{a.key_bits}" if a.key_bits else str(a.kty)
+            raise UnsupportedAlgorithm(f"{a.name} needs an {needed} key; {info.ref} is {spec}")
+        if a.name.startswith("ES") and ES_CURVES[a.name] != spec.curve:
+            raise UnsupportedAlgorithm(f"{a.name} needs a {ES_CURVES[a.name]} key; {info.ref} is {spec}")
+        if op not in info.ops:
+            allowed = ", ".join(sorted(o.value for o in info.ops)) or "none"
+            raise OperationNotPermitted(f"key {info.ref} does not allow {op.value} (allowed: {allowed})")
+        if not info.enabled:
+            raise KeyDisabled(f"key {info.ref} is disabled; enable it before use")
+        if not info.is_valid_at():
+            raise KeyExpired(f"key {info.ref} is outside its validity window (not before / expires)")
+        return info, a
