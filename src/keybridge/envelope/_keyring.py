@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from ..errors import IntegrityError, InvalidArgument, KeybridgeError, KeyNotFound, UnsupportedAlgorithm
 from ..keys import KeyOp, KeyType
 from ..provider import KeyHandle
+from ._header import serialize_context
 from ._materials import EncryptedDataKey, EncryptionMaterials
 
 __all__ = [
@@ -82,22 +83,6 @@ def data_key_length(suite_id: int) -> int:
     except KeyError:
         known = ", ".join(f"0x{s:04X}" for s in _SUITE_KEY_LENGTH)
         raise UnsupportedAlgorithm(f"algorithm suite 0x{suite_id:04X} is not supported; use {known}") from None
-
-
-def serialize_context(context: Mapping[str, str]) -> bytes:
-    """The ESDK encryption-context serialization: u16 count, then u16-length key/value pairs sorted
-    by the UTF-8 key bytes; an empty context serializes to no bytes at all."""
-    if not context:
-        return b""
-    items = sorted((str(k).encode("utf-8"), str(v).encode("utf-8")) for k, v in context.items())
-    if len(items) > 0xFFFF:
-        raise InvalidArgument(f"encryption context has {len(items)} entries; the format allows 65535")
-    out = bytearray(struct.pack(">H", len(items)))
-    for key, value in items:
-        if len(key) > 0xFFFF or len(value) > 0xFFFF:
-            raise InvalidArgument("an encryption-context key or value is longer than 65535 bytes (UTF-8)")
-        out += struct.pack(">H", len(key)) + key + struct.pack(">H", len(value)) + value
-    return bytes(out)
 
 
 @dataclass(frozen=True)
