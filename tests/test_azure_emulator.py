@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 from azure.core.pipeline.policies import SansIOHTTPPolicy
+from azure.core.pipeline.transport import RequestsTransport
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
@@ -22,7 +23,7 @@ import keybridge
 from keybridge import audit
 from keybridge._byok import ByokPackage, b64url_decode, b64url_encode
 from keybridge._crypto import rsa_aes_key_wrap
-from keybridge.emulator import ManagedHsmEmulator
+from keybridge.emulator import Faults, ManagedHsmEmulator
 from keybridge.errors import (
     AuthenticationError,
     InvalidArgument,
@@ -285,15 +286,13 @@ def test_dead_endpoint_fails_with_provider_unavailable_within_ten_seconds(tmp_pa
         options = emu.provider_options()
         # The emulator deletes its CA file when it stops; keep a copy so that TLS setup still works.
         options["connection_verify"] = str(shutil.copy(emu.ca_file, tmp_path / "ca.pem"))
-        url = emu.vault_url
-        with AzureKeyVaultProvider(url, **options) as p:
+        with AzureKeyVaultProvider(emu.vault_url, cache_ttl=0, **options) as p:
             name = p.create_key(_name(), KeySpec.ec("P-256")).ref.name
-    # A new client: the stopped emulator's handler threads may still serve old keep-alive connections.
-    with AzureKeyVaultProvider(url, **options) as p:
-        start = time.monotonic()
-        with pytest.raises(ProviderUnavailable, match="cannot be reached") as err:
-            p.get_key(name)
-        elapsed = time.monotonic() - start
+            emu.stop()  # the provider's keep-alive connection is closed too
+            start = time.monotonic()
+            with pytest.raises(ProviderUnavailable, match="cannot be reached") as err:
+                p.get_key(name)
+            elapsed = time.monotonic() - start
     assert elapsed < 10, f"a dead endpoint took {elapsed:.1f} s to fail"
     assert err.value.__cause__ is not None
 
@@ -364,3 +363,35 @@ def test_byok_packages_the_service_refuses_are_invalid_package(azure: AzureKeyVa
             azure.import_byok(_name(), bad, spec)
     # and the unharmed package still goes in: the refusals were about the packages
     assert azure.import_byok(_name(), good.to_json(), KeySpec.aes(256)).spec == KeySpec.aes(256)
+
+
+# ---- throttling -----------------------------------------------------------------------------------------
+
+
+class _SleepRecorder(RequestsTransport):
+    """A real requests transport that records the retry sleeps azure-core asks for instead of sleeping."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.slept: list[float] = []
+
+    def sleep(self, duration: float) -> None:
+        self.slept.append(duration)
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_throttled_answers_are_retried_after_the_servers_retry_after(status: int) -> None:
+    faults = Faults(error_rate=1.0, statuses=(status,), retry_after=7, max_consecutive=1)
+    with ManagedHsmEmulator(faults=faults) as emu:
+        options = emu.provider_options()
+        transport = _SleepRecorder(connection_verify=options.pop("connection_verify"))
+        with AzureKeyVaultProvider(emu.vault_url, transport=transport, **options) as p:
+            info = p.create_key(_name(), KeySpec.ec("P-256"))  # a POST: retried only because of Retry-After
+            assert p.sign(info.ref, "ES256", b"\1" * 32)
+        assert len(transport.slept) >= 3
+        assert set(transport.slept) == {7}  # the header, not keybridge's 0.5 s backoff
+        opts = emu.provider_options()
+        with AzureKeyVaultProvider(emu.vault_url, retry_total=0, **opts) as p, pytest.raises(ProviderUnavailable) as e:
+            p.get_key("anything")
+    assert "busy or failing" in str(e.value)
+    assert {429: "Throttled", 503: "ServiceUnavailable"}[status] in str(e.value)

@@ -303,3 +303,10 @@ def test_missing_azure_packages_name_the_extra_to_install() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
     assert out.startswith("MISSING ")
     assert 'pip install "keybridge[azure]"' in out
+
+
+@pytest.mark.parametrize("option", ["cache_ttl", "delete_timeout"])
+@pytest.mark.parametrize("value", ["30", -1, float("nan"), True, None])
+def test_timing_options_must_be_non_negative_seconds(option: str, value: object) -> None:
+    with pytest.raises(InvalidArgument, match=f"{option} must be a number of seconds"):
+        AzureKeyVaultProvider("https://contoso.managedhsm.azure.net", **{option: value})  # type: ignore[arg-type]

@@ -6,6 +6,8 @@ import base64
 import json
 import os
 import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -21,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
-from keybridge import _crypto
+from keybridge import _crypto, audit
 from keybridge._byok import ByokPackage
 from keybridge.emulator import ManagedHsmEmulator
 
@@ -149,4 +151,63 @@ def test_byok_refusals(client: KeyClient, kek: KeyVaultKey) -> None:
 def test_disabled_kek_refuses_import(client: KeyClient) -> None:
     kek = client.create_rsa_key(_name(), size=2048, hardware_protected=True, key_operations=["import"])
     client.update_key_properties(kek.name, enabled=False)
-    _refused(client, "oct-HSM", _package(kek, os.urandom(32)))
+    err = _refused(client, "oct-HSM", _package(kek, os.urandom(32)))
+    assert f"{kek.name}/{kek.properties.version} is disabled" in str(err.message)
+
+
+@pytest.fixture
+def unwrap_attempts() -> Iterator[list[str]]:
+    """Outcomes of the emulator's key store BYOK imports: one per unwrap the emulator asked for."""
+    outcomes: list[str] = []
+
+    def sink(event: audit.AuditEvent) -> None:
+        if event.provider == "memory" and event.operation == "import_byok":
+            outcomes.append(event.outcome)
+
+    audit.add_sink(sink)
+    yield outcomes
+    audit.remove_sink(sink)
+
+
+def test_a_bad_package_is_one_unwrap_and_one_clean_400(
+    client: KeyClient, kek: KeyVaultKey, unwrap_attempts: list[str]
+) -> None:
+    doc = json.loads(_package(kek, os.urandom(32)))
+    blob = bytearray(base64.urlsafe_b64decode(doc["ciphertext"] + "=="))
+    blob[3] ^= 0x80  # in the RSA-OAEP block
+    doc["ciphertext"] = base64.urlsafe_b64encode(bytes(blob)).decode().rstrip("=")
+    # oct has three sizes to try; a package that does not unwrap must not be tried three times
+    err = _refused(client, "oct-HSM", json.dumps(doc).encode())
+    assert "wrong KEK or damaged package" in str(err.message)
+    assert unwrap_attempts == ["IntegrityError"]
+
+
+@pytest.mark.parametrize(("crv", "attempts"), [("P-384", 1), (None, 3)])
+def test_a_type_mismatch_tries_only_the_family_and_says_what_the_package_holds(
+    client: KeyClient, kek: KeyVaultKey, unwrap_attempts: list[str], crv: str | None, attempts: int
+) -> None:
+    package = _package(kek, _pkcs8(ec.generate_private_key(ec.SECP256R1())))
+    if crv is None:
+        package = _package(kek, _pkcs8(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+    err = _refused(client, "EC-HSM", package, crv=crv)
+    assert unwrap_attempts == ["InvalidPackage"] * attempts
+    held = "EC-P-256" if crv else "RSA-2048"
+    assert f"holds an {held} key" in str(err.message)
+    assert "kty EC" in str(err.message)
+
+
+def test_rsa_byok_import_finds_the_size_within_the_family(
+    client: KeyClient, kek: KeyVaultKey, unwrap_attempts: list[str]
+) -> None:
+    target = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    imported = _import(client, "RSA-HSM", _package(kek, _pkcs8(target)))
+    assert int.from_bytes(imported.key.n, "big") == target.public_key().public_numbers().n
+    assert unwrap_attempts == ["InvalidPackage", "ok"]  # 2048 first, then 3072
+
+
+def test_kek_outside_its_validity_window_refuses_import(client: KeyClient) -> None:
+    kek = client.create_rsa_key(_name(), size=2048, hardware_protected=True, key_operations=["import"])
+    client.update_key_properties(kek.name, expires_on=datetime.now(timezone.utc) - timedelta(minutes=1))
+    err = _refused(client, "oct-HSM", _package(kek, os.urandom(32)))
+    assert "window" in str(err.message)
+    assert kek.name in str(err.message)

@@ -84,10 +84,14 @@ def test_localhost_alias_gets_a_matching_resource_and_kids(raw: Raw, azure_emula
 
 def test_plain_http_is_refused_and_the_server_keeps_serving(raw: Raw, azure_emulator: ManagedHsmEmulator) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", azure_emulator.port, timeout=10)
-    conn.request("GET", "/keys?api-version=7.6", headers={"Authorization": f"Bearer {raw.token}"})
+    body = json.dumps({"kty": "oct-HSM"})
+    headers = {"Authorization": f"Bearer {raw.token}", "Content-Type": "application/json"}
+    conn.request("POST", "/keys/plain-http-key/create?api-version=7.6", body=body, headers=headers)
     with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
         conn.getresponse()
     conn.close()
+    status, _, answer = raw.request("GET", "/keys/plain-http-key/")
+    assert status == 404, answer  # the plain-HTTP request was never served
     raw.alive()
 
 
@@ -136,6 +140,26 @@ def test_oversized_body_is_refused_and_the_server_keeps_serving(raw: Raw) -> Non
     assert status == 400
     assert answer["error"]["code"] == "BadParameter"
     assert str(MAX_BODY) in answer["error"]["message"]
+    raw.alive()
+
+
+@pytest.mark.parametrize("claimed", ["1000000000000", "-5", "lots"])
+def test_absurd_content_length_is_refused_without_reading_and_the_server_keeps_serving(
+    raw: Raw, azure_emulator: ManagedHsmEmulator, claimed: str
+) -> None:
+    conn = http.client.HTTPSConnection("127.0.0.1", azure_emulator.port, context=raw.ctx, timeout=10)
+    try:
+        conn.putrequest("POST", "/keys/huge/create?api-version=7.6")
+        conn.putheader("Authorization", f"Bearer {raw.token}")
+        conn.putheader("Content-Length", claimed)
+        conn.endheaders(b"{}")
+        resp = conn.getresponse()
+        answer = json.loads(resp.read())
+    finally:
+        conn.close()
+    assert resp.status == 400
+    assert resp.getheader("Connection") == "close"
+    assert answer["error"]["code"] == "BadParameter"
     raw.alive()
 
 

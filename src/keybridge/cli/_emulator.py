@@ -8,6 +8,7 @@ import click
 
 from ..emulator import Faults, ManagedHsmEmulator
 from ..errors import KeybridgeError
+from ._common import AZURE_CA_ENV, AZURE_CHALLENGE_ENV, AZURE_TOKEN_ENV
 
 __all__ = ["emulator"]
 
@@ -25,9 +26,9 @@ or keybridge:  open_provider("{url}", credential=EmulatorCredential(),
 
 or the keybridge command line (any bearer token is accepted):
 
-    export KEYBRIDGE_AZURE_CA_FILE={ca}
-    export KEYBRIDGE_AZURE_ACCESS_TOKEN=emulator
-    export KEYBRIDGE_AZURE_VERIFY_CHALLENGE_RESOURCE=0
+    export {ca_env}={ca}
+    export {token_env}=emulator
+    export {challenge_env}=0
     keybridge byok kek create {url} --name my-kek
 
 Other tools: trust {ca} (e.g. REQUESTS_CA_BUNDLE={ca}).
@@ -64,7 +65,8 @@ def emulator(port: int, state_dir: str | None, faults: str | None) -> None:
         if spec:
             click.echo(f"Faults:    {spec}")
         click.echo("")
-        click.echo(_HOWTO.format(url=hsm.vault_url, ca=hsm.ca_file))
+        env = {"ca_env": AZURE_CA_ENV, "token_env": AZURE_TOKEN_ENV, "challenge_env": AZURE_CHALLENGE_ENV}
+        click.echo(_HOWTO.format(url=hsm.vault_url, ca=hsm.ca_file, **env))
         threading.Event().wait()
     except KeyboardInterrupt:
         click.echo("stopping")

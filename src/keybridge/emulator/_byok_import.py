@@ -1,10 +1,12 @@
 """BYOK import: check the package's key-exchange key, then let the provider unwrap the key.
 
 The wire request names only the key family (``kty``, and ``crv`` for EC when the caller gives
-it), while the provider needs the exact spec it must find in the package; the emulator tries each
-spec of the family and keeps the one the unwrapped key matches (a mismatch is an
-``InvalidPackage`` from the provider; any other failure, such as a wrong KEK or a tampered
-package, stops at once).
+it), while the provider needs the exact spec it must find in the package. The emulator asks for
+each spec of the family in turn (at most three; with ``crv`` only that curve) and keeps the one
+the unwrapped key matches. Only a package that unwraps cleanly gets a second try: a wrong KEK, a
+tampered ciphertext or a KEK the service refuses fails on the first attempt with one 400, so the
+number of attempts (and the time taken) depends only on what a genuine package holds, which its
+maker knows already.
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ def _kek_kid(vault: Vault, kid: str) -> str:
             f"key {entry.name} cannot be a key-exchange key: a KEK must be RSA-HSM with key_ops exactly"
             f" ['import'] (it is {ver.kty} with {ver.ops})"
         )
+    # nbf/exp are the emulator's state, not the provider's, so the window is checked here; the
+    # enabled flag too, so that the message names the Azure key rather than the provider's.
+    if not vault.info(entry, ver).enabled:
+        raise bad(f"key-exchange key {entry.name}/{ver.id} is disabled; enable it before importing")
+    if not ver.in_window():
+        raise bad(f"key-exchange key {entry.name}/{ver.id} is outside its not-before/expiry window")
     return f"https://emulator.invalid/keys/{entry.pname}/{ver.id}"
 
 
@@ -61,14 +69,15 @@ def importer(vault: Vault, package: bytes, kind: KeyType, crv: object) -> Callab
     specs = _candidates(kind, crv)
 
     def make(pname: str, ops: list[str] | None) -> KeyInfo:
-        mismatch: InvalidPackage | None = None
+        first: InvalidPackage | None = None
         for spec in specs:
             try:
                 return vault.provider.import_byok(pname, rewritten, spec, ops=ops)
-            except InvalidPackage as exc:
-                mismatch = exc
-            except KeybridgeError as exc:
+            except InvalidPackage as exc:  # it unwrapped, but holds no ``spec`` key
+                first = first or exc
+            except KeybridgeError as exc:  # wrong KEK, damaged package: the same for every spec
                 raise bad(f"BYOK import failed: {exc}") from None
-        raise bad(f"BYOK import failed: {mismatch}")
+        tried = ", ".join(str(s) for s in specs)
+        raise bad(f"BYOK import failed: the package holds no key of kty {kind} that fits ({tried}): {first}")
 
     return make

@@ -53,6 +53,8 @@ class ManagedHsmEmulator:
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise InvalidArgument(f"port must be 0 (any free port) or 1-65535, got {port!r}")
+        if faults is not None and not isinstance(faults, (Faults, str)):
+            raise InvalidArgument(f"faults must be a Faults value or a spec string, got {type(faults).__name__}")
         self.faults = Faults.parse(faults) if isinstance(faults, str) else faults
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self._port = port
@@ -65,7 +67,7 @@ class ManagedHsmEmulator:
         self.provider: KeyProvider = self._open_provider()
         self._vault = Vault(self.provider, self._save_state if self.state_dir else None)
         if self.state_dir is not None and (self.state_dir / _STATE).exists():
-            self._vault.load(json.loads((self.state_dir / _STATE).read_text("utf-8")))
+            self._load_state(self.state_dir / _STATE)
 
     def __repr__(self) -> str:
         where = self.vault_url if self._server else "stopped"
@@ -93,11 +95,18 @@ class ManagedHsmEmulator:
         return self
 
     def stop(self) -> None:
-        """Stop serving and remove the certificate files. Idempotent."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        """Stop serving and delete this run's certificate directory. Idempotent.
+
+        New connections are refused, and open ones, keep-alive connections of clients that
+        already talked to it included, are closed, so no client gets another answer. ``ca_file``
+        is deleted too, so a client still pointing at it fails before it even connects. Keys and
+        state survive in ``provider`` (and in ``state_dir``, if given).
+        """
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()  # the accept loop ends: no new connections
+            server.server_close()
+            server.close_connections()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -156,6 +165,15 @@ class ManagedHsmEmulator:
         return open_provider(
             "memory:", keystore=self.state_dir / _KEYSTORE, passphrase=secret.read_text("ascii").strip(), create=True
         )
+
+    def _load_state(self, path: Path) -> None:
+        try:
+            self._vault.load(json.loads(path.read_text("utf-8")))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidArgument(
+                f"{path} is not emulator state ({type(exc).__name__}); use another state_dir or delete the"
+                " directory to start empty"
+            ) from None
 
     def _save_state(self) -> None:
         assert self.state_dir is not None

@@ -18,7 +18,8 @@ from ..keys import AES_SIZES, CURVES, RSA_SIZES, KeyInfo, KeyOp, KeySpec, KeyTyp
 from . import _byok_import, _wire
 from ._errors import ApiError, bad, from_keybridge
 from ._jwk import key_type, material_from_jwk
-from ._vault import Entry, Vault, check_tags, decode_b64, encode_b64
+from ._records import Entry, check_tags, decode_b64, encode_b64
+from ._vault import Vault
 
 __all__ = ["Router"]
 

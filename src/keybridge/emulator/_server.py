@@ -1,16 +1,20 @@
 """HTTPS transport: a threading HTTP/1.1 server behind TLS, with faults, auth and size limits.
 
 The TLS handshake runs in each connection's worker thread (not in the accept loop), so a client
-that connects and stalls cannot block others; a socket timeout bounds every read.
+that connects and stalls cannot block others; a socket timeout bounds every read. The server keeps
+track of its open connections so that :meth:`EmulatorServer.close_connections` can end keep-alive
+connections too: otherwise their worker threads would go on answering old clients after a stop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import socket
 import ssl
+import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,7 +45,7 @@ class EmulatorServer(ThreadingHTTPServer):
     """The listening server; holds the router, the accepted token and the fault injector."""
 
     daemon_threads = True
-    block_on_close = False
+    block_on_close = False  # close_connections() ends and joins the workers instead
 
     def __init__(
         self, ctx: ssl.SSLContext, port: int, router: Router, token: str | None, faults: FaultInjector | None
@@ -52,6 +56,39 @@ class EmulatorServer(ThreadingHTTPServer):
         self.token = token
         self.faults = faults
         self.vault_url = f"https://127.0.0.1:{self.server_address[1]}"
+        self._open: dict[Any, threading.Thread] = {}  # connection -> the worker serving it
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Runs in the accept loop, so once shutdown() has returned every connection is recorded.
+        worker = threading.Thread(
+            target=self.process_request_thread, args=(request, client_address), name="keybridge-emulator-conn"
+        )
+        worker.daemon = True
+        with self._open_lock:
+            self._open[request] = worker
+        worker.start()
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.pop(request, None)
+        super().shutdown_request(request)
+
+    def close_connections(self, timeout: float = 10.0) -> None:
+        """End every open connection, keep-alive ones included, and wait up to ``timeout``
+        seconds for their workers (call after :meth:`shutdown`). A worker waiting for the next
+        request sees end-of-stream; a client that sends one gets a reset or closed connection."""
+        with self._open_lock:
+            open_now = list(self._open.items())
+        for sock, _ in open_now:
+            # The plain socket's shutdown, not SSLSocket's, which would drop the TLS state under
+            # the worker still using it; the worker closes the socket itself. OSError: the worker
+            # or the peer closed it already.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        deadline = time.monotonic() + timeout
+        for _, worker in open_now:
+            worker.join(max(0.0, deadline - time.monotonic()))
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # TLS failures (plain-HTTP clients, untrusted CAs) and dropped peers are the client's problem.

@@ -13,85 +13,23 @@ restore can bring it back. Blobs therefore restore only into the emulator that m
 from __future__ import annotations
 
 import copy
-import re
 import secrets
 import threading
-import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
-from .._byok import b64url_decode, b64url_encode
-from ..errors import InvalidPackage, KeybridgeError
+from ..errors import KeybridgeError
 from ..keys import KeyInfo, KeyOp, KeyRef, KeySpec, KeyType
 from ..provider import KeyProvider
 from ._errors import ApiError, bad, from_keybridge, not_found
+from ._records import NAME, Backup, Entry, Version, check_tags, entry_from_json, now, parse_duration
 
-__all__ = ["Entry", "Vault", "Version", "parse_duration"]
+__all__ = ["Vault"]
 
-NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
-RETENTION_DAYS = 90
 _BACKUP_PREFIX = "KBEMU-BACKUP-1."
 # Operations Key Vault still allows outside a key's nbf/exp window (they undo or check earlier work).
 _OUTSIDE_WINDOW = frozenset({KeyOp.DECRYPT, KeyOp.UNWRAP_KEY, KeyOp.VERIFY})
-_DURATION = re.compile(
-    r"P(?:(?P<y>\d+)Y)?(?:(?P<mo>\d+)M)?(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
-    r"(?:T(?:(?P<h>\d+)H)?(?:(?P<mi>\d+)M)?(?:(?P<s>\d+)S)?)?"
-)
-_SECONDS = {"y": 365 * 86400, "mo": 30 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "mi": 60, "s": 1}
-
-
-def parse_duration(text: object) -> int:
-    """Seconds in an ISO 8601 duration such as ``P90D`` or ``P1Y`` (a year = 365 days, a month = 30)."""
-    m = _DURATION.fullmatch(text) if isinstance(text, str) else None
-    if m is None or text in ("P", "PT") or not any(m.groupdict().values()):
-        raise bad(f"{text!r} is not an ISO 8601 duration such as 'P90D' or 'P1Y'")
-    return sum(int(v) * _SECONDS[k] for k, v in m.groupdict().items() if v)
-
-
-def now() -> int:
-    """Unix seconds, the unit of every Key Vault timestamp."""
-    return int(time.time())
-
-
-@dataclass
-class Version:
-    """Service-side attributes of one key version (``id`` is the provider's version id)."""
-
-    id: str
-    kty: str
-    ops: list[str]
-    tags: dict[str, str] = field(default_factory=dict)
-    nbf: int | None = None
-    exp: int | None = None
-    created: int = field(default_factory=now)
-    updated: int = field(default_factory=now)
-    exportable: bool = False
-    release_policy: dict[str, Any] | None = None
-
-
-@dataclass
-class Entry:
-    """One key name: its provider name, versions (oldest first), deletion and rotation policy."""
-
-    name: str
-    pname: str
-    versions: dict[str, Version] = field(default_factory=dict)
-    deleted: int | None = None
-    policy: dict[str, Any] | None = None
-
-    @property
-    def current(self) -> Version:
-        """The newest version."""
-        return next(reversed(self.versions.values()))
-
-
-@dataclass
-class Backup:
-    """A snapshot of an entry and of each version's enabled flag."""
-
-    entry: Entry
-    enabled: dict[str, bool]
 
 
 class Vault:
@@ -358,9 +296,7 @@ class Vault:
             raise ApiError(
                 403, "Forbidden", f"Operation {op.value} is not permitted on this key.", "KeyOperationForbidden"
             )
-        t = now()
-        outside = (ver.nbf is not None and t < ver.nbf) or (ver.exp is not None and t >= ver.exp)
-        if outside and op not in _OUTSIDE_WINDOW:
+        if not ver.in_window() and op not in _OUTSIDE_WINDOW:
             raise ApiError(
                 403,
                 "Forbidden",
@@ -382,33 +318,8 @@ class Vault:
 
     def load(self, data: Mapping[str, Any]) -> None:
         """Inverse of :meth:`dump`."""
-
-        def entry(d: Mapping[str, Any]) -> Entry:
-            versions = {vid: Version(**v) for vid, v in d["versions"].items()}
-            return Entry(d["name"], d["pname"], versions, d.get("deleted"), d.get("policy"))
-
         self._serial = int(data.get("serial", 0))
-        self.entries = {e["name"]: entry(e) for e in data.get("entries", [])}
-        self.backups = {h: Backup(entry(b["entry"]), dict(b["enabled"])) for h, b in data.get("backups", {}).items()}
-
-
-def check_tags(tags: object) -> dict[str, str]:
-    """Tags must be a string-to-string object (Key Vault allows at most 15)."""
-    if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
-        raise bad("tags must be an object of string values")
-    if len(tags) > 15:
-        raise bad("a key may have at most 15 tags")
-    return dict(tags)
-
-
-def decode_b64(value: object, what: str) -> bytes:
-    """Base64url (padded or not) from a request field, or 400."""
-    try:
-        return b64url_decode(value, what)  # type: ignore[arg-type]
-    except InvalidPackage as exc:
-        raise bad(str(exc)) from None
-
-
-def encode_b64(data: bytes) -> str:
-    """Base64url without padding, as the service writes it."""
-    return b64url_encode(data)
+        self.entries = {e["name"]: entry_from_json(e) for e in data.get("entries", [])}
+        self.backups = {
+            h: Backup(entry_from_json(b["entry"]), dict(b["enabled"])) for h, b in data.get("backups", {}).items()
+        }

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..keys import KeyInfo
 from ._jwk import public_jwk
-from ._vault import RETENTION_DAYS, Entry, Version
+from ._records import RETENTION_DAYS, Entry, Version
 
 __all__ = ["bundle", "deleted_bundle", "deleted_item", "item", "policy"]
 

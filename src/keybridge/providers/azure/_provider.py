@@ -42,6 +42,13 @@ _NO_RELEASE = (
 )
 
 
+def _seconds(option: str, value: object) -> float:
+    """A non-negative number of seconds from a provider option, or InvalidArgument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise InvalidArgument(f"{option} must be a number of seconds (0 or more), got {value!r}")
+    return float(value)
+
+
 class AzureKeyVaultProvider(BaseProvider):
     """Keys in Azure Key Vault or Azure Key Vault Managed HSM, through azure-keyvault-keys.
 
@@ -78,8 +85,8 @@ class AzureKeyVaultProvider(BaseProvider):
         self.algorithms = frozenset(a for a in ALGORITHMS if self.managed_hsm or a not in _SYMMETRIC)
         self._credential = credential
         self._client_kwargs = {**DEFAULT_CLIENT_OPTIONS, **client_kwargs}
-        self._cache_ttl = max(0.0, float(cache_ttl))
-        self._delete_timeout = float(delete_timeout)
+        self._cache_ttl = _seconds("cache_ttl", cache_ttl)
+        self._delete_timeout = _seconds("delete_timeout", delete_timeout)
         self._purge_on_delete = purge_on_delete
         self._client: KeyClient | None = None
         self._lock = threading.Lock()
