@@ -194,3 +194,19 @@ def _has_main() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("keybridge.cli.__main__") is not None
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["0x0478", "0x0578"])
+def test_decrypt_to_stdout_never_writes_the_final_frame_of_a_damaged_message(env, tmp_path: Path, signed: bool) -> None:
+    data = os.urandom(3 * 4096 + 100)  # three regular frames and a final one
+    (tmp_path / "in").write_bytes(data)
+    flags = ["--signed"] if signed else []
+    args = ["encrypt", str(tmp_path / "in"), "-o", str(tmp_path / "msg"), "-k", "a", "--frame-length", "4096"]
+    assert run(*args, *flags).exit_code == 0
+    msg = bytearray((tmp_path / "msg").read_bytes())
+    msg[-1] ^= 1  # the last byte: the signature (0x0578) or the final frame's tag (0x0478)
+    result = CliRunner().invoke(app, ["decrypt", "-k", "a"], input=bytes(msg), catch_exceptions=True)
+    assert result.exit_code != 0
+    released = result.stdout_bytes
+    assert released == data[: len(released)]
+    assert len(released) <= 3 * 4096

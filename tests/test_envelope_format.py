@@ -183,6 +183,14 @@ def test_expected_context_mismatch_fails_before_any_key_is_used() -> None:
     assert src.calls == calls
 
 
+def test_expected_context_of_the_wrong_type_is_invalid_argument() -> None:
+    src = RawAesSource(os.urandom(32))
+    msg = encrypt(b"data", src, context={"n": "1"})
+    for bad in ({"n": 1}, {1: "1"}, [("n", "1")]):
+        with pytest.raises(InvalidArgument, match="expected_context"):
+            decrypt(msg, src, expected_context=bad)  # type: ignore[arg-type]
+
+
 def test_max_encrypted_data_keys_fails_before_any_key_is_used() -> None:
     src = RawAesSource(os.urandom(32))
     msg = encrypt(b"data", src)

@@ -6,7 +6,8 @@
   ``max_age`` seconds old, has served ``max_messages`` messages, or would exceed ``max_bytes`` of
   plaintext. A request of unknown length (``plaintext_length=None``, a stream) is never served
   from nor stored in the cache, since its byte count cannot be charged; neither is one longer than
-  ``max_bytes``.
+  ``max_bytes``, nor one for the signed suite 0x0578 (each such message has its own signing key
+  in its context, so the entry could never be reused).
 * **Decryption** materials are cached by (suite, context, EDKs) for ``max_age`` seconds.
 
 Trade-off to know: reusing a data key means several messages share one key (each still has its own
@@ -23,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import InvalidArgument
 from ._keyring import serialize_context
@@ -33,11 +34,14 @@ __all__ = ["DataKeyCache"]
 
 MAX_MESSAGES = 2**32
 MAX_BYTES = 2**63 - 1
+# A signed message carries its own verification key in the context, so an encrypt entry for it
+# could never be served again; storing it would only keep a data key in memory for nothing.
+_SIGNED_SUITES = frozenset({0x0578})
 
 
 @dataclass
 class _Entry:
-    key: bytearray
+    key: bytearray = field(repr=False)
     edks: tuple[EncryptedDataKey, ...]
     created: float
     messages: int = 0
@@ -101,7 +105,7 @@ class DataKeyCache:
         self, *, suite_id: int, context: Mapping[str, str], plaintext_length: int | None
     ) -> EncryptionMaterials:
         """Cached materials while within the limits; fresh ones (then cached) otherwise."""
-        if plaintext_length is None or plaintext_length > self.max_bytes:
+        if plaintext_length is None or plaintext_length > self.max_bytes or suite_id in _SIGNED_SUITES:
             return self.source.encryption_materials(
                 suite_id=suite_id, context=context, plaintext_length=plaintext_length
             )

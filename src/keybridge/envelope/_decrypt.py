@@ -21,7 +21,7 @@ from ._frames import FINAL_MARKER, FrameCodec
 from ._header import Header, MessageInfo, authenticate, parse_header
 from ._io import Buffer, OutputBuffer, Source, StreamSource, Truncated, ViewSource, check_stream
 from ._recipients import Keys
-from ._suites import IV_LEN, PUBLIC_KEY_CONTEXT_KEY, TAG_LEN, Verifier
+from ._suites import IV_LEN, KEY_LEN, PUBLIC_KEY_CONTEXT_KEY, TAG_LEN, Verifier
 
 __all__ = ["DecryptResult", "DecryptingReader", "decrypt", "open_decryptor"]
 
@@ -42,6 +42,8 @@ def check_expected_context(context: Mapping[str, str], expected: Mapping[str, st
         return
     if not isinstance(expected, Mapping):
         raise InvalidArgument(f"expected_context must be a mapping of str to str, got {type(expected).__name__}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in expected.items()):
+        raise InvalidArgument("expected_context keys and values must be str")
     wrong = sorted(str(k) for k, v in expected.items() if context.get(k) != v)
     if wrong:
         raise IntegrityError(f"the message's encryption context does not match expected_context for key(s) {wrong}")
@@ -58,16 +60,20 @@ def read_header(source: Source, expected_context: Mapping[str, str] | None, max_
 
 def unlock(header: Header, keys: Keys) -> tuple[bytes, bytes]:
     """The data key behind the header's EDKs and the derived key, after the header authenticates."""
-    data_key = resolve_keys(keys).decryption_materials(
-        suite_id=int(header.suite), context=header.context, edks=header.edks
-    )
-    return data_key, authenticate(header, data_key)
+    source = resolve_keys(keys)
+    data_key = source.decryption_materials(suite_id=int(header.suite), context=header.context, edks=header.edks)
+    if not isinstance(data_key, (bytes, bytearray)) or len(data_key) != KEY_LEN:
+        kind = f"{len(data_key)} bytes" if isinstance(data_key, (bytes, bytearray)) else type(data_key).__name__
+        raise InvalidArgument(
+            f"{source!r} returned {kind} as the data key; suite {header.suite.name} needs {KEY_LEN} bytes"
+        )
+    return bytes(data_key), authenticate(header, bytes(data_key))
 
 
 class _Body:
     """Reads the frames of an authenticated message, in order, checking sequence and lengths."""
 
-    __slots__ = ("_codec", "_source", "_verifier", "done", "final", "iv", "length", "seq")
+    __slots__ = ("_codec", "_iv", "_sealed", "_source", "_verifier", "done", "final", "seq")
 
     def __init__(self, source: Source, header: Header, enc_key: bytes) -> None:
         self._source = source
@@ -80,11 +86,15 @@ class _Body:
         self.seq = 1
         self.done = False
         self.final = False
-        self.iv = b""
-        self.length = 0
+        self._iv: memoryview = memoryview(b"")
+        self._sealed: memoryview = memoryview(b"")
 
     def next_frame(self) -> int:
-        """Read the next frame's head; return its plaintext length (``.final`` says which kind)."""
+        """Read the next frame (``.final`` says which kind); return its plaintext length.
+
+        The whole frame is read here, before the caller sizes any buffer for its plaintext, so
+        a length announced by a frame that never arrives costs no memory.
+        """
         take = self._source.take
         head = take(4)
         if self._verifier is not None:
@@ -94,29 +104,29 @@ class _Body:
             if self._verifier is not None:
                 self._verifier.update(rest)
             seq = int.from_bytes(rest[:4], "big")
-            self.iv = bytes(rest[4 : 4 + IV_LEN])
-            self.length = int.from_bytes(rest[4 + IV_LEN :], "big")
+            iv = memoryview(bytes(rest[4 : 4 + IV_LEN]))  # copied: the next take may reuse the buffer
+            length = int.from_bytes(rest[4 + IV_LEN :], "big")
             self.final = True
-            if self.length > self._codec.frame_length:
+            if length > self._codec.frame_length:
                 raise IntegrityError("the final frame is longer than the frame length: the message was modified")
         else:
             seq = int.from_bytes(head, "big")
-            self.length = self._codec.frame_length
+            length = self._codec.frame_length
         if seq != self.seq:
             raise IntegrityError(f"frame {seq} found where frame {self.seq} was due: frames were reordered or lost")
-        return self.length
-
-    def open_into(self, out: memoryview) -> None:
-        """Authenticate and decrypt the frame announced by :meth:`next_frame` into ``out``."""
         if self.final:
-            blob = self._source.take(self.length + TAG_LEN)
-            iv, sealed = memoryview(self.iv), blob
+            self._iv, self._sealed = iv, take(length + TAG_LEN)
+            blob = self._sealed
         else:
-            blob = self._source.take(IV_LEN + self.length + TAG_LEN)
-            iv, sealed = blob[:IV_LEN], blob[IV_LEN:]
+            blob = take(IV_LEN + length + TAG_LEN)
+            self._iv, self._sealed = blob[:IV_LEN], blob[IV_LEN:]
         if self._verifier is not None:
             self._verifier.update(blob)
-        self._codec.open(self.seq, self.final, iv, sealed, out)
+        return length
+
+    def open_into(self, out: memoryview) -> None:
+        """Authenticate and decrypt the frame read by :meth:`next_frame` into ``out`` (its length)."""
+        self._codec.open(self.seq, self.final, self._iv, self._sealed, out)
         self.seq += 1
         if self.final:
             self._finish(out)
@@ -151,6 +161,11 @@ class DecryptingReader(io.RawIOBase):
         _source: Source | None = None,
     ) -> None:
         super().__init__()
+        # Set first: if the header fails below, IOBase.__del__ still calls close().
+        self._stage = bytearray()
+        self._held = memoryview(self._stage)  # staged plaintext not yet handed out
+        self._hpos = 0
+        self._error: BaseException | None = None
         if _source is None:
             check_stream(src, readable=True, what="src")
             _source = StreamSource(src)
@@ -158,10 +173,6 @@ class DecryptingReader(io.RawIOBase):
         _, enc_key = unlock(header, keys)
         self.info = header.info()
         self._body = _Body(_source, header, enc_key)
-        self._stage = bytearray()
-        self._held = memoryview(self._stage)  # staged plaintext not yet handed out
-        self._hpos = 0
-        self._error: BaseException | None = None
 
     def readable(self) -> bool:
         """Always True."""
@@ -219,7 +230,9 @@ class DecryptingReader(io.RawIOBase):
     def readall(self) -> bytes:
         """The rest of the plaintext."""
         chunks = bytearray()
-        buf = bytearray(max(self._body._codec.frame_length, 1 << 20))
+        # Not sized by the frame length: memory follows the data that arrives (larger frames are
+        # staged once they are read).
+        buf = bytearray(1 << 20)
         while k := self.readinto(buf):
             chunks += memoryview(buf)[:k]
         return bytes(chunks)

@@ -197,8 +197,9 @@ def parse_header(take: Callable[[int], memoryview], *, max_edks: int | None = No
         kind = "non-framed content (type 01)" if tail[0] == 1 else f"content type {tail[0]}"
         raise InvalidMessage(f"{kind} is not supported; keybridge reads framed messages")
     frame_length = int.from_bytes(tail[1:5], "big")
-    if frame_length == 0:
-        raise InvalidMessage("framed message with frame length 0")
+    if not 0 < frame_length <= MAX_FRAME_LENGTH:
+        # The ESDK refuses the same; a reader also sizes its buffers by this authenticated number.
+        raise InvalidMessage(f"frame length {frame_length} is outside 1 .. {MAX_FRAME_LENGTH}")
     return Header(suite, message_id, MappingProxyType(context), edks, frame_length, tail[5:], b"".join(raw), tag)
 
 

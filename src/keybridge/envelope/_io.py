@@ -72,23 +72,30 @@ class StreamSource:
 
     def take(self, n: int) -> memoryview:
         """See :meth:`Source.take`."""
-        if n > len(self._buf):
-            # A new buffer rather than a resize: views handed out earlier may still be alive.
-            self._buf = bytearray(n)
-            self._mv = memoryview(self._buf)
-        view = self._mv[:n]
         got = 0
         while got < n:
-            if self._readinto is not None:
-                k = self._readinto(view[got:])
-            else:
-                chunk = self._f.read(n - got)
-                k = len(chunk)
-                view[got : got + k] = chunk
+            if got == len(self._buf):
+                self._grow(min(n, 2 * got))
+            k = self._read(self._mv[got : min(n, len(self._buf))])
             if not k:
                 raise Truncated
             got += k
-        return view
+        return self._mv[:n]
+
+    def _grow(self, size: int) -> None:
+        # The buffer grows with the bytes that actually arrived, never straight to the length a
+        # message announces, so a huge length that is never delivered costs no memory. It is a
+        # new buffer rather than a resize: views handed out earlier may still be alive.
+        buf = bytearray(size)
+        buf[: len(self._buf)] = self._buf
+        self._buf, self._mv = buf, memoryview(buf)
+
+    def _read(self, view: memoryview) -> int:
+        if self._readinto is not None:
+            return int(self._readinto(view) or 0)
+        chunk = self._f.read(len(view)) or b""
+        view[: len(chunk)] = chunk
+        return len(chunk)
 
     def at_end(self) -> bool:
         """See :meth:`Source.at_end` (reads one byte ahead)."""

@@ -30,7 +30,7 @@ from ._materials import EncryptedDataKey, MaterialsSource
 
 __all__ = ["AnyOf", "KOfN", "Keys", "as_materials"]
 
-Keys: TypeAlias = "KeyHandle | MaterialsSource | Sequence[KeyHandle | MaterialsSource]"
+Keys: TypeAlias = KeyHandle | MaterialsSource | Sequence[KeyHandle | MaterialsSource]
 """What the envelope API accepts as ``keys``: a handle, a materials source, or a list of them (any-of)."""
 
 KOFN_PROVIDER_ID = b"keybridge-kofn"
