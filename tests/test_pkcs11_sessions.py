@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from keybridge import AuthenticationError, KeySpec
+from keybridge import AuthenticationError, KeySpec, ProviderUnavailable
 from keybridge.testing._softhsm import SoftHsmToken
 
 pytest.importorskip("pkcs11")
@@ -172,6 +174,88 @@ def test_logout_by_someone_else_is_recovered(provider: Pkcs11Provider) -> None:
     ct = provider.encrypt("relogin", "A256GCM", b"still works")
     assert provider.decrypt("relogin", "A256GCM", ct) == b"still works"
     provider.delete_key("relogin")
+
+
+def test_logout_is_recovered_when_several_providers_share_the_login(
+    softhsm_token: SoftHsmToken, provider: Pkcs11Provider
+) -> None:
+    provider.create_key("relogin-shared", KeySpec.aes(256))
+    pool = provider._pool
+    with Pkcs11Provider(softhsm_token.module_path, softhsm_token.token_label, softhsm_token.user_pin) as other:
+        login = pool.lib._logins[pool.token.slot.slot_id]
+        assert login.refs >= 2
+        assert pool.lib.raw.logout(login.session.handle) == 0
+        # other has nothing cached: its first lookup sees no private objects until it logs in again
+        ct = other.encrypt("relogin-shared", "A256GCM", b"shared")
+        assert provider.decrypt("relogin-shared", "A256GCM", ct) == b"shared"
+        assert pool.lib.logged_in(pool.token)
+    provider.delete_key("relogin-shared")
+
+
+def test_threads_use_at_most_one_session_each_and_close_leaves_none(softhsm_token: SoftHsmToken) -> None:
+    with Pkcs11Provider(softhsm_token.module_path, softhsm_token.token_label, softhsm_token.user_pin) as p:
+        before = open_sessions(p._pool.lib, softhsm_token.token_label)
+        assert stress(p, threads=8, rounds=12) == []
+        assert 1 <= len(p._pool._idle) <= 8
+        during = open_sessions(p._pool.lib, softhsm_token.token_label)
+        assert len(during - before) == len(p._pool._idle)
+    assert open_sessions(p._pool.lib, softhsm_token.token_label) == before
+
+
+def test_closed_provider_raises_provider_unavailable(softhsm_token: SoftHsmToken) -> None:
+    p = Pkcs11Provider(softhsm_token.module_path, softhsm_token.token_label, softhsm_token.user_pin)
+    p.close()
+    p.close()  # idempotent
+    with pytest.raises(ProviderUnavailable, match="closed"):
+        p.list_keys()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_child_forked_while_another_thread_holds_the_library_lock_works(provider: Pkcs11Provider) -> None:
+    # Only the forking thread survives in the child: a lock held by another thread at fork time
+    # would stay locked forever there unless the library replaces it.
+    provider.create_key("fork-locked", KeySpec.ec("P-256"))
+    lib = provider._pool.lib
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lib._mu:
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                ok = provider.verify("fork-locked", "ES256", DIGEST, provider.sign("fork-locked", "ES256", DIGEST))
+                code = 0 if ok else 2
+            finally:
+                os._exit(code)
+        status = _wait_or_kill(pid, 60)
+    finally:
+        release.set()
+        holder.join()
+    assert status is not None, "the forked child hung on a lock another thread held at fork time"
+    assert os.waitstatus_to_exitcode(status) == 0
+    provider.delete_key("fork-locked")
+
+
+def _wait_or_kill(pid: int, limit: float) -> int | None:
+    """The child's wait status, or None after killing it when it has not finished within ``limit`` s
+    (a hang guard, not a speed check)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -184,10 +184,10 @@ def test_disable_clears_usage_flags_on_the_token(provider: Pkcs11Provider) -> No
 
     info = provider.create_key("flags", KeySpec.aes(128))
     provider.set_enabled("flags", False)
-    read = lambda e: provider._handle(e, info).get_attributes([A.ENCRYPT, A.DECRYPT, A.WRAP, A.UNWRAP])  # noqa: E731
-    assert set(provider._pool.run(read).values()) == {False}  # other tools cannot use it either
+    read = lambda e: e.key(info).get_attributes([A.ENCRYPT, A.DECRYPT, A.WRAP, A.UNWRAP])  # noqa: E731
+    assert set(provider._pool.run(read, "reading flags").values()) == {False}  # other tools cannot use it either
     provider.set_enabled("flags", True)
-    assert set(provider._pool.run(read).values()) == {True}
+    assert set(provider._pool.run(read, "reading flags").values()) == {True}
     provider.delete_key("flags")
 
 

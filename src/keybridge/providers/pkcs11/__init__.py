@@ -18,9 +18,9 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependency("the PKCS#11 provider", "pkcs11") from _exc
 
+from ._library import THREADING_ENV
 from ._pin import PIN_ENV
 from ._provider import Pkcs11Provider
-from ._session import THREADING_ENV
 from ._uri import parse, redact
 
 __all__ = ["MODULE_ENV", "PIN_ENV", "THREADING_ENV", "Pkcs11Provider", "from_uri"]

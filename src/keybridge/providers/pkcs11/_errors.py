@@ -39,7 +39,6 @@ class translated:
 
     With ``integrity`` (decrypt/unwrap), errors that mean "this ciphertext does not authenticate"
     become :class:`IntegrityError`. Messages name the action and key only, never a PIN or bytes.
-    A class, not a generator, because it wraps every token call (hot path).
     """
 
     __slots__ = ("action", "integrity", "what")
@@ -55,10 +54,11 @@ class translated:
     ) -> None:
         if exc is None or isinstance(exc, KeybridgeError) or not isinstance(exc, px.PKCS11Error):
             return
-        raise _map(self.action, self.what, self.integrity, exc) from exc
+        raise translate(self.action, self.what, self.integrity, exc) from exc
 
 
-def _map(action: str, what: object, integrity: bool, exc: px.PKCS11Error) -> KeybridgeError:
+def translate(action: str, what: object, integrity: bool, exc: px.PKCS11Error) -> KeybridgeError:
+    """The keybridge error for ``exc`` raised while doing ``action`` (on ``what``); raise it ``from exc``."""
     on = f" {what}" if what is not None else ""
     name = type(exc).__name__
     if isinstance(exc, _AUTH):

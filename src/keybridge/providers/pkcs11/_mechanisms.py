@@ -82,16 +82,23 @@ def supported(mechs: Mapping[int, int | None], manufacturer: str) -> frozenset[s
     return frozenset(algs)
 
 
+def _signature_table() -> dict[str, tuple[M, Any, bytes]]:
+    table: dict[str, tuple[M, Any, bytes]] = {}
+    for h, (hash_mech, mgf) in _HASH_MECH.items():
+        bits = h[3:]
+        table[f"ES{bits}"] = (M.ECDSA, None, b"")  # raw ECDSA over the digest: output is already r||s
+        table[f"PS{bits}"] = (M.RSA_PKCS_PSS, (hash_mech, mgf, int(bits) // 8), b"")  # salt = hash length
+        table[f"RS{bits}"] = (M.RSA_PKCS, None, _PREFIX[h])
+    return table
+
+
+_SIGNATURE = _signature_table()
+
+
 def signature(alg: AlgorithmSpec, digest: bytes) -> tuple[M, Any, bytes]:
     """(mechanism, parameter, data) to sign a precomputed ``digest`` with ``alg``."""
-    assert alg.hash is not None
-    h = alg.hash.name.upper().replace("-", "")
-    if alg.name.startswith("ES"):
-        return M.ECDSA, None, digest  # raw ECDSA over the digest: output is already r||s
-    if alg.pss:
-        hash_mech, mgf = _HASH_MECH[h]
-        return M.RSA_PKCS_PSS, (hash_mech, mgf, alg.hash.digest_size), digest
-    return M.RSA_PKCS, None, _PREFIX[h] + digest
+    mechanism, param, prefix = _SIGNATURE[alg.name]
+    return mechanism, param, prefix + digest
 
 
 def rsa_decryption(alg: AlgorithmSpec) -> tuple[M, Any]:

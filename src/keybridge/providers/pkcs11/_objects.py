@@ -6,22 +6,22 @@
 * keybridge makes ids of 16 bytes: ``b"kb"`` + creation time (µs since the epoch, 8 bytes big
   endian) + 6 random bytes, so versions sort by creation and ``created`` is known. Objects other
   tools made (any other id) sort before them, by id, and are used just the same.
-* What PKCS#11 has no attribute for (tags, validity window, enabled flag, the operations to
-  restore on enable) lives in one private CKO_DATA object per name: CKA_LABEL = name,
-  CKA_APPLICATION = "keybridge", CKA_VALUE = JSON ``{"versions": {id_hex: {...}}}``.
+* What PKCS#11 has no attribute for (tags, validity window, enabled flag) lives in a metadata
+  object per name, see :mod:`._catalog`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pkcs11 import Attribute as A
+from pkcs11 import KeyType as KT
 from pkcs11 import ObjectClass as OC
 from pkcs11 import PrivateKey as P11Private
 from pkcs11 import PublicKey as P11Public
@@ -31,7 +31,6 @@ from pkcs11.util.ec import encode_named_curve_parameters
 from ...errors import InvalidKeySpec
 from ...keys import CURVES, KeyOp, KeySpec, KeyType, PrivateKey
 
-APPLICATION = "keybridge"
 _MARK = b"kb"
 _UTC = _dt.timezone.utc
 _CURVE_OID = {"P-256": "secp256r1", "P-384": "secp384r1", "P-521": "secp521r1"}
@@ -85,7 +84,7 @@ def flags_template(flags: Mapping[KeyOp, Any], ops: Iterable[KeyOp]) -> dict[Any
 def spec_of(obj: Any, attrs: Mapping[Any, Any], meta: Mapping[str, Any]) -> KeySpec:
     """The KeySpec of a secret or private key object (raises InvalidKeySpec for others)."""
     if isinstance(obj, P11Secret):
-        length = attrs.get(A.VALUE_LEN) or meta.get("size", 0) // 8  # SoftHSM 2.6: 0 after unwrap
+        length = attrs.get(A.VALUE_LEN) or int(meta.get("size") or 0) // 8  # SoftHSM 2.6: 0 after unwrap
         return KeySpec.aes(int(length) * 8)
     modulus = attrs.get(A.MODULUS)
     if modulus:
@@ -144,81 +143,9 @@ def is_secret(obj: Any) -> bool:
     return isinstance(obj, P11Secret)
 
 
-def is_our_meta(obj: Any) -> bool:
-    """True for keybridge's metadata data objects (python-pkcs11 gives data objects no class)."""
-    if is_key(obj) or is_public(obj):
-        return False
-    attrs = obj.get_attributes([A.CLASS, A.APPLICATION])
-    return bool(attrs.get(A.CLASS) == OC.DATA and attrs.get(A.APPLICATION) == APPLICATION)
-
-
 def is_public(obj: Any) -> bool:
     """True for public key objects."""
     return isinstance(obj, P11Public)
-
-
-# ---- metadata object -----------------------------------------------------------------------------
-
-
-def find_meta(session: Any, name: str) -> Any:
-    """The keybridge CKO_DATA object of ``name`` (None if there is none)."""
-    for obj in session.get_objects({A.CLASS: OC.DATA, A.LABEL: name, A.APPLICATION: APPLICATION}):
-        return obj
-    return None
-
-
-def load_meta(obj: Any) -> dict[str, Any]:
-    """The JSON record of a metadata object (empty when absent or unreadable)."""
-    if obj is None:
-        return {"versions": {}}
-    try:
-        data = json.loads(bytes(obj[A.VALUE]).decode("utf-8"))
-    except ValueError:
-        return {"versions": {}}
-    return data if isinstance(data.get("versions"), dict) else {"versions": {}}
-
-
-def store_meta(session: Any, name: str, old: Any, meta: Mapping[str, Any]) -> None:
-    """Replace the metadata object (SoftHSM makes CKA_VALUE of data objects read-only)."""
-    if old is not None:
-        old.destroy()
-    if not meta.get("versions"):
-        return
-    session.create_object(
-        {
-            A.CLASS: OC.DATA,
-            A.TOKEN: True,
-            A.PRIVATE: True,
-            A.LABEL: name,
-            A.APPLICATION: APPLICATION,
-            A.VALUE: json.dumps(meta, sort_keys=True).encode("utf-8"),
-        }
-    )
-
-
-def version_record(
-    ops: Iterable[KeyOp],
-    *,
-    enabled: bool,
-    tags: Mapping[str, str],
-    not_before: _dt.datetime | None,
-    expires: _dt.datetime | None,
-    size: int | None = None,
-) -> dict[str, Any]:
-    """One version's entry in the metadata JSON."""
-    return {
-        "ops": sorted(op.value for op in ops),
-        "enabled": enabled,
-        "tags": dict(tags),
-        "not_before": not_before.isoformat() if not_before else None,
-        "expires": expires.isoformat() if expires else None,
-        "size": size,
-    }
-
-
-def parse_time(value: Any) -> _dt.datetime | None:
-    """An ISO timestamp from the metadata (None if missing)."""
-    return _dt.datetime.fromisoformat(value) if isinstance(value, str) else None
 
 
 # ---- templates for new objects ---------------------------------------------------------------------
@@ -231,8 +158,6 @@ def ec_params(spec: KeySpec) -> bytes:
 
 def import_templates(key: PrivateKey | bytes, spec: KeySpec) -> tuple[dict[Any, Any], dict[Any, Any] | None]:
     """(private-or-secret, public) attribute templates holding ``key``'s values."""
-    from pkcs11 import KeyType as KT
-
     if isinstance(key, bytes):
         return {A.CLASS: OC.SECRET_KEY, A.KEY_TYPE: KT.AES, A.VALUE: key}, None
     if isinstance(key, rsa.RSAPrivateKey):
@@ -257,8 +182,6 @@ def import_templates(key: PrivateKey | bytes, spec: KeySpec) -> tuple[dict[Any, 
         return priv, {A.CLASS: OC.PUBLIC_KEY, A.KEY_TYPE: KT.RSA, A.MODULUS: b(pub.n), A.PUBLIC_EXPONENT: b(pub.e)}
     size = (key.curve.key_size + 7) // 8
     scalar = key.private_numbers().private_value.to_bytes(size, "big")
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
     point = key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
     params = ec_params(spec)
     return (

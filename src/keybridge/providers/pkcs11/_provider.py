@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -17,16 +15,25 @@ from pkcs11 import ObjectClass as OC
 from pkcs11.util.rsa import decode_rsa_public_key
 
 from ...base import BaseProvider
-from ...errors import InvalidArgument, InvalidKeySpec, InvalidKeyUri, KeyNotFound, OperationNotPermitted
+from ...errors import InvalidArgument, InvalidKeyUri, KeyNotFound, OperationNotPermitted
 from ...keys import AlgorithmSpec, KeyAttributes, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType, PrivateKey
 from . import _mechanisms as mech
 from . import _objects as obj
+from ._catalog import Catalog, is_meta, version_record
 from ._errors import translated
 from ._pin import resolve_pin
 from ._session import Entry, SessionPool
 from ._uri import key_uri, parse, redact
 
 _GCM_IV = 12
+# The token wraps only objects: key bytes come in as a short-lived session object like this.
+_TRANSIENT_SECRET = {
+    A.CLASS: OC.SECRET_KEY,
+    A.KEY_TYPE: KT.GENERIC_SECRET,
+    A.TOKEN: False,
+    A.EXTRACTABLE: True,
+    A.SENSITIVE: True,
+}
 
 
 class Pkcs11Provider(BaseProvider):
@@ -67,9 +74,7 @@ class Pkcs11Provider(BaseProvider):
         except BaseException:
             self._pool.close()
             raise
-        self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, list[KeyInfo]]] = {}
-        self._meta_lock = threading.Lock()
+        self._catalog = Catalog(self._pool, token_label, self._make_ref, cache_seconds)
 
     def __repr__(self) -> str:
         return f"<Pkcs11Provider token={self.token_label!r} module={self.module_path!r}>"
@@ -84,20 +89,10 @@ class Pkcs11Provider(BaseProvider):
         version = u.id.hex() if u.id is not None else None
         name = u.path.get("object")
         if name is None and u.id is not None:
-            name = self._label_for_id(u.id, uri)
+            name = self._catalog.label_for_id(u.id, uri)
         if not name:
             raise InvalidKeyUri(f"{redact(uri)!r} names no key; add object=NAME (the CKA_LABEL) or id=%XX")
         return name, version
-
-    def _label_for_id(self, id_bytes: bytes, uri: str) -> str:
-        def find(e: Entry) -> str:
-            for o in e.session.get_objects({A.ID: id_bytes}):
-                if obj.is_key(o) and o.label:
-                    return str(o.label)
-            raise KeyNotFound(f"no labelled key with the id in {redact(uri)!r} on token {self.token_label!r}")
-
-        with translated("looking up", redact(uri)):
-            return self._pool.run(find)
 
     def _make_ref(self, name: str, version: str | None) -> KeyRef:
         ref = self._refs.get((name, version))
@@ -111,79 +106,20 @@ class Pkcs11Provider(BaseProvider):
 
     # ---- reading keys ---------------------------------------------------------------------------
 
-    def _versions(self, name: str, *, fresh: bool = False) -> list[KeyInfo]:
-        hit = self._cache.get(name)
-        if hit is not None and not fresh and time.monotonic() - hit[0] < self._cache_seconds:
-            return hit[1]
-        with translated("reading key", repr(name)):
-            infos = self._pool.run(lambda e: self._describe(e, name))
-        if not infos:
-            self._cache.pop(name, None)
-            raise KeyNotFound(f"no key named {name!r} on token {self.token_label!r}")
-        self._cache[name] = (time.monotonic(), infos)
-        return infos
-
-    def _describe(self, e: Entry, name: str) -> list[KeyInfo]:
-        objects = list(e.session.get_objects({A.LABEL: name}))
-        meta = obj.load_meta(obj.find_meta(e.session, name))["versions"]
-        publics = {bytes(o[A.ID]): o for o in objects if obj.is_public(o)}
-        infos = []
-        for o in objects:
-            if not obj.is_key(o):
-                continue
-            attrs = o.get_attributes(obj.KEY_ATTRS)
-            id_bytes = bytes(attrs.get(A.ID, b""))
-            rec = meta.get(id_bytes.hex(), {})
-            try:
-                spec = obj.spec_of(o, attrs, rec)
-            except InvalidKeySpec:
-                continue  # another tool's key of a type keybridge does not handle
-            pub = publics.get(id_bytes)
-            ops = frozenset(KeyOp(x) for x in rec["ops"]) if "ops" in rec else obj.ops_of(o, attrs, pub)
-            info = KeyInfo(
-                ref=self._make_ref(name, id_bytes.hex() or None),
-                spec=spec,
-                ops=ops,
-                enabled=bool(rec.get("enabled", True)),
-                created=obj.created_at(id_bytes),
-                not_before=obj.parse_time(rec.get("not_before")),
-                expires=obj.parse_time(rec.get("expires")),
-                tags=dict(rec.get("tags") or {}),
-                hsm_protected=True,
-                exportable=bool(attrs.get(A.EXTRACTABLE)),
-                public_key=obj.public_key_of(spec, attrs, pub),
-            )
-            infos.append((obj.order(id_bytes), info))
-        return [i for _, i in sorted(infos, key=lambda t: t[0])]
-
     def _get_key(self, name: str, version: str | None) -> KeyInfo:
-        versions = self._versions(name)
-        if version is None:
-            return versions[-1]
-        for info in versions:
-            if info.ref.version == version.lower():
-                return info
-        raise KeyNotFound(f"key {name!r} on token {self.token_label!r} has no version {version!r}")
+        return self._catalog.get(name, version)
 
     def _list_keys(self) -> Iterator[KeyInfo]:
-        def labels(e: Entry) -> set[str]:
-            found = set()
-            for cls in (OC.SECRET_KEY, OC.PRIVATE_KEY):
-                found |= {str(o.label) for o in e.session.get_objects({A.CLASS: cls}) if o.label}
-            return found
-
-        with translated("listing keys on token", repr(self.token_label)):
-            names = sorted(self._pool.run(labels))
         out = []
-        for name in names:
+        for name in self._catalog.names():
             try:
-                out.append(self._versions(name, fresh=True)[-1])
+                out.append(self._catalog.versions(name, fresh=True)[-1])
             except KeyNotFound:
                 continue  # only objects keybridge cannot use, or deleted meanwhile
         return iter(out)
 
     def _list_versions(self, name: str) -> Iterator[KeyInfo]:
-        return iter(self._versions(name, fresh=True))
+        return iter(self._catalog.versions(name, fresh=True))
 
     # ---- creating and changing keys ------------------------------------------------------------
 
@@ -207,8 +143,7 @@ class Pkcs11Provider(BaseProvider):
                 pub_tpl[A.EC_PARAMS] = obj.ec_params(spec)
                 s.generate_keypair(KT.EC, store=True, public_template=pub_tpl, private_template=priv_tpl)
 
-        with translated("generating key", repr(name)):
-            self._pool.run(generate)
+        self._pool.run(generate, "generating key", repr(name))
         return self._record(name, id_bytes, spec, attrs)
 
     def _import_key(self, name: str, key: PrivateKey | bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
@@ -221,35 +156,28 @@ class Pkcs11Provider(BaseProvider):
         priv_tpl.update(obj.flags_template(flags, ops))
 
         def create(e: Entry) -> None:
-            e.session.create_object(priv_tpl)
-            if pub_tpl is not None:
+            priv = e.session.create_object(priv_tpl)
+            if pub_tpl is None:
+                return
+            try:
                 e.session.create_object({**pub_tpl, **common, **obj.flags_template(obj.PUBLIC_FLAGS, ops)})
+            except BaseException:
+                priv.destroy()  # no half-imported key left behind
+                raise
 
-        with translated("importing key", repr(name)):
-            self._pool.run(create)
+        self._pool.run(create, "importing key", repr(name))
         return self._record(name, id_bytes, spec, attrs)
 
     def _record(self, name: str, id_bytes: bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
         size = spec.size if spec.kty is KeyType.OCT else None
-        rec = obj.version_record(
+        rec = version_record(
             attrs.ops, enabled=True, tags=attrs.tags, not_before=attrs.not_before, expires=attrs.expires, size=size
         )
-        self._update_meta(name, lambda versions: versions.__setitem__(id_bytes.hex(), rec))
-        return self._get_key(name, id_bytes.hex())
-
-    def _update_meta(self, name: str, change: Any) -> None:
-        def update(e: Entry) -> None:
-            old = obj.find_meta(e.session, name)
-            meta = obj.load_meta(old)
-            change(meta["versions"])
-            obj.store_meta(e.session, name, old, meta)
-
-        with self._meta_lock, translated("updating the metadata of key", repr(name)):
-            self._pool.run(update)
-        self._cache.pop(name, None)
+        self._catalog.update(name, lambda versions: versions.__setitem__(id_bytes.hex(), rec))
+        return self._catalog.get(name, id_bytes.hex())
 
     def _rotate_key(self, name: str) -> KeyInfo:
-        cur = self._versions(name, fresh=True)[-1]
+        cur = self._catalog.versions(name, fresh=True)[-1]
         return self._create_key(name, cur.spec, KeyAttributes.of(cur))
 
     def _set_enabled(self, info: KeyInfo, enabled: bool) -> KeyInfo:
@@ -260,71 +188,65 @@ class Pkcs11Provider(BaseProvider):
 
         def flags(e: Entry) -> None:
             for o in e.session.get_objects({A.LABEL: name, A.ID: _id(version) or b""}):
-                if not (obj.is_key(o) or obj.is_public(o)):
+                if obj.is_secret(o):
+                    table = obj.SECRET_FLAGS
+                elif obj.is_public(o):
+                    table = obj.PUBLIC_FLAGS
+                elif obj.is_key(o):
+                    table = obj.PRIVATE_FLAGS
+                else:
                     continue
-                table = (
-                    obj.SECRET_FLAGS
-                    if obj.is_secret(o)
-                    else obj.PUBLIC_FLAGS
-                    if obj.is_public(o)
-                    else obj.PRIVATE_FLAGS
-                )
                 for attr, value in obj.flags_template(table, ops).items():
                     o[attr] = value
 
-        with translated("changing the usage flags of key", info.ref):
-            self._pool.run(flags)
+        self._pool.run(flags, "changing the usage flags of key", info.ref)
 
         def change(versions: dict[str, Any]) -> None:
-            rec = versions.get(version) or obj.version_record(
+            rec = versions.get(version) or version_record(
                 info.ops, enabled=True, tags=info.tags, not_before=info.not_before, expires=info.expires
             )
             rec["ops"], rec["enabled"] = sorted(op.value for op in info.ops), enabled
             versions[version] = rec
 
-        self._update_meta(name, change)
-        return self._get_key(name, info.ref.version)
+        self._catalog.update(name, change)
+        return self._catalog.get(name, info.ref.version)
 
     def _delete_key(self, name: str) -> None:
-        self._versions(name, fresh=True)  # KeyNotFound if there is none
+        self._catalog.versions(name, fresh=True)  # KeyNotFound if there is none
 
         def destroy(e: Entry) -> None:
             for o in list(e.session.get_objects({A.LABEL: name})):
-                if obj.is_key(o) or obj.is_public(o) or obj.is_our_meta(o):
+                if obj.is_key(o) or obj.is_public(o) or is_meta(o):
                     o.destroy()
 
-        with self._meta_lock, translated("deleting key", repr(name)):
-            self._pool.run(destroy)
-        self._pool.invalidate_handles()
-        self._cache.pop(name, None)
+        with self._catalog.lock:
+            try:
+                self._pool.run(destroy, "deleting key", repr(name))
+            finally:  # also after a partial failure: some handles may point nowhere now
+                self._pool.invalidate_handles()
+                self._catalog.forget(name)
 
     # ---- key operations -----------------------------------------------------------------------
-
-    def _handle(self, e: Entry, info: KeyInfo) -> Any:
-        """The private or secret key object of ``info`` in this session (cached per session)."""
-        key = (info.ref.name, info.ref.version)
-        found = e.cache.get(key)
-        if found is None:
-            cls = OC.SECRET_KEY if info.spec.kty is KeyType.OCT else OC.PRIVATE_KEY
-            query: dict[str, Any] = {"object_class": cls, "label": info.ref.name}
-            if info.ref.version:
-                query["id"] = bytes.fromhex(info.ref.version)
-            found = e.cache[key] = e.session.get_key(**query)
-        return found
+    # Hot path: each op is one pool.run of a small closure; the key's handle is cached per session.
 
     def _sign(self, info: KeyInfo, alg: AlgorithmSpec, digest: bytes) -> bytes:
         mechanism, param, data = mech.signature(alg, digest)
-        with translated(f"signing with {alg.name} and key", info.ref):
-            sig = self._pool.run(lambda e: self._handle(e, info).sign(data, mechanism=mechanism, mechanism_param=param))
-        return bytes(sig)
+        return bytes(
+            self._pool.run(
+                lambda e: e.key(info).sign(data, mechanism=mechanism, mechanism_param=param),
+                f"signing with {alg.name} and key",
+                info.ref,
+            )
+        )
 
     def _encrypt(self, info: KeyInfo, alg: AlgorithmSpec, data: bytes, aad: bytes | None) -> bytes:
         iv = os.urandom(_GCM_IV)
         param = mech.gcm(iv, aad)
-        with translated(f"encrypting with {alg.name} and key", info.ref):
-            ct = self._pool.run(
-                lambda e: self._handle(e, info).encrypt(data, mechanism=M.AES_GCM, mechanism_param=param)
-            )
+        ct = self._pool.run(
+            lambda e: e.key(info).encrypt(data, mechanism=M.AES_GCM, mechanism_param=param),
+            f"encrypting with {alg.name} and key",
+            info.ref,
+        )
         return iv + bytes(ct)
 
     def _decrypt(self, info: KeyInfo, alg: AlgorithmSpec, data: bytes, aad: bytes | None) -> bytes:
@@ -332,10 +254,12 @@ class Pkcs11Provider(BaseProvider):
             mechanism, param, data = M.AES_GCM, mech.gcm(data[:_GCM_IV], aad), data[_GCM_IV:]
         else:
             mechanism, param = mech.rsa_decryption(alg)
-        with translated(f"decrypting with {alg.name} and key", info.ref, integrity=True):
-            pt = self._pool.run(
-                lambda e: self._handle(e, info).decrypt(data, mechanism=mechanism, mechanism_param=param)
-            )
+        pt = self._pool.run(
+            lambda e: e.key(info).decrypt(data, mechanism=mechanism, mechanism_param=param),
+            f"decrypting with {alg.name} and key",
+            info.ref,
+            integrity=True,
+        )
         return bytes(pt)
 
     def _aes_wrap_mechanism(self, alg: AlgorithmSpec) -> Any:
@@ -347,20 +271,17 @@ class Pkcs11Provider(BaseProvider):
         mechanism = self._aes_wrap_mechanism(alg)
         if mechanism is M.AES_KEY_WRAP_PAD and self._kwp_pads and len(key) % 8:
             return self._wrap_padded_by_hand(info, alg, key)
-        # The token wraps only objects: bring the bytes in as a short-lived session object.
-        tpl = {A.CLASS: OC.SECRET_KEY, A.KEY_TYPE: KT.GENERIC_SECRET, A.TOKEN: False, A.VALUE: key}
-        tpl.update({A.EXTRACTABLE: True, A.SENSITIVE: True})
+        tpl = {**_TRANSIENT_SECRET, A.VALUE: key}
 
         def wrap(e: Entry) -> bytes:
-            kek = self._handle(e, info)
+            kek = e.key(info)
             tmp = e.session.create_object(tpl)
             try:
                 return bytes(kek.wrap_key(tmp, mechanism=mechanism))
             finally:
                 tmp.destroy()
 
-        with translated(f"wrapping with {alg.name} and key", info.ref):
-            return self._pool.run(wrap)
+        return self._pool.run(wrap, f"wrapping with {alg.name} and key", info.ref)
 
     def _wrap_padded_by_hand(self, info: KeyInfo, alg: AlgorithmSpec, key: bytes) -> bytes:
         # SoftHSM < 2.7 zero-pads to 8 bytes before RFC 5649, so its output unwraps to the key
@@ -372,11 +293,10 @@ class Pkcs11Provider(BaseProvider):
             )
 
         def wrap(e: Entry) -> bytes:
-            kek = self._handle(e, info)
+            kek = e.key(info)
             return mech.rfc5649_wrap(lambda block: bytes(kek.encrypt(block, mechanism=M.AES_ECB)), key)
 
-        with translated(f"wrapping with {alg.name} and key", info.ref):
-            return self._pool.run(wrap)
+        return self._pool.run(wrap, f"wrapping with {alg.name} and key", info.ref)
 
     def _unwrap_key(self, info: KeyInfo, alg: AlgorithmSpec, wrapped: bytes) -> bytes:
         # The protocol returns the key bytes (envelope data keys), so unwrap into a session object
@@ -390,7 +310,7 @@ class Pkcs11Provider(BaseProvider):
         tpl = {A.TOKEN: False, A.SENSITIVE: False, A.EXTRACTABLE: True}
 
         def unwrap(e: Entry) -> bytes:
-            tmp = self._handle(e, info).unwrap_key(
+            tmp = e.key(info).unwrap_key(
                 OC.SECRET_KEY, KT.GENERIC_SECRET, wrapped, mechanism=mechanism, mechanism_param=param, template=tpl
             )
             try:
@@ -398,8 +318,7 @@ class Pkcs11Provider(BaseProvider):
             finally:
                 tmp.destroy()
 
-        with translated(f"unwrapping with {alg.name} and key", info.ref, integrity=True):
-            return self._pool.run(unwrap)
+        return self._pool.run(unwrap, f"unwrapping with {alg.name} and key", info.ref, integrity=True)
 
     def _export_wrapped(self, info: KeyInfo, kek: rsa.RSAPublicKey) -> bytes:
         # CKM_RSA_AES_KEY_WRAP done in two steps inside the token (the Azure BYOK spec calls the
@@ -413,7 +332,7 @@ class Pkcs11Provider(BaseProvider):
         kwp = self._kwp
 
         def export(e: Entry) -> bytes:
-            target = self._handle(e, info)
+            target = e.key(info)
             kek_obj = e.session.create_object(kek_tpl)
             try:
                 eph = e.session.generate_key(KT.AES, 256, store=False, template=eph_tpl)
@@ -426,8 +345,7 @@ class Pkcs11Provider(BaseProvider):
                 kek_obj.destroy()
             return bytes(w_eph) + bytes(w_target)
 
-        with translated("exporting (wrapped) key", info.ref):
-            return self._pool.run(export)
+        return self._pool.run(export, "exporting (wrapped) key", info.ref)
 
     def _close(self) -> None:
         self._pool.close()

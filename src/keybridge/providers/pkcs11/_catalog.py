@@ -1,0 +1,237 @@
+"""Which keys and versions the token holds, as KeyInfo: key objects plus keybridge's metadata record.
+
+A key is the secret (AES) or private (RSA/EC) key objects whose CKA_LABEL is its name, one object
+per version (CKA_ID; see :mod:`._objects`). What PKCS#11 has no attribute for (tags, validity
+window, enabled flag, the operations to restore on enable) lives in one private CKO_DATA object per
+name: CKA_LABEL = name, CKA_APPLICATION = "keybridge", CKA_VALUE = JSON
+``{"versions": {id_hex: {...}}}``. Keys other tools made have no record and work all the same.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from time import monotonic
+from typing import Any, TypeVar
+
+from pkcs11 import Attribute as A
+from pkcs11 import ObjectClass as OC
+
+from ...errors import InvalidKeySpec, KeybridgeError, KeyNotFound
+from ...keys import KeyInfo, KeyOp, KeyRef
+from . import _objects as obj
+from ._session import Entry, SessionPool
+from ._uri import redact
+
+APPLICATION = "keybridge"
+
+VersionRecords = dict[str, dict[str, Any]]
+T = TypeVar("T")
+
+
+class Catalog:
+    """Key versions by name, read through ``pool`` and cached for ``cache_seconds``.
+
+    The cache is dropped for a name whenever this process changes it; changes other processes
+    make show up once the cached entry is older than ``cache_seconds``.
+    """
+
+    def __init__(
+        self, pool: SessionPool, token_label: str, make_ref: Callable[[str, str | None], KeyRef], cache_seconds: float
+    ) -> None:
+        self._pool = pool
+        self._token = token_label
+        self._make_ref = make_ref
+        self._ttl = cache_seconds
+        self._cache: dict[str, tuple[float, list[KeyInfo]]] = {}
+        self.lock = threading.Lock()  # one read-modify-write of a metadata object (or delete) at a time
+
+    def versions(self, name: str, *, fresh: bool = False) -> list[KeyInfo]:
+        """Every version of ``name``, oldest first (KeyNotFound if there is none)."""
+        hit = self._cache.get(name)
+        if hit is not None and not fresh and monotonic() < hit[0]:
+            return hit[1]
+        infos = self._read(lambda e: self._describe(e, name), "reading key", repr(name))
+        if not infos:
+            self._cache.pop(name, None)
+            raise KeyNotFound(f"no key named {name!r} on token {self._token!r}; list_keys() shows what there is")
+        self._cache[name] = (monotonic() + self._ttl, infos)
+        return infos
+
+    def get(self, name: str, version: str | None) -> KeyInfo:
+        """One version of ``name`` (the newest when ``version`` is None)."""
+        hit = self._cache.get(name)  # the hot path of every operation: one lookup, one clock read
+        versions = hit[1] if hit is not None and monotonic() < hit[0] else self.versions(name)
+        if version is None:
+            return versions[-1]
+        wanted = version.lower()
+        for info in versions:
+            if info.ref.version == wanted:
+                return info
+        known = ", ".join(str(i.ref.version) for i in versions)
+        raise KeyNotFound(f"key {name!r} on token {self._token!r} has no version {version!r} (it has: {known})")
+
+    def names(self) -> list[str]:
+        """Labels of every secret and private key on the token, sorted."""
+
+        def labels(e: Entry) -> set[str]:
+            found = set()
+            for cls in (OC.SECRET_KEY, OC.PRIVATE_KEY):
+                found |= {str(o.label) for o in e.session.get_objects({A.CLASS: cls}) if o.label}
+            return found
+
+        return sorted(self._read(labels, "listing keys on token", repr(self._token)))
+
+    def label_for_id(self, id_bytes: bytes, uri: str) -> str:
+        """The label of the key whose CKA_ID is ``id_bytes`` (for URIs that give only ``id=``)."""
+
+        def find(e: Entry) -> str:
+            for o in e.session.get_objects({A.ID: id_bytes}):
+                if obj.is_key(o) and o.label:
+                    return str(o.label)
+            return ""
+
+        label = self._read(find, "looking up", redact(uri))
+        if not label:
+            raise KeyNotFound(f"no labelled key with the id in {redact(uri)!r} on token {self._token!r}")
+        return label
+
+    def update(self, name: str, change: Callable[[VersionRecords], None]) -> None:
+        """Apply ``change`` to the version records of ``name`` and store them on the token."""
+
+        def update(e: Entry) -> None:
+            old = find_meta(e.session, name)
+            meta = load_meta(old)
+            change(meta["versions"])
+            store_meta(e.session, name, old, meta)
+
+        with self.lock:
+            self._pool.run(update, "updating the metadata of key", repr(name))
+        self.forget(name)
+
+    def _read(self, fn: Callable[[Entry], T], action: str, what: object) -> T:
+        # Finding nothing may mean someone logged the process out (private objects vanish): then
+        # log in again and look once more.
+        found = self._pool.run(fn, action, what)
+        if not found and self._pool.relogin_if_logged_out():
+            found = self._pool.run(fn, action, what)
+        return found
+
+    def forget(self, name: str) -> None:
+        """Drop the cached versions of ``name``."""
+        self._cache.pop(name, None)
+
+    def _describe(self, e: Entry, name: str) -> list[KeyInfo]:
+        objects = list(e.session.get_objects({A.LABEL: name}))
+        records = load_meta(find_meta(e.session, name))["versions"]
+        publics = {bytes(o[A.ID]): o for o in objects if obj.is_public(o)}
+        infos = []
+        for o in objects:
+            if not obj.is_key(o):
+                continue
+            attrs = o.get_attributes(obj.KEY_ATTRS)
+            id_bytes = bytes(attrs.get(A.ID, b""))
+            rec = records.get(id_bytes.hex())
+            rec = rec if isinstance(rec, dict) else {}
+            try:
+                spec = obj.spec_of(o, attrs, rec)
+            except InvalidKeySpec:
+                continue  # another tool's key of a type keybridge does not handle
+            pub = publics.get(id_bytes)
+            try:
+                ops = frozenset(KeyOp(x) for x in rec["ops"]) if "ops" in rec else obj.ops_of(o, attrs, pub)
+                not_before, expires = _parse_time(rec.get("not_before")), _parse_time(rec.get("expires"))
+                tags = {str(k): str(v) for k, v in (rec.get("tags") or {}).items()}
+            except (AttributeError, TypeError, ValueError) as exc:
+                raise KeybridgeError(
+                    f"the keybridge metadata of key {name!r} version {id_bytes.hex()} on token {self._token!r} is"
+                    f" malformed ({type(exc).__name__}); repair or delete its CKO_DATA object"
+                ) from exc
+            info = KeyInfo(
+                ref=self._make_ref(name, id_bytes.hex() or None),
+                spec=spec,
+                ops=ops,
+                enabled=bool(rec.get("enabled", True)),
+                created=obj.created_at(id_bytes),
+                not_before=not_before,
+                expires=expires,
+                tags=tags,
+                hsm_protected=True,
+                exportable=bool(attrs.get(A.EXTRACTABLE)),
+                public_key=obj.public_key_of(spec, attrs, pub),
+            )
+            infos.append((obj.order(id_bytes), info))
+        return [i for _, i in sorted(infos, key=lambda t: t[0])]
+
+
+# ---- the metadata object -------------------------------------------------------------------------
+
+
+def is_meta(o: Any) -> bool:
+    """True for keybridge's metadata data objects (python-pkcs11 gives data objects no class)."""
+    if obj.is_key(o) or obj.is_public(o):
+        return False
+    attrs = o.get_attributes([A.CLASS, A.APPLICATION])
+    return bool(attrs.get(A.CLASS) == OC.DATA and attrs.get(A.APPLICATION) == APPLICATION)
+
+
+def find_meta(session: Any, name: str) -> Any:
+    """The keybridge CKO_DATA object of ``name`` (None if there is none)."""
+    for o in session.get_objects({A.CLASS: OC.DATA, A.LABEL: name, A.APPLICATION: APPLICATION}):
+        return o
+    return None
+
+
+def load_meta(o: Any) -> dict[str, Any]:
+    """The JSON record of a metadata object (empty when absent or unreadable)."""
+    if o is None:
+        return {"versions": {}}
+    try:
+        data = json.loads(bytes(o[A.VALUE]).decode("utf-8"))
+    except ValueError:
+        return {"versions": {}}
+    return data if isinstance(data, dict) and isinstance(data.get("versions"), dict) else {"versions": {}}
+
+
+def store_meta(session: Any, name: str, old: Any, meta: Mapping[str, Any]) -> None:
+    """Replace the metadata object (SoftHSM makes CKA_VALUE of data objects read-only)."""
+    if old is not None:
+        old.destroy()
+    if not meta.get("versions"):
+        return
+    session.create_object(
+        {
+            A.CLASS: OC.DATA,
+            A.TOKEN: True,
+            A.PRIVATE: True,
+            A.LABEL: name,
+            A.APPLICATION: APPLICATION,
+            A.VALUE: json.dumps(meta, sort_keys=True).encode("utf-8"),
+        }
+    )
+
+
+def version_record(
+    ops: Iterable[KeyOp],
+    *,
+    enabled: bool,
+    tags: Mapping[str, str],
+    not_before: _dt.datetime | None,
+    expires: _dt.datetime | None,
+    size: int | None = None,
+) -> dict[str, Any]:
+    """One version's entry in the metadata JSON."""
+    return {
+        "ops": sorted(op.value for op in ops),
+        "enabled": enabled,
+        "tags": dict(tags),
+        "not_before": not_before.isoformat() if not_before else None,
+        "expires": expires.isoformat() if expires else None,
+        "size": size,
+    }
+
+
+def _parse_time(value: Any) -> _dt.datetime | None:
+    return _dt.datetime.fromisoformat(value) if isinstance(value, str) else None

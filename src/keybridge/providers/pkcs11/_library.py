@@ -1,0 +1,350 @@
+"""One PKCS#11 module per process: initialisation mode, ``fork``, and the shared user login.
+
+Why this exists (measured, see docs/pkcs11.md): python-pkcs11 calls ``C_Initialize(NULL)``, which
+tells SoftHSM 2.6 to disable its own mutexes, yet releases the GIL around every C call; two
+threads then crash the module. We initialise the module ourselves with ``CKF_OS_LOCKING_OK`` so it
+locks internally and threads really run in parallel. When someone else in the process already
+initialised the module (mode unknown), or ``KEYBRIDGE_PKCS11_THREADING=lock`` asks for it, every
+call is serialised by one process-wide lock instead.
+
+Login state belongs to the process, not to a session, and ``C_Logout`` on any session logs out all
+of them, so each (module, slot) has one reference-counted login session that stays open while any
+provider uses the token. python-pkcs11's ``Token.open(user_pin=...)`` leaks its session when the
+PIN is wrong, so we open the session without a PIN and call ``C_Login`` ourselves.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hmac
+import os
+import threading
+import weakref
+from contextlib import AbstractContextManager, nullcontext, suppress
+from typing import Any, ClassVar, Protocol
+
+import pkcs11
+from pkcs11 import _pkcs11
+from pkcs11 import exceptions as px
+
+from ...errors import AuthenticationError, ProviderUnavailable
+
+THREADING_ENV = "KEYBRIDGE_PKCS11_THREADING"
+_CKR_ALREADY_INITIALIZED = 0x191
+_CKR_USER_ALREADY_LOGGED_IN = 0x100
+_CKF_OS_LOCKING_OK = 0x2
+_CKU_USER = 1
+_USER_STATES = (1, 3)  # CKS_RO_USER_FUNCTIONS, CKS_RW_USER_FUNCTIONS
+_PIN_ERRORS = {0xA0: "incorrect", 0xA1: "invalid", 0xA2: "of the wrong length", 0xA3: "expired", 0xA4: "locked"}
+
+# The first entries of CK_FUNCTION_LIST, in the order the standard fixes.
+_NAMES = [
+    "C_Initialize",
+    "C_Finalize",
+    "C_GetInfo",
+    "C_GetFunctionList",
+    "C_GetSlotList",
+    "C_GetSlotInfo",
+    "C_GetTokenInfo",
+    "C_GetMechanismList",
+    "C_GetMechanismInfo",
+    "C_InitToken",
+    "C_InitPIN",
+    "C_SetPIN",
+    "C_OpenSession",
+    "C_CloseSession",
+    "C_CloseAllSessions",
+    "C_GetSessionInfo",
+    "C_GetOperationState",
+    "C_SetOperationState",
+    "C_Login",
+    "C_Logout",
+]
+_UL = ctypes.c_ulong
+
+
+class _FunctionList(ctypes.Structure):
+    _fields_: ClassVar[list[tuple[str, Any]]] = [("major", ctypes.c_ubyte), ("minor", ctypes.c_ubyte)]
+    _fields_ += [(n, ctypes.c_void_p) for n in _NAMES]
+
+
+class _InitArgs(ctypes.Structure):
+    _fields_: ClassVar[list[tuple[str, Any]]] = [
+        (n, ctypes.c_void_p) for n in ("create", "destroy", "lock", "unlock")
+    ] + [
+        ("flags", _UL),
+        ("reserved", ctypes.c_void_p),
+    ]
+
+
+class _SessionInfo(ctypes.Structure):
+    _fields_: ClassVar[list[tuple[str, Any]]] = [("slot", _UL), ("state", _UL), ("flags", _UL), ("device_error", _UL)]
+
+
+class RawModule:
+    """The handful of C_* calls python-pkcs11 does not offer the way we need them (ctypes)."""
+
+    def __init__(self, path: str) -> None:
+        cdll = ctypes.CDLL(path)  # same file -> same dlopen handle python-pkcs11 uses
+        ptr = ctypes.POINTER(_FunctionList)()
+        rv = cdll.C_GetFunctionList(ctypes.byref(ptr))
+        if rv:
+            raise ProviderUnavailable(
+                f"PKCS#11 module {path} failed C_GetFunctionList (CKR 0x{rv:x}); is it a PKCS#11 module?"
+            )
+        fl = ptr.contents
+        f = ctypes.CFUNCTYPE
+        self.initialize = f(_UL, ctypes.c_void_p)(fl.C_Initialize)
+        self.finalize = f(_UL, ctypes.c_void_p)(fl.C_Finalize)
+        self.login = f(_UL, _UL, _UL, ctypes.c_char_p, _UL)(fl.C_Login)
+        self.logout = f(_UL, _UL)(fl.C_Logout)
+        self.close_session = f(_UL, _UL)(fl.C_CloseSession)
+        self._session_info = f(_UL, _UL, ctypes.POINTER(_SessionInfo))(fl.C_GetSessionInfo)
+
+    def init_os_locking(self) -> int:
+        """C_Initialize with CKF_OS_LOCKING_OK; returns the CKR code."""
+        args = _InitArgs(None, None, None, None, _CKF_OS_LOCKING_OK, None)
+        return int(self.initialize(ctypes.byref(args)))
+
+    def session_valid(self, handle: int) -> bool:
+        """True if ``handle`` is an open session of this process (used to prove no session leaks)."""
+        return self.session_state(handle) is not None
+
+    def session_state(self, handle: int) -> int | None:
+        """CKS_* state of a session (1/3: user functions, i.e. logged in), None if invalid."""
+        info = _SessionInfo()
+        if int(self._session_info(handle, ctypes.byref(info))):
+            return None
+        return int(info.state)
+
+
+class _OsLockingLib(_pkcs11.lib):
+    """python-pkcs11's lib whose ``initialize`` asks the module for OS locking (via ctypes)."""
+
+    def initialize(self) -> None:
+        raw = _RAW_BY_PATH[self.so]
+        rv = raw.init_os_locking()
+        if rv == 0:
+            _OWNED.add(self.so)
+        elif rv != _CKR_ALREADY_INITIALIZED:
+            raise ProviderUnavailable(f"C_Initialize of PKCS#11 module {self.so} failed (CKR 0x{rv:x})")
+
+
+_RAW_BY_PATH: dict[str, RawModule] = {}
+_OWNED: set[str] = set()  # paths this process initialised with OS locking
+
+
+class ForkAware(Protocol):
+    """Something holding per-process PKCS#11 state that a forked child must drop."""
+
+    def after_fork(self) -> None:
+        """Called in the child of ``os.fork`` before any other Python code runs."""
+
+
+class _Login:
+    __slots__ = ("pin", "refs", "session")
+
+    def __init__(self, session: Any, pin: str) -> None:
+        self.session = session
+        self.pin = pin
+        self.refs = 1
+
+
+class Library:
+    """One loaded PKCS#11 module in this process: init mode, fork detection, shared logins.
+
+    ``call_lock`` is what to hold around every PKCS#11 call: None when the module locks itself
+    (OS locking), else the process-wide lock. ``generation`` changes whenever every session and
+    object handle became invalid (re-initialisation, or a ``fork``: the child must not use them).
+    """
+
+    _registry: ClassVar[dict[str, Library]] = {}
+    _registry_lock = threading.Lock()
+
+    def __init__(self, path: str, alias: str) -> None:
+        self.path = path
+        self.raw = RawModule(path)
+        _RAW_BY_PATH[path] = self.raw
+        self._mu = threading.RLock()  # guards logins/reinit; also the call lock in lock mode
+        self.generation = 0
+        self._forked = False
+        self._logins: dict[int, _Login] = {}
+        self._dependents: weakref.WeakSet[ForkAware] = weakref.WeakSet()
+        want_os = os.environ.get(THREADING_ENV, "os").lower() != "lock"
+        existing = pkcs11._loaded.get(path) or pkcs11._loaded.get(alias)
+        self.call_lock: AbstractContextManager[Any] | None = self._mu
+        if existing is not None:
+            self.lib: Any = existing  # someone initialised it already: mode unknown
+        elif want_os:
+            self.lib = _OsLockingLib(path)
+            if path in _OWNED:
+                self.call_lock = None
+            for name in (path, alias):  # later pkcs11.lib(path) calls share this instance
+                pkcs11._loaded.setdefault(name, self.lib)
+            # The module stays loaded for the life of the process: python-pkcs11's dealloc cannot
+            # run on a Python subclass during interpreter shutdown, so keep one reference forever.
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(self.lib))
+        else:
+            self.lib = pkcs11.lib(path)
+
+    @property
+    def os_locking(self) -> bool:
+        """True when the module was initialised with CKF_OS_LOCKING_OK by us (calls run unlocked)."""
+        return self.call_lock is None
+
+    @classmethod
+    def get(cls, path: str) -> Library:
+        """The process-wide instance for ``path`` (loads and initialises the module once)."""
+        key = os.path.realpath(path)
+        if not os.path.exists(key):
+            raise ProviderUnavailable(f"PKCS#11 module {path} does not exist; check module-path")
+        with cls._registry_lock:
+            lib = cls._registry.get(key)
+            if lib is None:
+                try:
+                    lib = cls(key, path)
+                except (px.PKCS11Error, OSError) as exc:
+                    raise ProviderUnavailable(
+                        f"cannot load PKCS#11 module {path} ({type(exc).__name__}); check that it is a PKCS#11"
+                        " module for this platform"
+                    ) from exc
+                cls._registry[key] = lib
+        lib.check_fork()
+        return lib
+
+    def serialized(self) -> AbstractContextManager[Any]:
+        """Context to hold around a PKCS#11 call: nothing in OS-locking mode, else the lock."""
+        lock = self.call_lock
+        return nullcontext() if lock is None else lock
+
+    def watch_fork(self, dependent: ForkAware) -> None:
+        """Have ``dependent.after_fork()`` called in a forked child (held weakly)."""
+        self._dependents.add(dependent)
+
+    def _after_fork(self) -> None:
+        # Only the forking thread survives in the child: locks another thread held stay locked
+        # forever, so replace them. The standard requires C_Initialize again; that is done lazily
+        # by check_fork(), so a child that never touches the token (e.g. a worker pool) pays nothing.
+        self._mu = threading.RLock()
+        if self.call_lock is not None:
+            self.call_lock = self._mu
+        self._forked = True
+        self.generation += 1  # parent's sessions and handles must not be used, nor closed
+        for dependent in list(self._dependents):
+            dependent.after_fork()
+
+    def check_fork(self) -> None:
+        """In a forked child, initialise the module again (the standard requires it)."""
+        if self._forked:
+            with self._mu:
+                if self._forked:
+                    self._forked = False
+                    self.reinitialize()
+
+    def reinitialize(self) -> None:
+        """C_Finalize + C_Initialize (picks up a new SOFTHSM2_CONF); every session becomes invalid."""
+        with self._mu:
+            if isinstance(self.lib, _OsLockingLib):
+                self.raw.finalize(None)
+                self.call_lock = None if self.raw.init_os_locking() == 0 else self._mu
+            else:
+                self.lib.reinitialize()
+            self._logins.clear()  # the finalize logged everyone out and closed every session
+            self.generation += 1
+
+    def token(self, label: str) -> Any:
+        """The token with CKA_LABEL ``label``."""
+        with self.serialized():
+            try:
+                return self.lib.get_token(token_label=label)
+            except px.NoSuchToken as exc:
+                raise ProviderUnavailable(
+                    f"no PKCS#11 token labelled {label!r} in {self.path}; list them with"
+                    f" `pkcs11-tool --module {self.path} --list-token-slots`"
+                ) from exc
+            except px.MultipleTokensReturned as exc:
+                raise ProviderUnavailable(
+                    f"several tokens are labelled {label!r} in {self.path}; give each token a unique label"
+                ) from exc
+
+    def acquire_login(self, token: Any, pin: str) -> int:
+        """Log the user in to ``token`` once per process; returns the generation it belongs to."""
+        slot = token.slot.slot_id
+        with self._mu:
+            login = self._logins.get(slot)
+            if login is not None:
+                if not hmac.compare_digest(login.pin.encode(), pin.encode()):
+                    raise AuthenticationError(
+                        f"token {token.label!r} is already logged in by this process with a different PIN;"
+                        " use the same PIN for every provider of one token"
+                    )
+                login.refs += 1
+                return self.generation
+            with self.serialized():
+                session = token.open(rw=True)  # no PIN: python-pkcs11 would leak the session on a wrong one
+                try:
+                    self._log_in(session, token, pin)
+                except BaseException:
+                    session.close()
+                    raise
+            self._logins[slot] = _Login(session, pin)
+            return self.generation
+
+    def _log_in(self, session: Any, token: Any, pin: str) -> None:
+        pin_b = pin.encode()
+        rv = int(self.raw.login(session.handle, _CKU_USER, pin_b, len(pin_b)))
+        if rv in (0, _CKR_USER_ALREADY_LOGGED_IN):
+            return
+        if rv in _PIN_ERRORS:
+            raise AuthenticationError(f"the user PIN for token {token.label!r} is {_PIN_ERRORS[rv]}")
+        raise ProviderUnavailable(f"login to token {token.label!r} failed (CKR 0x{rv:x})")
+
+    def logged_in(self, token: Any) -> bool:
+        """False when someone logged the process out of ``token`` (C_Logout on any session)."""
+        with self._mu, self.serialized():
+            login = self._logins.get(token.slot.slot_id)
+            return login is not None and self.raw.session_state(login.session.handle) in _USER_STATES
+
+    def relogin(self, token: Any) -> None:
+        """Log in again after someone logged the process out (or closed the login session)."""
+        with self._mu, self.serialized():
+            login = self._logins.get(token.slot.slot_id)
+            if login is None:
+                return  # re-initialised meanwhile: the pool logs in again when it notices
+            state = self.raw.session_state(login.session.handle)
+            if state in _USER_STATES:
+                return  # another thread did it already
+            if state is not None:
+                self._log_in(login.session, token, login.pin)
+                return
+            session = token.open(rw=True)  # the login session itself was closed behind our back
+            try:
+                self._log_in(session, token, login.pin)
+            except BaseException:
+                session.close()
+                raise
+            login.session = session
+
+    def release_login(self, token: Any, generation: int) -> None:
+        """Drop one reference; the last one logs out and closes the login session."""
+        slot = token.slot.slot_id
+        with self._mu:
+            login = self._logins.get(slot)
+            if login is None or generation != self.generation:
+                return
+            login.refs -= 1
+            if login.refs == 0:
+                del self._logins[slot]
+                with self.serialized(), suppress(px.PKCS11Error):  # closing must not fail halfway
+                    self.raw.logout(login.session.handle)
+                    login.session.close()
+
+
+def _after_fork_in_child() -> None:
+    Library._registry_lock = threading.Lock()
+    for lib in Library._registry.values():
+        lib._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
