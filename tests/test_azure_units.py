@@ -26,6 +26,7 @@ from azure.keyvault.keys import KeyVaultKey
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import keybridge
+from keybridge._redact import redact_uri
 from keybridge.errors import (
     AuthenticationError,
     IntegrityError,
@@ -81,8 +82,10 @@ def test_key_ids_split_into_vault_name_and_version(uri: str, expected: tuple[str
 def test_malformed_uris_quote_the_input_and_the_expected_form(uri: str) -> None:
     with pytest.raises(InvalidKeyUri) as info:
         split_key_id(uri)
-    assert repr(uri) in str(info.value)
+    # The input is quoted as far as it is safe to: credentials and query strings are redacted.
+    assert repr(redact_uri(uri)) in str(info.value)
     assert "https://VAULT.vault.azure.net" in str(info.value)
+    assert ":pw@" not in str(info.value)
 
 
 def test_open_key_routes_a_key_id_to_its_vault_without_contacting_it() -> None:

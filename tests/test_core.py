@@ -4,6 +4,7 @@ key byte or passphrase ever shows up in a repr, message or log line."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import logging
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 import keybridge
 from keybridge import (
@@ -54,7 +56,7 @@ def test_bad_key_specs_name_what_is_supported(make: Any, says: str) -> None:
 
 def test_operations_are_checked_against_the_key_type() -> None:
     assert KeySpec.ec("P-256").check_ops(None) == {KeyOp.SIGN, KeyOp.VERIFY}
-    with pytest.raises(InvalidKeySpec, match="encrypt are not possible with a EC-P-256 key"):
+    with pytest.raises(InvalidKeySpec, match="encrypt are not possible with an EC-P-256 key"):
         KeySpec.ec("P-256").check_ops(["encrypt"])
     with pytest.raises(InvalidKeySpec, match="'import' is exclusive"):
         KeySpec.rsa(2048).check_ops(["import", "sign"])
@@ -328,3 +330,52 @@ def test_operation_not_permitted_is_raised_before_the_backend_is_touched(monkeyp
     monkeypatch.setattr(kp, "_decrypt", boom)
     with pytest.raises(OperationNotPermitted):
         kp.decrypt("k", "A256GCM", bytes(40))
+
+
+# ---- input validation and redaction (found by review) -------------------------------------------
+
+
+def test_audit_never_records_a_pin_from_an_unparsed_reference() -> None:
+    from keybridge._redact import redact_uri
+
+    events: list[audit.AuditEvent] = []
+    audit.add_sink(events.append)
+    try:
+        kp = InMemoryProvider()
+        for ref in ("pkcs11:token=T;object=k?module-path=/x.so&pin-value=CANARY1234", "x;pin-value:CANARY1234"):
+            with pytest.raises(keybridge.KeybridgeError):
+                kp.sign(ref, "ES256", bytes(32))
+    finally:
+        audit.remove_sink(events.append)
+    assert events
+    assert all("CANARY1234" not in str(e) for e in events)
+    assert redact_uri("https://user:CANARY1234@v.vault.azure.net/keys/k") == "https://***@v.vault.azure.net/keys/k"
+    assert redact_uri("pkcs11:token=T;pin-value%3DCANARY1234;object=k") == "pkcs11:token=T;***;object=k"
+
+
+@pytest.mark.parametrize(
+    ("call", "fragment"),
+    [
+        (lambda kp: kp.create_key("n", None), "KeySpec"),
+        (lambda kp: kp.create_key("memory:n", KeySpec.aes(256)), "key URI|invalid key name"),
+        (lambda kp: kp.create_key("n", KeySpec.aes(256), ops="encrypt"), "collection"),
+        (lambda kp: kp.create_key("n", KeySpec.aes(256), expires=dt.datetime(2030, 1, 1)), "timezone-aware"),
+        (lambda kp: kp.create_key("n", KeySpec.aes(256), not_before="2030-01-01"), "timezone-aware"),
+        (lambda kp: kp.create_key("n", KeySpec.aes(256), exportable="yes"), "exportable"),
+        (lambda kp: kp.create_key("n", KeySpec.aes(256), tags={"a": 1}), "tags"),
+        (lambda kp: kp.import_key("i", rsa.generate_private_key(65537, 2048).public_key()), "private key"),
+        (lambda kp: kp.set_enabled("a", "false"), "True or False"),
+        (lambda kp: kp.encrypt("a", "A256GCM", None), "data must be bytes"),
+        (lambda kp: kp.encrypt("a", "A256GCM", b"x", aad=5), "aad must be bytes"),
+        (lambda kp: kp.sign("e", "ES256", "digest"), "digest must be bytes"),
+        (lambda kp: kp.wrap_key("a", "A256KW", 5), "key must be bytes"),
+        (lambda kp: kp.verify("e", "ES256", bytes(32), None), "signature must be bytes"),
+    ],
+)
+def test_wrong_argument_types_raise_invalid_argument(call: Any, fragment: str) -> None:
+    kp = InMemoryProvider()
+    kp.create_key("a", KeySpec.aes(256))
+    kp.create_key("e", KeySpec.ec("P-256"))
+    with pytest.raises(keybridge.InvalidArgument, match=fragment):
+        call(kp)
+    assert [i.ref.name for i in kp.list_keys()] == ["a", "e"]  # nothing half-created

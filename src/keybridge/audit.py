@@ -15,6 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ._redact import redact_uri
+from .keys import KeyRef
+
 __all__ = ["AuditEvent", "AuditSink", "add_sink", "remove_sink"]
 
 logger = logging.getLogger("keybridge.audit")
@@ -56,7 +59,7 @@ class _Silent:
     """The context used while nobody listens: no clock, no event, nothing allocated."""
 
     __slots__ = ("key",)
-    key: str | None
+    key: str | KeyRef | None
 
     def __enter__(self) -> _Silent:
         return self
@@ -77,7 +80,8 @@ class _Audit:
     def __init__(self, operation: str, provider: str, key: object, algorithm: str | None) -> None:
         self.operation = operation
         self.provider = provider
-        self.key = None if key is None else str(key)
+        # A reference the caller typed may carry a PIN or URL credentials until it is parsed.
+        self.key = None if key is None else (key if isinstance(key, KeyRef) else redact_uri(key))
         self.algorithm = algorithm
         self.start = 0.0
 
@@ -90,7 +94,7 @@ class _Audit:
             AuditEvent(
                 operation=self.operation,
                 provider=self.provider,
-                key=self.key,
+                key=None if self.key is None else str(self.key),
                 algorithm=self.algorithm,
                 outcome="ok" if exc_type is None else exc_type.__name__,
                 duration=time.perf_counter() - self.start,

@@ -16,10 +16,11 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from typing_extensions import Self
 
 from . import _crypto
+from ._redact import redact_uri
 from .audit import audited
 from .errors import (
     InvalidArgument,
@@ -85,7 +86,7 @@ class BaseProvider:
 
     def _parse_uri(self, uri: str) -> tuple[str, str | None]:
         """Split a key URI of this provider into (name, version)."""
-        raise InvalidKeyUri(f"{uri!r} is not a {self.scheme} key URI")
+        raise InvalidKeyUri(f"{redact_uri(uri)!r} is not a {self.scheme} key URI")
 
     def _make_ref(self, name: str, version: str | None) -> KeyRef:
         return KeyRef(self.scheme, name, version)
@@ -147,10 +148,11 @@ class BaseProvider:
     ) -> KeyInfo:
         """Generate a key inside the backend. Keys are non-exportable unless asked."""
         with audited("create_key", self.scheme, name, None) as ev:
-            self._check_name(name)
-            attrs = KeyAttributes(spec.check_ops(ops), exportable, dict(tags or {}), not_before, expires)
+            if not isinstance(spec, KeySpec):
+                raise InvalidArgument(f"spec must be a KeySpec (e.g. KeySpec.rsa(2048)), got {type(spec).__name__}")
+            attrs = self._attributes(name, spec, ops, exportable, tags, not_before, expires)
             info = self._create_key(name, spec, attrs)
-            ev.key = str(info.ref)
+            ev.key = info.ref
             return info
 
     def import_key(
@@ -166,12 +168,15 @@ class BaseProvider:
     ) -> KeyInfo:
         """Store an existing RSA/EC private key or AES key bytes."""
         with audited("import_key", self.scheme, name, None) as ev:
-            self._check_name(name)
+            if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, bytes, bytearray, memoryview)):
+                raise InvalidArgument(
+                    f"import_key takes an RSA or EC private key or AES key bytes, got {type(key).__name__}"
+                )
             spec = KeySpec.of(key)
-            attrs = KeyAttributes(spec.check_ops(ops), exportable, dict(tags or {}), not_before, expires)
+            attrs = self._attributes(name, spec, ops, exportable, tags, not_before, expires)
             material = bytes(key) if isinstance(key, (bytearray, memoryview)) else key
             info = self._import_key(name, material, spec, attrs)
-            ev.key = str(info.ref)
+            ev.key = info.ref
             return info
 
     def import_byok(
@@ -185,10 +190,11 @@ class BaseProvider:
     ) -> KeyInfo:
         """Import a key from a .byok package wrapped under one of this provider's KEKs."""
         with audited("import_byok", self.scheme, name, "CKM_RSA_AES_KEY_WRAP") as ev:
-            self._check_name(name)
-            attrs = KeyAttributes(spec.check_ops(ops), tags=dict(tags or {}))
-            info = self._import_byok(name, bytes(package), spec, attrs)
-            ev.key = str(info.ref)
+            if not isinstance(spec, KeySpec):
+                raise InvalidArgument(f"spec must be a KeySpec (e.g. KeySpec.rsa(2048)), got {type(spec).__name__}")
+            attrs = self._attributes(name, spec, ops, False, tags, None, None)
+            info = self._import_byok(name, _bytes(package, "package"), spec, attrs)
+            ev.key = info.ref
             return info
 
     def get_key(self, ref: KeyRef | str, version: str | None = None) -> KeyInfo:
@@ -213,11 +219,13 @@ class BaseProvider:
         """A new version with the same spec and operations."""
         with audited("rotate_key", self.scheme, name, None) as ev:
             info = self._rotate_key(self.ref(name).name)
-            ev.key = str(info.ref)
+            ev.key = info.ref
             return info
 
     def set_enabled(self, ref: KeyRef | str, enabled: bool) -> KeyInfo:
         """Enable or disable a key version."""
+        if not isinstance(enabled, bool):
+            raise InvalidArgument(f"enabled must be True or False, got {enabled!r}")
         r = self.ref(ref)
         with audited("enable_key" if enabled else "disable_key", self.scheme, r, None):
             return self._set_enabled(self._get_key(r.name, r.version), enabled)
@@ -231,50 +239,56 @@ class BaseProvider:
     def wrap_key(self, ref: KeyRef | str, alg: str, key: bytes) -> bytes:
         """Wrap key material under the key (RSA wraps run locally from the public key)."""
         with audited("wrap_key", self.scheme, ref, alg) as ev:
+            key = _bytes(key, "key")
             info, a = self._usable(ref, KeyOp.WRAP_KEY, alg, ev)
             _crypto.check_input(a, info.spec, "wrap_key", key)
             if a.is_public_op and isinstance(info.public_key, rsa.RSAPublicKey):
-                return _crypto.public_encrypt(info.public_key, a, bytes(key))
-            return self._wrap_key(info, a, bytes(key))
+                return _crypto.public_encrypt(info.public_key, a, key)
+            return self._wrap_key(info, a, key)
 
     def unwrap_key(self, ref: KeyRef | str, alg: str, wrapped: bytes) -> bytes:
         """Unwrap key material inside the backend."""
         with audited("unwrap_key", self.scheme, ref, alg) as ev:
+            wrapped = _bytes(wrapped, "wrapped")
             info, a = self._usable(ref, KeyOp.UNWRAP_KEY, alg, ev)
-            return self._unwrap_key(info, a, bytes(wrapped))
+            return self._unwrap_key(info, a, wrapped)
 
     def encrypt(self, ref: KeyRef | str, alg: str, data: bytes, *, aad: bytes | None = None) -> bytes:
         """Encrypt (RSA encryption runs locally from the public key)."""
         with audited("encrypt", self.scheme, ref, alg) as ev:
+            data, aad = _bytes(data, "data"), _optional_bytes(aad)
             info, a = self._usable(ref, KeyOp.ENCRYPT, alg, ev)
             self._check_aad(a, aad)
             _crypto.check_input(a, info.spec, "encrypt", data)
             if a.is_public_op and isinstance(info.public_key, rsa.RSAPublicKey):
-                return _crypto.public_encrypt(info.public_key, a, bytes(data))
-            return self._encrypt(info, a, bytes(data), aad)
+                return _crypto.public_encrypt(info.public_key, a, data)
+            return self._encrypt(info, a, data, aad)
 
     def decrypt(self, ref: KeyRef | str, alg: str, data: bytes, *, aad: bytes | None = None) -> bytes:
         """Decrypt inside the backend."""
         with audited("decrypt", self.scheme, ref, alg) as ev:
+            data, aad = _bytes(data, "data"), _optional_bytes(aad)
             info, a = self._usable(ref, KeyOp.DECRYPT, alg, ev)
             self._check_aad(a, aad)
             _crypto.check_input(a, info.spec, "decrypt", data)
-            return self._decrypt(info, a, bytes(data), aad)
+            return self._decrypt(info, a, data, aad)
 
     def sign(self, ref: KeyRef | str, alg: str, digest: bytes) -> bytes:
         """Sign a digest inside the backend."""
         with audited("sign", self.scheme, ref, alg) as ev:
+            digest = _bytes(digest, "digest")
             info, a = self._usable(ref, KeyOp.SIGN, alg, ev)
             _crypto.check_input(a, info.spec, "sign", digest)
-            return self._sign(info, a, bytes(digest))
+            return self._sign(info, a, digest)
 
     def verify(self, ref: KeyRef | str, alg: str, digest: bytes, signature: bytes) -> bool:
         """Verify a signature locally from the public key."""
         with audited("verify", self.scheme, ref, alg) as ev:
+            digest, signature = _bytes(digest, "digest"), _bytes(signature, "signature")
             info, a = self._usable(ref, KeyOp.VERIFY, alg, ev)
             _crypto.check_input(a, info.spec, "verify", digest)
             assert info.public_key is not None
-            return _crypto.verify(info.public_key, a, bytes(digest), bytes(signature))
+            return _crypto.verify(info.public_key, a, digest, signature)
 
     def export_key(self, ref: KeyRef | str) -> PrivateKey | bytes:
         """Key material in clear; only for keys created with ``exportable=True``."""
@@ -312,9 +326,41 @@ class BaseProvider:
     def _unsupported(self, what: str) -> UnsupportedAlgorithm:
         return UnsupportedAlgorithm(f"the {self.scheme} provider does not support {what}")
 
+    def _attributes(
+        self,
+        name: str,
+        spec: KeySpec,
+        ops: Ops | None,
+        exportable: bool,
+        tags: Mapping[str, str] | None,
+        not_before: _dt.datetime | None,
+        expires: _dt.datetime | None,
+    ) -> KeyAttributes:
+        """Validate what create/import were given, before any backend call."""
+        self._check_name(name)
+        if not isinstance(exportable, bool):
+            raise InvalidArgument(f"exportable must be True or False, got {exportable!r}")
+        if tags is not None and not (
+            isinstance(tags, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())
+        ):
+            raise InvalidArgument("tags must be a mapping of str to str")
+        for what, when in (("not_before", not_before), ("expires", expires)):
+            if when is not None and not (isinstance(when, _dt.datetime) and when.utcoffset() is not None):
+                raise InvalidArgument(
+                    f"{what} must be a timezone-aware datetime (e.g. datetime.now(timezone.utc)), got {when!r}"
+                )
+        return KeyAttributes(spec.check_ops(ops), exportable, dict(tags or {}), not_before, expires)
+
     def _check_name(self, name: str) -> None:
         if not isinstance(name, str) or not name or name != name.strip():
-            raise InvalidArgument(f"invalid key name {name!r}: use a non-empty name without surrounding spaces")
+            raise InvalidArgument(
+                f"invalid key name {redact_uri(name)!r}: use a non-empty name without surrounding spaces"
+            )
+        if ":" in name:
+            # A URI here would become part of the key's name (and may carry a PIN): refuse it.
+            raise InvalidArgument(
+                f"{redact_uri(name)!r} looks like a key URI; pass the key name alone (provider.ref(uri).name)"
+            )
 
     def _check_exportable(self, info: KeyInfo) -> None:
         if not info.exportable:
@@ -329,7 +375,7 @@ class BaseProvider:
     def _resolve(self, ref: KeyRef | str, ev: Any) -> KeyInfo:
         r = self.ref(ref)
         info = self._get_key(r.name, r.version)
-        ev.key = str(info.ref)
+        ev.key = info.ref
         return info
 
     def _usable(self, ref: KeyRef | str, op: KeyOp, alg: str, ev: Any) -> tuple[KeyInfo, AlgorithmSpec]:
@@ -357,3 +403,16 @@ class BaseProvider:
         if not info.is_valid_at():
             raise KeyExpired(f"key {info.ref} is outside its validity window (not before / expires)")
         return info, a
+
+
+def _bytes(value: object, what: str) -> bytes:
+    """Bytes-like input as ``bytes``; anything else is the caller's mistake, named."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise InvalidArgument(f"{what} must be bytes, got {type(value).__name__}")
+
+
+def _optional_bytes(value: object) -> bytes | None:
+    return None if value is None else _bytes(value, "aad")

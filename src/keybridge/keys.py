@@ -10,6 +10,7 @@ import datetime as _dt
 import enum
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 
 from cryptography.hazmat.primitives import hashes
@@ -142,11 +143,13 @@ class KeySpec:
         """Validate ``ops`` for this key type (``None`` means the defaults)."""
         if ops is None:
             return self.default_ops
+        if isinstance(ops, (str, bytes)) or not isinstance(ops, Collection):
+            raise InvalidKeySpec(f"ops must be a collection of operation names such as ['sign', 'verify'], got {ops!r}")
         parsed = parse_ops(ops)
         bad = parsed - _ALLOWED_OPS[self.kty]
         if bad:
             names = ", ".join(sorted(op.value for op in bad))
-            raise InvalidKeySpec(f"operations {names} are not possible with a {self} key")
+            raise InvalidKeySpec(f"operations {names} are not possible with an {self} key")
         if KeyOp.IMPORT in parsed and parsed != {KeyOp.IMPORT}:
             raise InvalidKeySpec("'import' is exclusive: a key-exchange key may have no other operation")
         return parsed
@@ -244,7 +247,7 @@ class AlgorithmSpec:
     key_bits: int | None = None  # required AES key size, None = any
     pss: bool = False
 
-    @property
+    @cached_property
     def is_public_op(self) -> bool:
         """True for operations that need only a public key (verify, RSA encrypt and wrap)."""
         return self.kty is not KeyType.OCT and bool(self.ops & {KeyOp.VERIFY, KeyOp.ENCRYPT, KeyOp.WRAP_KEY})

@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 from cryptography.hazmat.primitives.asymmetric import rsa
 from typing_extensions import Self
 
+from ._redact import redact_uri
 from .errors import InvalidKeyUri
 from .keys import KeyInfo, KeyOp, KeyRef, KeySpec, PrivateKey, PublicKey
 
@@ -257,7 +258,7 @@ def _factory(scheme: str) -> ProviderFactory:
 def _scheme(uri: str) -> str:
     if not isinstance(uri, str) or ":" not in uri:
         raise InvalidKeyUri(
-            f"{uri!r} is not a key URI; expected e.g. 'memory:NAME', 'pkcs11:token=T;object=NAME'"
+            f"{redact_uri(uri)!r} is not a key URI; expected e.g. 'memory:NAME', 'pkcs11:token=T;object=NAME'"
             " or 'https://VAULT.vault.azure.net/keys/NAME'"
         )
     return uri.split(":", 1)[0].lower()

@@ -12,6 +12,7 @@ from azure.core.credentials import TokenCredential
 from azure.keyvault.keys import JsonWebKey, KeyClient, KeyVaultKey
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ..._redact import redact_uri
 from ...base import BaseProvider
 from ...errors import (
     IntegrityError,
@@ -76,7 +77,9 @@ class AzureKeyVaultProvider(BaseProvider):
     ) -> None:
         url, name, _ = split_key_id(vault_url)
         if name is not None:
-            raise InvalidKeyUri(f"{vault_url!r} is a key id; pass the vault URL, or use from_uri()/open_key()")
+            raise InvalidKeyUri(
+                f"{redact_uri(vault_url)!r} is a key id; pass the vault URL, or use from_uri()/open_key()"
+            )
         self.vault_url = url
         # Key Vault proper has no AES keys; Managed HSM has, and unknown hosts (an emulator) are
         # treated as Managed HSM so that everything can be tested locally.
@@ -117,9 +120,9 @@ class AzureKeyVaultProvider(BaseProvider):
     def _parse_uri(self, uri: str) -> tuple[str, str | None]:
         url, name, version = split_key_id(uri)
         if name is None:
-            raise InvalidKeyUri(f"{uri!r} names no key; expected {self.vault_url}/keys/NAME[/VERSION]")
+            raise InvalidKeyUri(f"{redact_uri(uri)!r} names no key; expected {self.vault_url}/keys/NAME[/VERSION]")
         if url != self.vault_url:
-            raise InvalidKeyUri(f"{uri!r} is a key of {url}, not of this provider's vault {self.vault_url}")
+            raise InvalidKeyUri(f"{redact_uri(uri)!r} is a key of {url}, not of this provider's vault {self.vault_url}")
         return name, version
 
     def _check_name(self, name: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
+from ..._redact import redact_uri
 from ...errors import InvalidKeyUri
 
 EXPECTED = (
@@ -28,7 +29,7 @@ _MANAGED_HSM_SUFFIXES = (".managedhsm.azure.net", ".managedhsm.azure.cn", ".mana
 
 
 def _bad(uri: object, why: str) -> InvalidKeyUri:
-    return InvalidKeyUri(f"{uri!r} is not an Azure Key Vault URL or key id ({why}); expected {EXPECTED}")
+    return InvalidKeyUri(f"{redact_uri(uri)!r} is not an Azure Key Vault URL or key id ({why}); expected {EXPECTED}")
 
 
 def split_key_id(uri: str) -> tuple[str, str | None, str | None]:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ... import _crypto
 from ..._byok import ByokPackage, load_unwrapped
+from ..._redact import redact_uri
 from ...base import BaseProvider
 from ...errors import (
     InvalidArgument,
@@ -133,7 +134,7 @@ class InMemoryProvider(BaseProvider):
     def _parse_uri(self, uri: str) -> tuple[str, str | None]:
         m = _URI.fullmatch(uri)
         if m is None or not _NAME.fullmatch(m["name"]):
-            raise InvalidKeyUri(f"{uri!r} is not an in-memory key URI; expected {_URI_FORM}")
+            raise InvalidKeyUri(f"{redact_uri(uri)!r} is not an in-memory key URI; expected {_URI_FORM}")
         return m["name"], m["version"]
 
     def _check_name(self, name: str) -> None:
@@ -311,7 +312,7 @@ def from_uri(uri: str, **options: Any) -> InMemoryProvider:
     Options: ``keystore=PATH`` and ``passphrase=...`` open a keystore file (``create=True`` makes
     it if missing); without ``keystore`` the provider is empty and lives only in this process."""
     if not isinstance(uri, str) or not uri.lower().startswith(f"{SCHEME}:"):
-        raise InvalidKeyUri(f"{uri!r} is not an in-memory URI; expected {_URI_FORM}")
+        raise InvalidKeyUri(f"{redact_uri(uri)!r} is not an in-memory URI; expected {_URI_FORM}")
     unknown = set(options) - {"keystore", "passphrase", "create"}
     if unknown:
         raise InvalidArgument(

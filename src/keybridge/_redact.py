@@ -1,0 +1,24 @@
+"""Make a caller-supplied key URI safe to print: in logs, audit events and error messages.
+
+PKCS#11 URIs may carry a PIN (``?pin-value=``, or misspelt anywhere), HTTPS URLs may carry
+credentials (``https://user:secret@host``). Parsed :class:`~keybridge.keys.KeyRef` values are
+already canonical and safe; this is for text that could not be parsed, or not yet.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote
+
+__all__ = ["redact_uri"]
+
+_USERINFO = re.compile(r"//[^/@?#]*@")
+
+
+def redact_uri(text: object) -> str:
+    """``text`` with any query replaced by ``?…``, URL userinfo by ``***@``, and every ``;``-separated
+    attribute that mentions a PIN (even misspelt or percent-encoded) by ``***``."""
+    s = _USERINFO.sub("//***@", str(text))
+    path, sep, _query = s.partition("?")
+    parts = ["***" if "pin" in unquote(p).lower() else p for p in path.split(";")]
+    return ";".join(parts) + ("?…" if sep else "")
