@@ -191,6 +191,18 @@ def test_disable_clears_usage_flags_on_the_token(provider: Pkcs11Provider) -> No
     provider.delete_key("flags")
 
 
+def test_aes_keys_allow_no_mac_or_derivation(provider: Pkcs11Provider) -> None:
+    from pkcs11 import Attribute as A
+
+    made = provider.create_key("nomac", KeySpec.aes(256))
+    imported = provider.import_key("nomac-imp", bytes(range(32)))
+    for info in (made, imported):
+        read = lambda e, i=info: e.key(i).get_attributes([A.SIGN, A.VERIFY, A.DERIVE])  # noqa: E731
+        assert set(provider._pool.run(read, "reading flags").values()) == {False}
+    provider.delete_key("nomac")
+    provider.delete_key("nomac-imp")
+
+
 def test_rotate_keeps_old_versions_usable_and_newest_is_current(provider: Pkcs11Provider) -> None:
     v1 = provider.create_key("rotating", KeySpec.ec("P-256"))
     v2 = provider.rotate_key("rotating")

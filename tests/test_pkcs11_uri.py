@@ -39,7 +39,7 @@ def test_vendor_attributes_are_accepted() -> None:
     ("uri", "named"),
     [
         ("pkcs11:token=t;colour=red", "'colour'"),
-        ("pkcs11:token=t?pin-colour=1", "'pin-colour'"),
+        ("pkcs11:token=t?pin-colour=1", "mentions a PIN"),  # a misspelt PIN attribute is not echoed
         ("pkcs11:token=t;object=%zz", "'object'"),
         ("pkcs11:token=t;object", "'object'"),
         ("pkcs11:token=t;token=u", "'token'"),
@@ -118,3 +118,20 @@ def test_key_uri_of_another_token_is_refused(softhsm_token: SoftHsmToken, key_na
         with pytest.raises(InvalidKeyUri, match="other"):
             p.get_key(f"pkcs11:token=other;object={key_name}")
         assert p.get_key(f"pkcs11:token={softhsm_token.token_label};object={key_name}").ref.name == key_name
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "pkcs11:token=x?pin=CANARY99",
+        "pkcs11:token=x?pin_value=CANARY99",
+        "pkcs11:token=x?user-pin=CANARY99",
+        "pkcs11:token=x?pin-value%3DCANARY99",
+        "pkcs11:token=x;pin-value:CANARY99",
+        "pkcs11:token=x;object=k;pinned=CANARY99",
+    ],
+)
+def test_misspelt_pin_attributes_are_never_echoed(uri: str) -> None:
+    with pytest.raises(InvalidKeyUri) as info:
+        parse(uri)
+    assert "CANARY99" not in str(info.value)

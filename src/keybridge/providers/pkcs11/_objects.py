@@ -48,6 +48,9 @@ SECRET_FLAGS: Mapping[KeyOp, Any] = {
     KeyOp.WRAP_KEY: A.WRAP,
     KeyOp.UNWRAP_KEY: A.UNWRAP,
 }
+# keybridge has no MAC or derivation operations: an AES key must not quietly allow them either
+# (python-pkcs11 and tokens default CKA_SIGN/CKA_VERIFY to true for secret keys).
+SECRET_OFF: Mapping[Any, bool] = {A.SIGN: False, A.VERIFY: False, A.DERIVE: False}
 PUBLIC_FLAGS: Mapping[KeyOp, Any] = {KeyOp.VERIFY: A.VERIFY, KeyOp.ENCRYPT: A.ENCRYPT, KeyOp.WRAP_KEY: A.WRAP}
 _PUBLIC_TWIN = {KeyOp.SIGN: KeyOp.VERIFY, KeyOp.DECRYPT: KeyOp.ENCRYPT, KeyOp.UNWRAP_KEY: KeyOp.WRAP_KEY}
 

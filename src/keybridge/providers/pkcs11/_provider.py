@@ -132,7 +132,7 @@ class Pkcs11Provider(BaseProvider):
         def generate(e: Entry) -> None:
             s = e.session
             if spec.kty is KeyType.OCT:
-                tpl = {**private, **obj.flags_template(obj.SECRET_FLAGS, ops)}
+                tpl = {**private, **obj.SECRET_OFF, **obj.flags_template(obj.SECRET_FLAGS, ops)}
                 s.generate_key(KT.AES, spec.size, store=True, template=tpl)
                 return
             pub_tpl = {**common, **obj.flags_template(obj.PUBLIC_FLAGS, ops)}
@@ -154,6 +154,8 @@ class Pkcs11Provider(BaseProvider):
         flags = obj.SECRET_FLAGS if pub_tpl is None else obj.PRIVATE_FLAGS
         priv_tpl.update({**common, A.PRIVATE: True, A.SENSITIVE: True, A.EXTRACTABLE: exportable})
         priv_tpl.update(obj.flags_template(flags, ops))
+        if pub_tpl is None:
+            priv_tpl.update(obj.SECRET_OFF)
 
         def create(e: Entry) -> None:
             priv = e.session.create_object(priv_tpl)

@@ -6,8 +6,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import quote, unquote, unquote_to_bytes
 
+from ..._redact import redact_uri
 from ...errors import InvalidKeyUri
 
 _PATH_ATTRS = frozenset(
@@ -31,12 +32,23 @@ _QUERY_ATTRS = frozenset({"pin-source", "pin-value", "module-name", "module-path
 _TYPES = frozenset({"private", "secret-key", "public", "cert", "data"})
 _EXAMPLE = "pkcs11:token=TOKEN;object=NAME?module-path=/path/to/module.so&pin-source=file:/path/pin"
 _PCT_OK = re.compile(r"^(?:[^%]|%[0-9A-Fa-f]{2})*$")
-_PIN = re.compile(r"(pin-value=)[^&]*", re.IGNORECASE)
 
 
 def redact(uri: object) -> str:
-    """``uri`` as text with any pin-value replaced, safe to put in a message."""
-    return _PIN.sub(r"\1***", str(uri))
+    """``uri`` as text safe to put in a message: path attributes that mention a PIN are masked; in
+    the query only ``module-path`` keeps its value, known attributes keep their names, and anything
+    else (a misspelt ``pin`` attribute may hold the PIN in its name) is masked whole."""
+    path, sep, query = str(uri).partition("?")
+    if not sep:
+        return redact_uri(path)
+    items = []
+    for item in query.split("&"):
+        name = item.partition("=")[0]
+        if name.lower() == "module-path" and "pin" not in item.lower():
+            items.append(item)
+        else:
+            items.append(f"{name}=***" if name.lower() in _QUERY_ATTRS else "***")
+    return redact_uri(path) + "?" + "&".join(items)
 
 
 @dataclass(frozen=True)
@@ -51,13 +63,20 @@ class Pkcs11Uri:
         return f"Pkcs11Uri(path={dict(self.path)!r}, id={self.id!r}, query_keys={sorted(self.query)!r})"
 
 
+def _shown(name: str) -> str:
+    """An attribute name as it may appear in a message: a misspelt PIN attribute can carry the PIN
+    in its "name" (``pin-value%3D1234``), so such names are not echoed."""
+    known = name.lower() in _PATH_ATTRS or name.lower() in _QUERY_ATTRS
+    return repr(name) if known or "pin" not in unquote(name).lower() else "(one that mentions a PIN)"
+
+
 def _fail(uri: str, problem: str) -> InvalidKeyUri:
     return InvalidKeyUri(f"invalid PKCS#11 URI {redact(uri)!r}: {problem}; expected e.g. {_EXAMPLE!r}")
 
 
 def _decode(uri: str, name: str, raw: str) -> bytes:
     if not _PCT_OK.match(raw):
-        raise _fail(uri, f"attribute {name!r} has a malformed percent-encoding")
+        raise _fail(uri, f"attribute {_shown(name)} has a malformed percent-encoding")
     return unquote_to_bytes(raw)
 
 
@@ -68,9 +87,9 @@ def _split(uri: str, part: str, sep: str, allowed: frozenset[str]) -> tuple[dict
         name, eq, raw = item.partition("=")
         name = name.strip().lower()
         if not eq or not name:
-            raise _fail(uri, f"attribute {item.split('=')[0]!r} has no value (write name=value)")
+            raise _fail(uri, f"attribute {_shown(item.split('=')[0])} has no value (write name=value)")
         if name not in allowed and not name.startswith("x-"):
-            raise _fail(uri, f"unknown attribute {name!r} (known: {', '.join(sorted(allowed))})")
+            raise _fail(uri, f"unknown attribute {_shown(name)} (known: {', '.join(sorted(allowed))})")
         if name in out or (name == "id" and id_bytes is not None):
             raise _fail(uri, f"attribute {name!r} appears twice")
         value = _decode(uri, name, raw)
