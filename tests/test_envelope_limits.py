@@ -14,7 +14,15 @@ from collections.abc import Callable, Mapping, Sequence
 import pytest
 
 from _envelope_support import RawAesSource
-from keybridge.envelope import DataKeyCache, EncryptedDataKey, Suite, decrypt, encrypt, open_decryptor
+from keybridge.envelope import (
+    DataKeyCache,
+    EncryptedDataKey,
+    Suite,
+    decrypt,
+    encrypt,
+    open_decryptor,
+    open_encryptor,
+)
 from keybridge.envelope._header import build_header, header_tag, serialize_context
 from keybridge.envelope._suites import derive_keys
 from keybridge.errors import IntegrityError, InvalidArgument, InvalidMessage
@@ -140,3 +148,26 @@ def test_signed_messages_do_not_fill_the_encrypt_cache(key: RawAesSource) -> Non
     for _ in range(3):
         assert decrypt(encrypt(b"x", cache, suite=SIGNED), key).plaintext == b"x"
     assert len(cache) == 0
+
+
+@pytest.mark.parametrize("size", [0, 3, 3 * 1024 * 1024 + 5])
+def test_a_huge_frame_length_costs_memory_only_for_data_that_arrives(key: RawAesSource, size: int) -> None:
+    data = os.urandom(size)
+    sink = io.BytesIO()
+
+    def stream() -> None:
+        with open_encryptor(sink, key, frame_length=2**31 - 1) as w:  # plaintext length unknown
+            for i in range(0, size, 4096):
+                w.write(data[i : i + 4096])
+
+    assert peak_bytes(stream) < 4 * size + 4 * 1024 * 1024  # not 2 x 2 GiB up front
+    assert decrypt(sink.getvalue(), key).plaintext == data
+
+
+def test_staging_buffers_grow_across_frames_without_losing_pending_bytes(key: RawAesSource) -> None:
+    data = os.urandom(5 * 1024 * 1024 + 123)
+    sink = io.BytesIO()
+    with open_encryptor(sink, key, frame_length=3 * 1024 * 1024) as w:  # > the 1 MiB starting buffer
+        for i in range(0, len(data), 1000):
+            w.write(data[i : i + 1000])
+    assert decrypt(sink.getvalue(), key).plaintext == data

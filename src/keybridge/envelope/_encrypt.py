@@ -125,6 +125,9 @@ def encrypt(
     return out.finish()
 
 
+_INITIAL_BUFFER = 1 << 20
+
+
 class EncryptingWriter(io.RawIOBase):
     """A write-only binary stream that encrypts into ``dst`` frame by frame (see :func:`open_encryptor`).
 
@@ -151,9 +154,12 @@ class EncryptingWriter(io.RawIOBase):
         self._dst = dst
         self._expected = plaintext_length
         f = self._codec.frame_length
-        self._pt = memoryview(bytearray(f))
+        # Staging buffers start small and grow with the data (see _room), so a huge frame_length
+        # costs memory only when that much plaintext actually arrives.
+        start = min(f, _INITIAL_BUFFER if plaintext_length is None else plaintext_length)
+        self._pt = memoryview(bytearray(start))
         self._pend = 0  # plaintext bytes waiting in _pt
-        self._out = memoryview(bytearray(f + FINAL_OVERHEAD))
+        self._out = memoryview(bytearray(start + FINAL_OVERHEAD))
         self._seq = 1
         self._total = 0
         self._broken = False
@@ -192,6 +198,7 @@ class EncryptingWriter(io.RawIOBase):
         pos = 0
         if self._pend:
             take = min(f - self._pend, n)
+            self._room(self._pend + take, 0)
             self._pt[self._pend : self._pend + take] = mv[:take]
             self._pend += take
             pos = take
@@ -204,12 +211,26 @@ class EncryptingWriter(io.RawIOBase):
             self._regular(mv[pos : pos + f])
             pos += f
         rest = n - pos
+        self._room(rest, 0)
         self._pt[:rest] = mv[pos:]
         self._pend = rest
+
+    def _room(self, plaintext: int, output: int) -> None:
+        """Grow the staging buffers (doubling, never past one frame) to hold ``plaintext`` pending
+        bytes and ``output`` sealed bytes; the old plaintext buffer is wiped."""
+        f = self._codec.frame_length
+        if len(self._pt) < plaintext:
+            grown = memoryview(bytearray(min(f, max(plaintext, 2 * len(self._pt)))))
+            grown[: self._pend] = self._pt[: self._pend]
+            self._pt[:] = bytes(len(self._pt))
+            self._pt = grown
+        if len(self._out) < output:
+            self._out = memoryview(bytearray(min(f + FINAL_OVERHEAD, max(output, 2 * len(self._out)))))
 
     def _regular(self, plaintext: memoryview) -> None:
         if self._seq >= MAX_SEQ:
             raise InvalidArgument("too many frames for this frame_length; use a larger frame_length")
+        self._room(0, self._codec.frame_length + REGULAR_OVERHEAD)
         out = self._out[: self._codec.frame_length + REGULAR_OVERHEAD]
         self._codec.seal_regular(self._seq, plaintext, out)
         if self._signer is not None:
@@ -228,6 +249,7 @@ class EncryptingWriter(io.RawIOBase):
                 raise InvalidArgument(
                     f"got {self._total} bytes of plaintext, declared plaintext_length={self._expected}"
                 )
+            self._room(0, self._pend + FINAL_OVERHEAD)
             out = self._out[: self._pend + FINAL_OVERHEAD]
             self._codec.seal_final(self._seq, self._pt[: self._pend], out)
             write_all(self._dst, out)
