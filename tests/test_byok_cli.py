@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keybridge import InMemoryProvider, register_provider
+from keybridge import InMemoryProvider, InvalidArgument, register_provider
 from keybridge.byok import ByokPackage, wrap_for_azure
 from keybridge.cli import main
 from keybridge.cli._app import app
@@ -89,6 +89,9 @@ def test_import_reads_the_rsa_size_off_the_package(cli_env: Path, vault: str) ->
     assert "RSA-3072 under an RSA-2048 KEK" in run("byok", "inspect", "k.byok")
     imported = run_json("byok", "import", f"{vault}/keys/r-{n}", "--byok", "k.byok")
     assert imported["imported"]["spec"] == "RSA-3072"
+    # Key Vault's import names only the key type, so a wrong --size is caught here, before sending.
+    with pytest.raises(InvalidArgument, match="--size 2048 does not fit"):
+        run("byok", "import", f"{vault}/keys/r2-{n}", "--byok", "k.byok", "--size", "2048")
 
 
 def test_transfer_prints_each_step_and_the_proof(cli_env: Path, vault: str) -> None:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
-from keybridge import AuthenticationError, InvalidArgument, KeyNotFound, KeySpec
+from keybridge import AuthenticationError, InvalidArgument, KeyNotFound, KeySpec, ProviderUnavailable
 from keybridge.cli._common import default_keystore, emit, open_cli_key
 from keybridge.cli._keys import keys
 from keybridge.providers.memory import InMemoryProvider
@@ -123,7 +123,14 @@ def test_missing_passphrase_without_a_terminal_says_which_variable(
 ) -> None:
     monkeypatch.delenv("KEYBRIDGE_PASSPHRASE")
     with pytest.raises(AuthenticationError, match="set KEYBRIDGE_PASSPHRASE"):
+        run("create", "k", "--kty", "oct")
+
+
+def test_reading_commands_never_create_a_keystore(env: dict[str, str]) -> None:
+    # A mistyped $KEYBRIDGE_KEYSTORE must be an error, not a new empty keystore.
+    with pytest.raises(ProviderUnavailable, match="KEYBRIDGE_KEYSTORE"):
         run("list")
+    assert not Path(env["KEYBRIDGE_KEYSTORE"]).exists()
 
 
 def test_shared_helpers(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:

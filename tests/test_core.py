@@ -379,3 +379,20 @@ def test_wrong_argument_types_raise_invalid_argument(call: Any, fragment: str) -
     with pytest.raises(keybridge.InvalidArgument, match=fragment):
         call(kp)
     assert [i.ref.name for i in kp.list_keys()] == ["a", "e"]  # nothing half-created
+
+
+def test_more_wrong_types_are_typed_errors(tmp_path: Path) -> None:
+    from keybridge.byok import ByokPackage, transfer
+    from keybridge.envelope import DataKeyCache, Keyring
+
+    kp = InMemoryProvider()
+    kp.create_key("k", KeySpec.aes(256))
+    with pytest.raises(keybridge.InvalidArgument, match="passphrase"):
+        InMemoryProvider.open(tmp_path / "ks", 5, create=True)  # type: ignore[arg-type]
+    assert not (tmp_path / "ks").exists()
+    with pytest.raises(keybridge.InvalidPackage, match="JSON text or bytes"):
+        ByokPackage.from_json(None)  # type: ignore[arg-type]
+    with pytest.raises(keybridge.InvalidArgument, match="max_age"):
+        DataKeyCache(Keyring(kp.key("k")), max_age=None)  # type: ignore[arg-type]
+    with pytest.raises(keybridge.InvalidArgument, match="KeyProvider as target"):
+        transfer(kp, None, "x", KeySpec.aes(256))  # type: ignore[arg-type]

@@ -105,7 +105,10 @@ def test_state_dir_keeps_keys_and_vault_state_across_runs(tmp_path: Path) -> Non
         assert crypto.verify(SignatureAlgorithm.es256, b"\1" * 32, signature).is_valid
 
 
-def test_cli_prints_url_ca_and_working_exports_then_stops_on_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_cli_prints_url_ca_and_working_exports_then_stops_cleanly(
+    monkeypatch: pytest.MonkeyPatch, stop_signal: signal.Signals
+) -> None:
     from keybridge.cli._common import azure_options
     from keybridge.keys import KeySpec
 
@@ -143,7 +146,7 @@ def test_cli_prints_url_ca_and_working_exports_then_stops_on_ctrl_c(monkeypatch:
             url.group(1), EmulatorCredential("anything"), connection_verify=ca.group(1), verify_challenge_resource=False
         )
         assert client.create_rsa_key("cli-key", size=2048).key_type == "RSA"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop_signal)
         proc.wait(timeout=15)
         out, err = proc.stdout.read(), proc.stderr.read() if proc.stderr else ""
         assert proc.returncode == 0, err

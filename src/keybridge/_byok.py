@@ -78,7 +78,9 @@ class ByokPackage:
     @classmethod
     def from_json(cls, data: bytes | str) -> ByokPackage:
         """Parse and strictly validate .byok bytes; any defect raises :class:`InvalidPackage`."""
-        if isinstance(data, (bytes, bytearray)) and len(data) > MAX_PACKAGE:
+        if not isinstance(data, (bytes, bytearray, str)):
+            raise InvalidPackage(f"a .byok package is JSON text or bytes, got {type(data).__name__}")
+        if len(data) > MAX_PACKAGE:
             raise InvalidPackage(f"package is {len(data)} bytes; a .byok file is at most {MAX_PACKAGE}")
         try:
             doc: Any = json.loads(data)

@@ -68,8 +68,9 @@ def transfer(
     """Generate ``name`` in ``source``, move it into ``target`` with BYOK, and prove it arrived.
 
     Steps: use the KEK ``kek`` in the target, or create one (RSA ``kek_size``, ops exactly
-    ``import``); generate the key in the source, exportable only wrapped; have the source wrap
-    it under the KEK; import the package into the target as ``target_name`` (default ``name``);
+    ``import``); generate the key in the source as exportable (an HSM keeps it sensitive, so it
+    leaves only wrapped); have the source wrap it under the KEK; import the package into the
+    target as ``target_name`` (default ``name``);
     prove both sides hold the same key (RSA/EC: sign on each side, verify with the other side's
     public key, and compare public keys; AES: encrypt or wrap on each side, decrypt or unwrap on
     the other). A KEK created here is deleted at the end unless ``keep_kek``.
@@ -77,6 +78,11 @@ def transfer(
     Errors are typed: a refused import raises :class:`~keybridge.InvalidPackage`, a failed proof
     :class:`~keybridge.IntegrityError`; provider errors pass through unchanged.
     """
+    for role, p in (("source", source), ("target", target)):
+        if not isinstance(p, KeyProvider):
+            raise InvalidArgument(f"transfer needs a KeyProvider as {role}, got {type(p).__name__}")
+    if not isinstance(spec, KeySpec):
+        raise InvalidArgument(f"spec must be a KeySpec (e.g. KeySpec.rsa(3072)), got {type(spec).__name__}")
     key_ops = spec.check_ops(ops)
     if KeyOp.IMPORT in key_ops:
         raise InvalidKeySpec("a transferred key cannot be a key-exchange key: leave 'import' out of ops")

@@ -45,10 +45,16 @@ def main(argv: list[str] | None = None) -> NoReturn:
             exc.show()
             sys.exit(exc.exit_code)
         if isinstance(exc, click.exceptions.Abort):
-            print("keybridge: aborted", file=sys.stderr)
-            sys.exit(EXIT_ERROR)
+            # click turns Ctrl-C at a prompt into Abort; keep the conventional exit code for it.
+            interrupted = isinstance(exc.__context__, KeyboardInterrupt)
+            print("keybridge: interrupted" if interrupted else "keybridge: aborted", file=sys.stderr)
+            sys.exit(130 if interrupted else EXIT_ERROR)
         if isinstance(exc, OSError):
-            print(f"keybridge: error: {exc.strerror or exc}", file=sys.stderr)
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"keybridge: error: {where}{exc.strerror or exc}", file=sys.stderr)
+            sys.exit(EXIT_ERROR)
+        if isinstance(exc, MemoryError):
+            print("keybridge: error: out of memory; use a smaller --frame-length or stream the data", file=sys.stderr)
             sys.exit(EXIT_ERROR)
         raise
     sys.exit(0)

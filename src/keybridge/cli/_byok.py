@@ -63,11 +63,16 @@ def _spec(kty: str, size: int | None, curve: str | None, package: ByokPackage | 
     t = _KTY[kty.lower()]
     if t is KeyType.EC:
         return KeySpec.ec(curve or "P-256")
+    fits = set() if package is None else {spec for _, spec in implied_specs(package) if spec.kty is t}
     if size is not None:
-        return KeySpec.rsa(size) if t is KeyType.RSA else KeySpec.aes(size)
+        spec = KeySpec.rsa(size) if t is KeyType.RSA else KeySpec.aes(size)
+        if fits and spec not in fits:
+            # Key Vault's import names only the key type, so a wrong size would not be caught there.
+            held = ", ".join(sorted(str(f) for f in fits))
+            raise InvalidArgument(f"--size {size} does not fit this package, whose length shows {held}")
+        return spec
     if package is None:
         return KeySpec.rsa(2048) if t is KeyType.RSA else KeySpec.aes(256)
-    fits = {spec for _, spec in implied_specs(package) if spec.kty is t}
     if len(fits) != 1:
         raise InvalidArgument(f"the package length does not tell the {t} key size; give it with --size")
     return fits.pop()
@@ -138,7 +143,11 @@ def kek_show(key_uri: str, pem: str | None, as_json: bool) -> None:
 @click.option("--kek-pem", required=True, type=click.Path(exists=True, dir_okay=False), help="KEK public key (PEM).")
 @click.option("--kek-id", required=True, help="The KEK's full key id with version.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .byok file to write.")
-@click.option("--generate", is_flag=True, help="First generate the key in the source, exportable only wrapped.")
+@click.option(
+    "--generate",
+    is_flag=True,
+    help="First generate the key in the source (exportable; in an HSM it stays sensitive: it leaves only wrapped).",
+)
 @_spec_options
 @json_option
 def export_cmd(
@@ -156,7 +165,7 @@ def export_cmd(
     """Have the source wrap its key under the KEK (inside the HSM) and write a .byok file."""
     kek_key = load_kek_public_key(Path(kek_pem).read_bytes())
     check_kek_id(kek_id)
-    handle = open_cli_key(source_uri)
+    handle = open_cli_key(source_uri, create=generate)
     steps: list[str] = []
     data: dict[str, Any] = {}
     with handle.provider as source:
@@ -164,7 +173,9 @@ def export_cmd(
         if generate:
             info = source.create_key(ref.name, _spec(kty, size, curve), ops=_ops(ops), exportable=True)
             ref = info.ref
-            steps.append(f"Generated {info.spec} key {ref} in the {source.scheme} provider (exportable only wrapped)")
+            steps.append(
+                f"Generated {info.spec} key {ref} in the {source.scheme} provider (exportable; in an HSM only wrapped)"
+            )
             data["generated"] = key_info_dict(info)
         package = export(source, ref, kek_key, kek_id)
     steps.append(f"The {source.scheme} provider wrapped {ref} under KEK {kek_id} (CKM_RSA_AES_KEY_WRAP)")
@@ -232,10 +243,10 @@ def transfer_cmd(
     spec = _spec(kty, size, curve)
     source_uri, target_uri = cli_uri(source_uri), cli_uri(target_uri)
     with contextlib.ExitStack() as stack:
-        source = stack.enter_context(open_cli_provider(source_uri))
+        source = stack.enter_context(open_cli_provider(source_uri, create=True))
         # Two providers on one keystore file would overwrite each other's saves: share one.
         same = source_uri.split(":", 1)[0].lower() == target_uri.split(":", 1)[0].lower() == "memory"
-        target = source if same else stack.enter_context(open_cli_provider(target_uri))
+        target = source if same else stack.enter_context(open_cli_provider(target_uri, create=True))
         r = transfer(
             source,
             target,
@@ -250,7 +261,7 @@ def transfer_cmd(
     kept = kek_uri is not None or keep_kek
     steps = [
         f"KEK {r.kek_ref} in the target ({'reused' if kek_uri else 'created'})",
-        f"Generated {spec} key {r.source_ref} in the {source.scheme} provider (exportable only wrapped)",
+        f"Generated {spec} key {r.source_ref} in the {source.scheme} provider (exportable; in an HSM only wrapped)",
         f"The source wrapped it under the KEK: {len(r.package.ciphertext)} bytes of ciphertext",
         f"Imported it as {r.target_ref}",
         *(f"Proof ✓ {check}" for check in r.proof.checks),

@@ -13,7 +13,7 @@ import click
 from rich.console import Console, RenderableType
 from rich.text import Text
 
-from ..errors import AuthenticationError
+from ..errors import AuthenticationError, ProviderUnavailable
 from ..keys import KeyInfo
 from ..provider import KeyHandle, KeyProvider, open_provider
 
@@ -64,14 +64,19 @@ def _passphrase(keystore: Path) -> str:
     )
 
 
-def open_cli_provider(uri: str) -> KeyProvider:
-    """The provider for ``uri``. ``memory:`` URIs open the default keystore (created on first
-    use) with the passphrase from ``$KEYBRIDGE_PASSPHRASE`` or a hidden prompt."""
+def open_cli_provider(uri: str, *, create: bool = False) -> KeyProvider:
+    """The provider for ``uri``. ``memory:`` URIs open the default keystore with the passphrase
+    from ``$KEYBRIDGE_PASSPHRASE`` or a hidden prompt; only commands that make keys pass
+    ``create=True`` (so a mistyped ``$KEYBRIDGE_KEYSTORE`` is an error, not a new empty store)."""
     if uri.split(":", 1)[0].lower() == "memory":
         keystore = default_keystore()
+        if not create and not keystore.exists():
+            raise ProviderUnavailable(
+                f"no keystore at {keystore}; check {KEYSTORE_ENV}, or create a key first (keybridge keys create)"
+            )
         passphrase = _passphrase(keystore)
         keystore.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return open_provider(uri, keystore=keystore, passphrase=passphrase, create=True)
+        return open_provider(uri, keystore=keystore, passphrase=passphrase, create=create)
     if uri.split(":", 1)[0].lower() == "https":
         return open_provider(uri, **azure_options())
     return open_provider(uri)
@@ -99,10 +104,10 @@ def cli_uri(uri: str) -> str:
     return uri if ":" in uri else f"memory:{uri}"
 
 
-def open_cli_key(uri: str) -> KeyHandle:
+def open_cli_key(uri: str, *, create: bool = False) -> KeyHandle:
     """A handle for a key URI, or for a bare NAME in the default keystore."""
     full = cli_uri(uri)
-    return open_cli_provider(full).key(full)
+    return open_cli_provider(full, create=create).key(full)
 
 
 def key_info_dict(info: KeyInfo) -> dict[str, Any]:

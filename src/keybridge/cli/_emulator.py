@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import click
@@ -67,8 +68,12 @@ def emulator(port: int, state_dir: str | None, faults: str | None) -> None:
         click.echo("")
         env = {"ca_env": AZURE_CA_ENV, "token_env": AZURE_TOKEN_ENV, "challenge_env": AZURE_CHALLENGE_ENV}
         click.echo(_HOWTO.format(url=hsm.vault_url, ca=hsm.ca_file, **env))
-        threading.Event().wait()
+        stop = threading.Event()
+        # SIGTERM (kill, a service manager, CI teardown) shuts down as cleanly as Ctrl-C does.
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        stop.wait()
     except KeyboardInterrupt:
-        click.echo("stopping")
+        pass
     finally:
+        click.echo("stopping")
         hsm.stop()

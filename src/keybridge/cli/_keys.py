@@ -61,7 +61,7 @@ def create(
     """Create KEY (a new version if it exists)."""
     spec = _spec(kty, size, curve)
     uri = cli_uri(key)
-    with open_cli_provider(uri) as provider:
+    with open_cli_provider(uri, create=True) as provider:
         info = provider.create_key(provider.ref(uri).name, spec, ops=_ops(ops), exportable=exportable)
     emit(key_info_dict(info), f"created {_summary(info)}", as_json=as_json)
 

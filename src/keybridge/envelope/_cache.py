@@ -68,7 +68,7 @@ class DataKeyCache:
         capacity: int = 1000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not max_age > 0:
+        if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or not max_age > 0:
             raise InvalidArgument(f"max_age must be a positive number of seconds, got {max_age!r}")
         if not 1 <= max_messages <= MAX_MESSAGES:
             raise InvalidArgument(f"max_messages must be between 1 and 2**32, got {max_messages!r}")

@@ -92,6 +92,8 @@ class InMemoryProvider(BaseProvider):
         save every later change to it. A wrong passphrase raises ``AuthenticationError``, a damaged
         or truncated file ``IntegrityError``, a missing one (without ``create``)
         ``ProviderUnavailable``."""
+        if not isinstance(passphrase, (str, bytes)) or not passphrase:
+            raise InvalidArgument("the keystore passphrase must be a non-empty str or bytes")
         self = cls()
         target = Path(path)
         if create and not target.exists():
