@@ -23,7 +23,7 @@ from keybridge.testing._softhsm import SoftHsmToken
 pytest.importorskip("pkcs11")
 
 from keybridge.providers.pkcs11 import THREADING_ENV, Pkcs11Provider
-from keybridge.providers.pkcs11._session import Library
+from keybridge.providers.pkcs11._library import Library
 
 DIGEST = hashlib.sha256(b"stress").digest()
 
@@ -104,7 +104,7 @@ def test_wrong_pin_is_authentication_error_and_leaks_no_session(softhsm_token: S
 import sys
 from keybridge import AuthenticationError
 from keybridge.providers.pkcs11 import Pkcs11Provider
-from keybridge.providers.pkcs11._session import Library
+from keybridge.providers.pkcs11._library import Library
 sys.path.insert(0, {os.path.dirname(__file__)!r})
 from test_pkcs11_sessions import open_sessions
 mod, label, pin = {softhsm_token.module_path!r}, {softhsm_token.token_label!r}, sys.stdin.read()

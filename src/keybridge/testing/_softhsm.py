@@ -70,7 +70,7 @@ def _reinitialize_loaded(module_path: str) -> None:
     """Make a module loaded before SOFTHSM2_CONF changed read the new configuration."""
     if "pkcs11" not in sys.modules:
         return  # first C_Initialize is still to come and will read the new conf
-    session_mod = sys.modules.get("keybridge.providers.pkcs11._session")
+    session_mod = sys.modules.get("keybridge.providers.pkcs11._library")
     real = os.path.realpath(module_path)
     if session_mod is not None and real in session_mod.Library._registry:
         session_mod.Library._registry[real].reinitialize()

@@ -20,9 +20,9 @@ from pkcs11 import exceptions as px
 from ...errors import ProviderUnavailable
 from ...keys import KeyInfo, KeyType
 from ._errors import translate
-from ._library import THREADING_ENV, Library
+from ._library import Library
 
-__all__ = ["THREADING_ENV", "Entry", "Library", "SessionPool"]
+__all__ = ["Entry", "SessionPool"]
 
 T = TypeVar("T")
 
