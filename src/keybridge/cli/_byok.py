@@ -7,15 +7,11 @@ keybridge errors, which the entry point turns into one line on stderr and exit c
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import click
 from cryptography.hazmat.primitives import serialization
@@ -24,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._files import atomic_write
+from .._softhsm import find_softhsm_module, throwaway_token
 from ..byok import (
     ByokPackage,
     TransferResult,
@@ -302,55 +299,23 @@ def inspect_cmd(byok_file: str, as_json: bool) -> None:
 
 # ---- keybridge demo ----------------------------------------------------------------------------
 
-SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 _DEMO_KEYS = (("demo-rsa", KeySpec.rsa(2048)), ("demo-ec", KeySpec.ec("P-256")), ("demo-aes", KeySpec.aes(256)))
 
 
 @contextlib.contextmanager
-def _softhsm_token(workdir: Path) -> Iterator[KeyProvider]:
-    """A fresh SoftHSM2 token in ``workdir`` with random PINs that are never shown."""
-    tokens = workdir / "tokens"
-    tokens.mkdir(mode=0o700)
-    conf = workdir / "softhsm2.conf"
-    atomic_write(conf, f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n".encode())
-    pin_file = workdir / "user.pin"
-    pin = secrets.token_hex(8)
-    atomic_write(pin_file, pin.encode(), mode=0o600)
-    # SoftHSM reads SOFTHSM2_CONF only when the PKCS#11 library initialises, so set it first.
-    previous = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    try:
-        # The PINs appear on this short-lived command line; the token dies with the temp dir.
-        subprocess.run(
-            [
-                "softhsm2-util",
-                "--init-token",
-                "--free",
-                "--label",
-                "keybridge-demo",
-                "--so-pin",
-                secrets.token_hex(8),
-                "--pin",
-                pin,
-            ],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        uri = f"pkcs11:token=keybridge-demo?module-path={quote(SOFTHSM_MODULE)}"
-        with open_provider(uri, pin_source=str(pin_file)) as provider:
+def _softhsm_source(workdir: Path) -> Iterator[KeyProvider]:
+    """A provider on a fresh SoftHSM2 token in ``workdir``; its PIN reaches it through a 0600 file."""
+    with throwaway_token(workdir, "keybridge-demo") as token:
+        pin_file = workdir / "user.pin"
+        atomic_write(pin_file, token.user_pin.encode(), mode=0o600)
+        with open_provider(token.uri(pin=False), pin_source=str(pin_file)) as provider:
             yield provider
-    finally:
-        if previous is None:
-            os.environ.pop("SOFTHSM2_CONF", None)
-        else:
-            os.environ["SOFTHSM2_CONF"] = previous
 
 
 @contextlib.contextmanager
 def _demo_source(workdir: Path) -> Iterator[tuple[KeyProvider, str]]:
-    if shutil.which("softhsm2-util") and Path(SOFTHSM_MODULE).exists():
-        with _softhsm_token(workdir) as provider:
+    if shutil.which("softhsm2-util") and find_softhsm_module() is not None:
+        with _softhsm_source(workdir) as provider:
             yield provider, "a throwaway SoftHSM2 token (real PKCS#11; keys wrapped inside the token)"
     else:
         with open_provider("memory:") as provider:
