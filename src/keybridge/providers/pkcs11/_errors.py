@@ -69,6 +69,8 @@ def translate(action: str, what: object, integrity: bool, exc: px.PKCS11Error) -
         return ProviderUnavailable(f"{action}{on}: the token is not available ({name})")
     if isinstance(exc, _MECH):
         return UnsupportedAlgorithm(f"{action}{on}: the token does not support this mechanism or key type ({name})")
+    if isinstance(exc, px.KeySizeRange):  # e.g. a wrapped-export KEK too small for OAEP of an AES-256 key
+        return InvalidArgument(f"{action}{on}: the token does not accept a key of this size (KeySizeRange)")
     if isinstance(exc, _DENIED):
         return OperationNotPermitted(f"{action}{on}: the token does not permit it ({name})")
     if isinstance(exc, _INTEGRITY):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +27,21 @@ _PREFIX = {  # DER DigestInfo headers for RSASSA-PKCS1-v1_5 over a precomputed d
 }
 _HASH_MECH = {"SHA256": (M.SHA256, MGF.SHA256), "SHA384": (M.SHA384, MGF.SHA384), "SHA512": (M.SHA512, MGF.SHA512)}
 OAEP_SHA1 = (M.SHA_1, MGF.SHA1, None)
+_CKM_RSA_AES_KEY_WRAP = 0x1054
+_CKZ_DATA_SPECIFIED = 1
+
+
+def _mechanism(value: int, name: str) -> M:
+    """The ``Mechanism`` for ``value``, made if python-pkcs11 lacks it: its calls accept only members."""
+    try:
+        return M(value)
+    except ValueError:  # python-pkcs11 0.10 has no RSA_AES_KEY_WRAP
+        member = int.__new__(M, value)
+        member._name_, member._value_ = name, value
+        return member
+
+
+RSA_AES_KEY_WRAP = _mechanism(_CKM_RSA_AES_KEY_WRAP, "RSA_AES_KEY_WRAP")
 
 
 def _flags_ok(info_flags: int | None, needed: int) -> bool:
@@ -54,6 +71,11 @@ def kwp_mechanism(mechs: Mapping[int, int | None], manufacturer: str) -> M | Non
     if int(M.AES_KEY_WRAP_PAD) in mechs and manufacturer.startswith(_SOFTHSM):
         return M.AES_KEY_WRAP_PAD
     return None
+
+
+def has_rsa_aes_key_wrap(mechs: Mapping[int, int | None]) -> bool:
+    """Whether the token lists CKM_RSA_AES_KEY_WRAP for wrapping (garbage flags: presence counts)."""
+    return _CKM_RSA_AES_KEY_WRAP in mechs and _flags_ok(mechs[_CKM_RSA_AES_KEY_WRAP], _CKF_WRAP)
 
 
 def supported(mechs: Mapping[int, int | None], manufacturer: str) -> frozenset[str]:
@@ -108,6 +130,45 @@ def rsa_decryption(alg: AlgorithmSpec) -> tuple[M, Any]:
     if alg.hash.name == "sha1":
         return M.RSA_PKCS_OAEP, OAEP_SHA1
     return M.RSA_PKCS_OAEP, (M.SHA256, MGF.SHA256, None)
+
+
+class _OaepParams(ctypes.Structure):
+    """CK_RSA_PKCS_OAEP_PARAMS."""
+
+    if sys.platform == "win32":
+        _pack_ = 1  # Cryptoki structures are byte-packed on Windows
+    _fields_ = (
+        ("hashAlg", ctypes.c_ulong),
+        ("mgf", ctypes.c_ulong),
+        ("source", ctypes.c_ulong),
+        ("pSourceData", ctypes.c_void_p),
+        ("ulSourceDataLen", ctypes.c_ulong),
+    )
+
+
+class _RsaAesKeyWrapParams(ctypes.Structure):
+    """CK_RSA_AES_KEY_WRAP_PARAMS."""
+
+    if sys.platform == "win32":
+        _pack_ = 1
+    _fields_ = (("ulAESKeyBits", ctypes.c_ulong), ("pOAEPParams", ctypes.POINTER(_OaepParams)))
+
+
+class RsaAesKeyWrapParams:
+    """CK_RSA_AES_KEY_WRAP_PARAMS for Azure BYOK (AES-256, OAEP SHA-1 / MGF1-SHA-1, no label).
+
+    python-pkcs11 has no encoder for it, so ``raw`` is the structure's bytes, passed as the
+    ``mechanism_param`` escape hatch. Those bytes hold a pointer into the OAEP structure this
+    object owns: keep the object referenced until the PKCS#11 call has returned. ctypes owns both
+    buffers, so nothing is freed by hand.
+    """
+
+    __slots__ = ("_oaep", "_params", "raw")
+
+    def __init__(self, aes_bits: int = 256) -> None:
+        self._oaep = _OaepParams(int(M.SHA_1), int(MGF.SHA1), _CKZ_DATA_SPECIFIED, None, 0)
+        self._params = _RsaAesKeyWrapParams(aes_bits, ctypes.pointer(self._oaep))
+        self.raw = ctypes.string_at(ctypes.addressof(self._params), ctypes.sizeof(self._params))
 
 
 def gcm(iv: bytes, aad: bytes | None) -> GCMParams:

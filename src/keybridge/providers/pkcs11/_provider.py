@@ -69,6 +69,7 @@ class Pkcs11Provider(BaseProvider):
             self.mechanisms: Mapping[int, int | None] = mechanisms
             self.algorithms = mech.supported(mechanisms, maker)
             self._kwp = mech.kwp_mechanism(mechanisms, maker)
+            self._native_export = mech.has_rsa_aes_key_wrap(mechanisms)
             # SoftHSM < 2.7 zero-pads to 8 bytes *before* RFC 5649 (see docs/pkcs11.md).
             self._kwp_pads = maker.startswith("SoftHSM") and tuple(lib.lib.library_version) < (2, 7)
         except BaseException:
@@ -322,32 +323,53 @@ class Pkcs11Provider(BaseProvider):
 
         return self._pool.run(unwrap, f"unwrapping with {alg.name} and key", info.ref, integrity=True)
 
+    @property
+    def wrapped_export_mechanism(self) -> str | None:
+        """How ``export_wrapped`` wraps on this token, chosen once from its mechanism list.
+
+        ``"CKM_RSA_AES_KEY_WRAP"`` where the token lists that mechanism with the wrap flag (one
+        ``C_WrapKey``); else the two-step equivalent, e.g. ``"CKM_AES_KEY_WRAP_PAD+CKM_RSA_PKCS_OAEP"``;
+        ``None`` if the token can do neither. Both give the same blob format (docs/pkcs11.md).
+        """
+        if self._native_export:
+            return "CKM_RSA_AES_KEY_WRAP"
+        return None if self._kwp is None else f"CKM_{self._kwp.name}+CKM_RSA_PKCS_OAEP"
+
     def _export_wrapped(self, info: KeyInfo, kek: rsa.RSAPublicKey) -> bytes:
-        # CKM_RSA_AES_KEY_WRAP done in two steps inside the token (the Azure BYOK spec calls the
-        # result equivalent): a fresh AES-256 session key wraps the target with RFC 5649, the KEK
-        # wraps that key with RSA-OAEP SHA-1; both temporary objects are destroyed.
-        if self._kwp is None:
-            raise self._unsupported("wrapped export: the token has no RFC 5649 AES key wrap mechanism")
+        # CKM_RSA_AES_KEY_WRAP inside the token: natively where listed, else in two steps that the
+        # Azure BYOK spec calls equivalent. The KEK public key enters as a session object.
+        if self.wrapped_export_mechanism is None:
+            raise self._unsupported("wrapped export: the token has neither CKM_RSA_AES_KEY_WRAP nor RFC 5649 wrap")
         pkcs1 = kek.public_bytes(Encoding.DER, PublicFormat.PKCS1)
         kek_tpl = {**decode_rsa_public_key(pkcs1), A.TOKEN: False, A.WRAP: True, A.LABEL: "keybridge-byok-kek"}
-        eph_tpl = {A.EXTRACTABLE: True, A.SENSITIVE: True, A.WRAP: True, A.TOKEN: False}
-        kwp = self._kwp
+        wrap = self._wrap_native if self._native_export else self._wrap_two_step
 
         def export(e: Entry) -> bytes:
             target = e.key(info)
             kek_obj = e.session.create_object(kek_tpl)
             try:
-                eph = e.session.generate_key(KT.AES, 256, store=False, template=eph_tpl)
-                try:
-                    w_target = eph.wrap_key(target, mechanism=kwp)
-                    w_eph = kek_obj.wrap_key(eph, mechanism=M.RSA_PKCS_OAEP, mechanism_param=mech.OAEP_SHA1)
-                finally:
-                    eph.destroy()
+                return wrap(e, kek_obj, target)
             finally:
                 kek_obj.destroy()
-            return bytes(w_eph) + bytes(w_target)
 
         return self._pool.run(export, "exporting (wrapped) key", info.ref)
+
+    @staticmethod
+    def _wrap_native(e: Entry, kek: Any, target: Any) -> bytes:
+        params = mech.RsaAesKeyWrapParams(256)  # referenced until wrap_key returns: raw points into it
+        return bytes(kek.wrap_key(target, mechanism=mech.RSA_AES_KEY_WRAP, mechanism_param=params.raw))
+
+    def _wrap_two_step(self, e: Entry, kek: Any, target: Any) -> bytes:
+        # A fresh AES-256 session key wraps the target with RFC 5649, the KEK wraps that key with
+        # RSA-OAEP SHA-1; the AES key is destroyed whatever happens.
+        eph_tpl = {A.EXTRACTABLE: True, A.SENSITIVE: True, A.WRAP: True, A.TOKEN: False}
+        eph = e.session.generate_key(KT.AES, 256, store=False, template=eph_tpl)
+        try:
+            w_target = eph.wrap_key(target, mechanism=self._kwp)
+            w_eph = kek.wrap_key(eph, mechanism=M.RSA_PKCS_OAEP, mechanism_param=mech.OAEP_SHA1)
+        finally:
+            eph.destroy()
+        return bytes(w_eph) + bytes(w_target)
 
     def _close(self) -> None:
         self._pool.close()
