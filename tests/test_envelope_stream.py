@@ -25,7 +25,7 @@ from keybridge.envelope import (
     rewrap,
     rewrap_file,
 )
-from keybridge.errors import IntegrityError, InvalidArgument, UnsupportedAlgorithm
+from keybridge.errors import IntegrityError, InvalidArgument, OperationNotPermitted, UnsupportedAlgorithm
 
 SIGNED = Suite.AES256_GCM_HKDF_SHA512_COMMIT_ECDSA_P384
 F = 64
@@ -114,6 +114,16 @@ def test_unsigned_frames_are_released_as_they_authenticate(key: RawAesSource) ->
     with open_decryptor(io.BytesIO(bytes(msg)), key) as r, pytest.raises(IntegrityError, match="frame 4"):
         drain(r, F, released)
     assert released == plaintext[: 3 * F]
+
+
+def test_allow_signed_false_refuses_signed_messages_before_any_key_is_used(key: RawAesSource) -> None:
+    signed = encrypt(os.urandom(3 * F), key, frame_length=F, suite=Suite.AES256_GCM_HKDF_SHA512_COMMIT_ECDSA_P384)
+    unsigned = encrypt(b"plain", key, frame_length=F)
+    calls_before = key.calls
+    with pytest.raises(OperationNotPermitted, match="allow_signed=False"):
+        open_decryptor(io.BytesIO(signed), key, allow_signed=False)
+    assert key.calls == calls_before  # refused on the header alone: no data key was unwrapped
+    assert open_decryptor(io.BytesIO(unsigned), key, allow_signed=False).read() == b"plain"
 
 
 def test_exception_inside_encryptor_block_leaves_an_invalid_message(key: RawAesSource) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from ..errors import IntegrityError, InvalidArgument
+from ..errors import IntegrityError, InvalidArgument, OperationNotPermitted
 from ._encrypt import resolve_keys
 from ._frames import FINAL_MARKER, FrameCodec
 from ._header import Header, MessageInfo, authenticate, parse_header
@@ -158,6 +158,7 @@ class DecryptingReader(io.RawIOBase):
         *,
         expected_context: Mapping[str, str] | None = None,
         max_encrypted_data_keys: int | None = None,
+        allow_signed: bool = True,
         _source: Source | None = None,
     ) -> None:
         super().__init__()
@@ -170,6 +171,13 @@ class DecryptingReader(io.RawIOBase):
             check_stream(src, readable=True, what="src")
             _source = StreamSource(src)
         header = read_header(_source, expected_context, max_encrypted_data_keys)
+        if header.suite.signed and not allow_signed:
+            # ESDK's "decrypt-unsigned" streaming mode: refuse before any key is used, so a caller
+            # that cannot hold the final frame back never sees plaintext of a signed message.
+            raise OperationNotPermitted(
+                f"the message is signed (suite 0x{header.suite:04X}) and this decryptor was opened with"
+                " allow_signed=False; decrypt it with decrypt() or decrypt_file(), which release nothing early"
+            )
         _, enc_key = unlock(header, keys)
         self.info = header.info()
         self._body = _Body(_source, header, enc_key)
@@ -255,16 +263,23 @@ def open_decryptor(
     *,
     expected_context: Mapping[str, str] | None = None,
     max_encrypted_data_keys: int | None = None,
+    allow_signed: bool = True,
 ) -> DecryptingReader:
     """A readable binary stream of the plaintext of the message read from ``src``.
 
     The header is read and authenticated at once (errors surface here). For the signed suite
     0x0578, regular frames are released as they authenticate and the final frame only after the
     signature verifies: treat output as provisional until the stream ends without error (or use
-    :func:`decrypt_file`, which only renames its output into place on success). ``src`` is not closed.
+    :func:`decrypt_file`, which only renames its output into place on success), or pass
+    ``allow_signed=False`` to refuse signed messages outright (the ESDK's "decrypt-unsigned" mode).
+    ``src`` is not closed.
     """
     return DecryptingReader(
-        src, keys, expected_context=expected_context, max_encrypted_data_keys=max_encrypted_data_keys
+        src,
+        keys,
+        expected_context=expected_context,
+        max_encrypted_data_keys=max_encrypted_data_keys,
+        allow_signed=allow_signed,
     )
 
 
