@@ -155,9 +155,18 @@ def test_forged_body_fails_gcm_and_forged_header_fails_the_passphrase_check(path
         InMemoryProvider.open(path, PASSPHRASE)
 
 
-def test_doctored_work_factor_is_refused_before_running_scrypt(path: Path, small: bytes) -> None:
+@pytest.mark.parametrize(
+    ("log2n", "r", "p"),
+    [(40, 8, 1), (20, 8, 16), (18, 32, 16), (23, 1, 16), (22, 2, 16)],
+    ids=["huge N", "16x memory and work", "max r and p", "OpenSSL memory limit", "work via p"],
+)
+def test_doctored_work_factor_is_refused_before_running_scrypt(
+    path: Path, small: bytes, log2n: int, r: int, p: int
+) -> None:
+    # The header's checksum is unkeyed, so a forger can recompute it: the bounds are what stop
+    # a small file from making the reader spend gigabytes or minutes in scrypt.
     doctored = bytearray(small[:-32])
-    doctored[5] = 40  # N = 2**40
+    doctored[5:8] = bytes([log2n, r, p])
     path.write_bytes(bytes(doctored) + hashlib.sha256(doctored).digest())
     with pytest.raises(InvalidArgument, match="scrypt parameters"):
         InMemoryProvider.open(path, PASSPHRASE)

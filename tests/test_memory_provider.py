@@ -253,7 +253,12 @@ def kek(kp: InMemoryProvider) -> rsa.RSAPublicKey:
     return info.public_key
 
 
-def _package(kek_pub: rsa.RSAPublicKey, plaintext: bytes, kid: str = "https://hsm.example/keys/kek") -> bytes:
+def _kid(kp: InMemoryProvider, name: str = "kek") -> str:
+    """The full key id (with version) a .byok package names its KEK by."""
+    return f"https://hsm.example/keys/{name}/{kp.get_key(name).ref.version}"
+
+
+def _package(kek_pub: rsa.RSAPublicKey, plaintext: bytes, kid: str) -> bytes:
     """A .byok package made with cryptography alone, the way the Azure spec describes it."""
     eph = os.urandom(32)
     blob = kek_pub.encrypt(eph, OAEP_SHA1) + aes_key_wrap_with_padding(eph, plaintext)
@@ -270,7 +275,7 @@ def _package(kek_pub: rsa.RSAPublicKey, plaintext: bytes, kid: str = "https://hs
 
 def test_import_byok_rsa_key_works_and_is_hsm_protected(kp: InMemoryProvider, kek: rsa.RSAPublicKey) -> None:
     target = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    info = kp.import_byok("imported", _package(kek, _pkcs8(target)), KeySpec.rsa(2048))
+    info = kp.import_byok("imported", _package(kek, _pkcs8(target), kid=_kid(kp)), KeySpec.rsa(2048))
     assert info.hsm_protected
     assert not info.exportable
     assert _verify_rs256(target.public_key(), kp.sign("imported", "RS256", DIGEST))
@@ -288,7 +293,7 @@ def test_import_byok_ec_and_aes(kp: InMemoryProvider, kek: rsa.RSAPublicKey) -> 
     target.public_key().verify(der, DIGEST, ec.ECDSA(Prehashed(hashes.SHA256())))
 
     secret = os.urandom(32)
-    kp.import_byok("aes", _package(kek, secret), KeySpec.aes(256))
+    kp.import_byok("aes", _package(kek, secret, kid=_kid(kp)), KeySpec.aes(256))
     ct = kp.encrypt("aes", "A256GCM", b"hi")
     assert AESGCM(secret).decrypt(ct[:12], ct[12:], None) == b"hi"
 
@@ -296,7 +301,7 @@ def test_import_byok_ec_and_aes(kp: InMemoryProvider, kek: rsa.RSAPublicKey) -> 
 @pytest.mark.parametrize("zeros", range(8))
 def test_import_byok_accepts_softhsm_zero_padding(kp: InMemoryProvider, kek: rsa.RSAPublicKey, zeros: int) -> None:
     target = ec.generate_private_key(ec.SECP256R1())
-    info = kp.import_byok("ec", _package(kek, _pkcs8(target) + bytes(zeros)), KeySpec.ec("P-256"))
+    info = kp.import_byok("ec", _package(kek, _pkcs8(target) + bytes(zeros), kid=_kid(kp)), KeySpec.ec("P-256"))
     assert info.public_key is not None
     assert info.public_key.public_numbers() == target.public_key().public_numbers()
 
@@ -305,7 +310,7 @@ def test_import_byok_accepts_softhsm_zero_padding(kp: InMemoryProvider, kek: rsa
 def test_import_byok_refuses_other_trailing_bytes(kp: InMemoryProvider, kek: rsa.RSAPublicKey, tail: bytes) -> None:
     target = ec.generate_private_key(ec.SECP256R1())
     with pytest.raises(InvalidPackage, match=r"unexpected bytes|usable PKCS#8"):
-        kp.import_byok("ec", _package(kek, _pkcs8(target) + tail), KeySpec.ec("P-256"))
+        kp.import_byok("ec", _package(kek, _pkcs8(target) + tail, kid=_kid(kp)), KeySpec.ec("P-256"))
     with pytest.raises(KeyNotFound):
         kp.get_key("ec")
 
@@ -330,7 +335,7 @@ def test_import_byok_refuses_a_package_of_another_type(
     else:
         plaintext = os.urandom(made.size // 8)
     with pytest.raises(InvalidPackage) as exc:
-        kp.import_byok("x", _package(kek, plaintext), asked)
+        kp.import_byok("x", _package(kek, plaintext, kid=_kid(kp)), asked)
     assert holds in str(exc.value)
     assert str(asked) in str(exc.value)
 
@@ -338,7 +343,7 @@ def test_import_byok_refuses_a_package_of_another_type(
 def test_import_byok_refuses_a_kek_that_is_not_import_only(kp: InMemoryProvider) -> None:
     general = kp.create_key("rsa", KeySpec.rsa(2048))
     assert isinstance(general.public_key, rsa.RSAPublicKey)
-    pkg = _package(general.public_key, os.urandom(32), kid="https://h/keys/rsa")
+    pkg = _package(general.public_key, os.urandom(32), kid=_kid(kp, "rsa"))
     with pytest.raises(OperationNotPermitted, match="not a key-exchange key"):
         kp.import_byok("x", pkg, KeySpec.aes(256))
 
@@ -346,16 +351,17 @@ def test_import_byok_refuses_a_kek_that_is_not_import_only(kp: InMemoryProvider)
 def test_import_byok_refuses_a_disabled_or_unknown_kek(kp: InMemoryProvider, kek: rsa.RSAPublicKey) -> None:
     kp.set_enabled("kek", False)
     with pytest.raises(KeyDisabled):
-        kp.import_byok("x", _package(kek, os.urandom(32)), KeySpec.aes(256))
+        kp.import_byok("x", _package(kek, os.urandom(32), kid=_kid(kp)), KeySpec.aes(256))
     with pytest.raises(KeyNotFound):
-        kp.import_byok("x", _package(kek, os.urandom(32), kid="https://h/keys/other"), KeySpec.aes(256))
-    with pytest.raises(InvalidPackage, match="/keys/NAME"):
-        kp.import_byok("x", _package(kek, os.urandom(32), kid="https://h/keys/a/b/c"), KeySpec.aes(256))
+        kp.import_byok("x", _package(kek, os.urandom(32), kid="https://h/keys/other/0123abcd"), KeySpec.aes(256))
+    for bad_kid in ("https://h/keys/a/b/c", "https://h/keys/kek", "https://h/keys/kek/v?x=1"):
+        with pytest.raises(InvalidPackage, match="/keys/NAME/VERSION"):
+            kp.import_byok("x", _package(kek, os.urandom(32), kid=bad_kid), KeySpec.aes(256))
 
 
 @pytest.mark.parametrize("where", [0, 255, 256, -1])
 def test_import_byok_refuses_tampered_ciphertext(kp: InMemoryProvider, kek: rsa.RSAPublicKey, where: int) -> None:
-    doc = json.loads(_package(kek, os.urandom(32)))
+    doc = json.loads(_package(kek, os.urandom(32), kid=_kid(kp)))
     import base64
 
     blob = bytearray(base64.urlsafe_b64decode(doc["ciphertext"] + "=="))
@@ -370,4 +376,4 @@ def test_import_byok_refuses_tampered_ciphertext(kp: InMemoryProvider, kek: rsa.
 def test_import_byok_refuses_a_package_for_another_kek(kp: InMemoryProvider, kek: rsa.RSAPublicKey) -> None:
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
     with pytest.raises(IntegrityError):
-        kp.import_byok("x", _package(stranger, os.urandom(32)), KeySpec.aes(256))
+        kp.import_byok("x", _package(stranger, os.urandom(32), kid=_kid(kp)), KeySpec.aes(256))

@@ -13,7 +13,8 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
+from urllib.parse import urlsplit
 
 from cryptography.exceptions import UnsupportedAlgorithm as _CryptoUnsupported
 from cryptography.hazmat.primitives import serialization
@@ -22,7 +23,7 @@ from ._files import atomic_write
 from .errors import InvalidKeySpec, InvalidPackage
 from .keys import KeySpec, KeyType, PrivateKey
 
-__all__ = ["ByokPackage", "b64url_decode", "b64url_encode", "load_unwrapped", "strip_der_padding"]
+__all__ = ["ByokPackage", "b64url_decode", "b64url_encode", "is_full_key_id", "load_unwrapped", "strip_der_padding"]
 
 SCHEMA_VERSION = "1.0.0"
 ALG = "dir"
@@ -32,6 +33,23 @@ MAX_PACKAGE = 64 * 1024
 _AES_LENGTHS = frozenset({16, 24, 32})
 # RFC 5649 pads to 8 bytes, so a buggy wrapper (SoftHSM 2.6.1) can add at most 7 zero bytes.
 _MAX_ZERO_PAD = 7  # an RSA-4096 target under a 4096-bit KEK is ~3 KiB of JSON
+
+
+def is_full_key_id(kid: object) -> TypeGuard[str]:
+    """True for ``https://HOST/keys/NAME/VERSION`` with nothing after it: the only KEK reference
+    Azure can resolve (a versionless id would silently follow a KEK rotation)."""
+    if not isinstance(kid, str):
+        return False
+    parts = urlsplit(kid)
+    segments = parts.path.strip("/").split("/")
+    return (
+        parts.scheme == "https"
+        and bool(parts.hostname)
+        and not (parts.query or parts.fragment or parts.path.endswith("/"))
+        and len(segments) == 3
+        and segments[0] == "keys"
+        and all(segments)
+    )
 
 
 def b64url_encode(data: bytes) -> str:
@@ -98,8 +116,10 @@ class ByokPackage:
         if header.get("enc") != ENC:
             raise InvalidPackage(f"header enc {header.get('enc')!r} is not supported; Azure BYOK uses {ENC!r}")
         kid = header.get("kid")
-        if not isinstance(kid, str) or not kid.startswith("https://") or "/keys/" not in kid:
-            raise InvalidPackage(f"header kid {kid!r} is not a key identifier (https://…/keys/NAME/VERSION)")
+        if not is_full_key_id(kid):
+            raise InvalidPackage(
+                f"header kid {kid!r} is not a full key identifier with version (https://HOST/keys/NAME/VERSION)"
+            )
         ciphertext = b64url_decode(doc.get("ciphertext"), "ciphertext")  # type: ignore[arg-type]
         # 256 bytes is the smallest KEK modulus (RSA-2048); 24 the smallest RFC 5649 output.
         if len(ciphertext) < 256 + 16:

@@ -8,14 +8,12 @@ specification, KEK checks, and tolerant decoding of what real HSMs emit.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from cryptography.exceptions import UnsupportedAlgorithm as _CryptoUnsupported
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .. import __version__
-from .._byok import ByokPackage, load_unwrapped, strip_der_padding
+from .._byok import ByokPackage, is_full_key_id, load_unwrapped, strip_der_padding
 from .._crypto import rsa_aes_key_unwrap, rsa_aes_key_wrap
 from ..errors import InvalidArgument, InvalidKeySpec, InvalidPackage
 from ..keys import RSA_SIZES, KeySpec, KeyType, PrivateKey
@@ -64,9 +62,7 @@ def load_kek_public_key(kek: rsa.RSAPublicKey | bytes | str) -> rsa.RSAPublicKey
 
 def check_kek_id(kek_id: str) -> str:
     """Refuse a KEK id that Azure could not resolve: it must be the full key id with version."""
-    parts = urlsplit(kek_id) if isinstance(kek_id, str) else None
-    segments = parts.path.strip("/").split("/") if parts else []
-    if parts is None or parts.scheme != "https" or len(segments) != 3 or segments[0] != "keys" or not all(segments):
+    if not is_full_key_id(kek_id):
         raise InvalidArgument(
             f"KEK id {kek_id!r} is not a full key id; expected https://NAME.managedhsm.azure.net/keys/KEK/VERSION"
             " (`az keyvault key show ... --query key.kid`)"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
-from .._byok import ByokPackage
+from .._byok import ByokPackage, is_full_key_id
 from ..errors import InvalidPackage, KeybridgeError
 from ..keys import AES_SIZES, CURVES, RSA_SIZES, KeyInfo, KeySpec, KeyType
 from ._errors import ApiError, bad
@@ -38,11 +38,11 @@ def _candidates(kind: KeyType, crv: object) -> list[KeySpec]:
 def _kek_kid(vault: Vault, kid: str) -> str:
     """The provider-side kid of the KEK the package names, after the service's own checks."""
     parts = [unquote(p) for p in urlsplit(kid).path.strip("/").split("/")]
-    if len(parts) not in (2, 3) or parts[0] != "keys":
+    if not is_full_key_id(kid) or len(parts) != 3:
         raise bad(f"the package's kid {kid!r} is not a key id of this vault (https://HOST/keys/NAME/VERSION)")
     try:
         entry = vault.active(parts[1])
-        ver = vault.version(entry, parts[2] if len(parts) == 3 else None)
+        ver = vault.version(entry, parts[2])
     except ApiError:
         raise bad(f"the package's key-exchange key {kid!r} is not a key in this vault") from None
     if ver.kty != "RSA-HSM" or ver.ops != ["import"]:

@@ -59,7 +59,8 @@ _DIGEST = 32
 MIN_SIZE = _HEADER.size + _CHECK + _NONCE + _TAG + _DIGEST
 DEFAULT_LOG2N, DEFAULT_R, DEFAULT_P = 15, 8, 1
 # Bounds on the work factor read from a file, so a doctored header cannot demand gigabytes.
-_MAX_SCRYPT_MEMORY = 1 << 30
+_MAX_SCRYPT_MEMORY = 256 << 20
+_MAX_WORK = 16 * (1 << DEFAULT_LOG2N) * DEFAULT_R * DEFAULT_P
 
 Material = PrivateKey | bytes
 RefFactory = Callable[[str, str], KeyRef]
@@ -77,10 +78,16 @@ class StoredKey:
 
 
 def _check_params(log2n: int, r: int, p: int) -> None:
-    if not (10 <= log2n <= 24 and 1 <= r <= 32 and 1 <= p <= 16) or 128 * r * (1 << log2n) > _MAX_SCRYPT_MEMORY:
+    # The parameters come from the file, so bound both what scrypt allocates (OpenSSL's own
+    # accounting, 128·r·(N+p+2)) and the work it does (N·r·p), at 16x the defaults: a doctored
+    # keystore must not make opening it cost gigabytes or minutes.
+    n = 1 << log2n
+    memory = 128 * r * (n + p + 2)
+    work = n * r * p
+    if not (10 <= log2n <= 24 and 1 <= r <= 32 and 1 <= p <= 16) or memory > _MAX_SCRYPT_MEMORY or work > _MAX_WORK:
         raise InvalidArgument(
-            f"scrypt parameters N=2**{log2n}, r={r}, p={p} are out of range (N 2**10..2**24, r 1..32, p 1..16,"
-            " at most 1 GiB of memory)"
+            f"scrypt parameters N=2**{log2n}, r={r}, p={p} are out of range (at most"
+            f" {_MAX_SCRYPT_MEMORY >> 20} MiB of memory and 16x the default work); the keystore header is damaged"
         )
 
 
@@ -106,7 +113,10 @@ class Sealer:
             raise InvalidArgument("the keystore passphrase is empty; give a non-empty passphrase")
         salt = os.urandom(16) if salt is None else salt
         self.header = _HEADER.pack(MAGIC, FORMAT, log2n, r, p, salt)
-        derived = Scrypt(salt=salt, length=64, n=1 << log2n, r=r, p=p).derive(pw)
+        try:
+            derived = Scrypt(salt=salt, length=64, n=1 << log2n, r=r, p=p).derive(pw)
+        except MemoryError as exc:  # OpenSSL's own limit, should _check_params ever admit more
+            raise InvalidArgument(f"scrypt parameters N=2**{log2n}, r={r}, p={p} need too much memory") from exc
         self._enc_key, self._check_key = derived[:32], derived[32:]
 
     def __repr__(self) -> str:
