@@ -19,7 +19,7 @@ from keybridge import InMemoryProvider
 from keybridge.envelope import PUBLIC_KEY_CONTEXT_KEY, AnyOf, Keyring, Suite, decrypt, encrypt, open_encryptor
 from keybridge.errors import InvalidMessage
 
-F = 128  # the ESDK wants frame lengths in multiples of 16
+F = 128  # ESDK 4.x encrypts only with frame lengths in multiples of 128 (block size in bits taken as bytes)
 SIZES = {"empty": 0, "one-byte": 1, "one-frame": F, "frame+1": F + 1, "multi-frame": 3 * F + 5}
 SUITES = {
     Suite.AES256_GCM_HKDF_SHA512_COMMIT: Algorithm.AES_256_GCM_HKDF_SHA512_COMMIT_KEY,
