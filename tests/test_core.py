@@ -351,6 +351,8 @@ def test_audit_never_records_a_pin_from_an_unparsed_reference() -> None:
     assert all("CANARY1234" not in str(e) for e in events)
     assert redact_uri("https://user:CANARY1234@v.vault.azure.net/keys/k") == "https://***@v.vault.azure.net/keys/k"
     assert redact_uri("pkcs11:token=T;pin-value%3DCANARY1234;object=k") == "pkcs11:token=T;***;object=k"
+    assert redact_uri("pkcs11:token=T;%70in-value=CANARY1234") == "pkcs11:token=T;***"  # percent-encoded name
+    assert redact_uri("pkcs11:token=T;%50IN=CANARY1234;object=k") == "pkcs11:token=T;***;object=k"
 
 
 @pytest.mark.parametrize(

@@ -144,6 +144,10 @@ def test_byok_refusals(client: KeyClient, kek: KeyVaultKey) -> None:
     signer = client.create_rsa_key(_name(), size=2048, hardware_protected=True)
     err = _refused(client, "RSA-HSM", _package(signer, _pkcs8(target)))
     assert "import" in str(err.message)
+    # an import-only KEK that is a software key (kty RSA, not RSA-HSM)
+    soft = client.create_rsa_key(_name(), size=2048, hardware_protected=False, key_operations=["import"])
+    err = _refused(client, "RSA-HSM", _package(soft, _pkcs8(target)))
+    assert "RSA-HSM" in str(err.message)
     # after all that, the good package still imports
     assert int.from_bytes(_import(client, "RSA-HSM", good).key.n, "big") == target.public_key().public_numbers().n
 

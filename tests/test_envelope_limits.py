@@ -171,3 +171,16 @@ def test_staging_buffers_grow_across_frames_without_losing_pending_bytes(key: Ra
         for i in range(0, len(data), 1000):
             w.write(data[i : i + 1000])
     assert decrypt(sink.getvalue(), key).plaintext == data
+
+
+@pytest.mark.parametrize("announced", [4096 + 1, 2**32 - 1])
+def test_a_final_frame_longer_than_the_frame_length_is_refused(key: RawAesSource, announced: int) -> None:
+    # The final frame may be shorter than the frame length, never longer: refused on its header,
+    # before any buffer is sized for what it announces.
+    seq_iv = (1).to_bytes(4, "big") + (1).to_bytes(12, "big")
+    head = b"\xff\xff\xff\xff" + seq_iv + announced.to_bytes(4, "big")
+    msg = forged_header(key, 4096) + head + b"x" * 100
+    for run in both_apis(msg, key):
+        with pytest.raises(IntegrityError, match="longer than the frame length"):
+            run()
+        assert peak_bytes(run) < 4 << 20

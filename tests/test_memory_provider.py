@@ -146,7 +146,7 @@ def test_enable_and_disable_apply_per_version(kp: InMemoryProvider) -> None:
     kp.set_enabled("k", False)  # a bare name means the current version
     with pytest.raises(KeyDisabled):
         kp.decrypt("k", "A256GCM", ct)
-    assert kp.encrypt(v1.ref, "A256GCM", b"x")
+    assert kp.decrypt(v1.ref, "A256GCM", kp.encrypt(v1.ref, "A256GCM", b"x")) == b"x"  # v1 enabled again
 
 
 def test_expiry_and_not_before_are_enforced(kp: InMemoryProvider) -> None:

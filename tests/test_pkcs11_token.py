@@ -238,3 +238,21 @@ def test_large_rsa_keys(provider: Pkcs11Provider, bits: int) -> None:
         assert provider.unwrap_key(info.ref, "RSA-OAEP", provider.wrap_key(info.ref, "RSA-OAEP", dek)) == dek
     finally:
         provider.delete_key(info.ref.name)
+
+
+@pytest.mark.parametrize("kind", ["aes", "rsa", "ec"])
+def test_imported_keys_are_sensitive_and_not_extractable(provider: Pkcs11Provider, kind: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from pkcs11 import Attribute as A
+
+    material = {
+        "aes": lambda: bytes(range(32)),
+        "rsa": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        "ec": lambda: ec.generate_private_key(ec.SECP256R1()),
+    }[kind]()
+    info = provider.import_key(f"imp-sens-{kind}", material)  # type: ignore[arg-type]
+    read = lambda e: e.key(info).get_attributes([A.SENSITIVE, A.EXTRACTABLE])  # noqa: E731
+    attrs = provider._pool.run(read, "reading attributes")
+    assert attrs[A.SENSITIVE] is True
+    assert attrs[A.EXTRACTABLE] is False
+    provider.delete_key(f"imp-sens-{kind}")

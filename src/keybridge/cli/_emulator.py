@@ -58,6 +58,10 @@ def emulator(port: int, state_dir: str | None, faults: str | None) -> None:
         hsm = ManagedHsmEmulator(port=port, faults=spec, state_dir=state_dir, require_token=False).start()
     except KeybridgeError as exc:
         raise click.ClickException(str(exc)) from None
+    stop = threading.Event()
+    # SIGTERM (kill, a service manager, CI teardown) shuts down as cleanly as Ctrl-C does; the
+    # handler is in place before the emulator announces itself, so no signal can beat it.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         click.echo(f"Vault URL: {hsm.vault_url}")
         click.echo(f"CA file:   {hsm.ca_file}")
@@ -68,9 +72,6 @@ def emulator(port: int, state_dir: str | None, faults: str | None) -> None:
         click.echo("")
         env = {"ca_env": AZURE_CA_ENV, "token_env": AZURE_TOKEN_ENV, "challenge_env": AZURE_CHALLENGE_ENV}
         click.echo(_HOWTO.format(url=hsm.vault_url, ca=hsm.ca_file, **env))
-        stop = threading.Event()
-        # SIGTERM (kill, a service manager, CI teardown) shuts down as cleanly as Ctrl-C does.
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         stop.wait()
     except KeyboardInterrupt:
         pass
