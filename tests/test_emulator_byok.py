@@ -215,3 +215,15 @@ def test_kek_outside_its_validity_window_refuses_import(client: KeyClient) -> No
     err = _refused(client, "oct-HSM", _package(kek, os.urandom(32)))
     assert "window" in str(err.message)
     assert kek.name in str(err.message)
+
+
+def test_key_ops_cannot_be_patched_across_the_import_boundary(client: KeyClient) -> None:
+    kek = client.create_rsa_key(_name(), size=2048, hardware_protected=True, key_operations=["import"])
+    plain = client.create_rsa_key(_name(), size=2048, hardware_protected=True)
+    for key, ops in ((kek, ["sign"]), (plain, ["import"])):
+        with pytest.raises(HttpResponseError) as info:
+            client.update_key_properties(key.name, key_operations=ops)
+        assert info.value.status_code == 400
+        assert key.name in str(info.value.message)
+        assert "memory:" not in str(info.value.message)  # names the vault's key, not the store's
+    assert client.get_key(kek.name).key_operations == ["import"]

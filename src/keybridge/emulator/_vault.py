@@ -177,7 +177,12 @@ class Vault:
         if not isinstance(attributes, dict):
             raise bad("attributes must be an object")
         if "key_ops" in body and body["key_ops"] is not None:
-            ver.ops = self.check_ops(self.info(entry, ver).spec.kty, body["key_ops"])
+            ops = self.check_ops(self.info(entry, ver).spec.kty, body["key_ops"])
+            if (ops == ["import"]) != (ver.ops == ["import"]):
+                # The store fixes at creation whether a key is a key-exchange key; a PATCH cannot
+                # turn one into the other (the real service's answer here is unverified).
+                raise bad(f"key {name}: key_ops cannot change to or from ['import'] after creation")
+            ver.ops = ops
         self._apply_attributes(ver, attributes)
         if "tags" in body and body["tags"] is not None:
             ver.tags = check_tags(body["tags"])
