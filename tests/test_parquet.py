@@ -1,0 +1,100 @@
+"""keybridge.parquet against pyarrow's own KmsClient holding the same raw master keys."""
+
+from __future__ import annotations
+
+import base64
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+pe = pytest.importorskip("pyarrow.parquet.encryption")
+
+from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap  # noqa: E402
+
+from keybridge.errors import KeyNotFound  # noqa: E402
+from keybridge.keys import KeyOp  # noqa: E402
+from keybridge.parquet import ParquetKeys, crypto_factory  # noqa: E402
+from keybridge.providers.memory import InMemoryProvider  # noqa: E402
+
+RAW = {"footer": os.urandom(32), "col": os.urandom(32)}
+PASSPHRASE = "parquet-test-passphrase"
+
+
+def _spec(store: Path, *names: str) -> ParquetKeys:
+    """A spec over real ``memory:`` URIs backed by the keystore file, as the CLI opens them."""
+    opts = {"keystore": str(store), "passphrase": PASSPHRASE}
+    return ParquetKeys({n: f"memory:{n}" for n in names}, options={f"memory:{n}": opts for n in names})
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pq") / "keys.kbks"
+    provider = InMemoryProvider.open(path, PASSPHRASE, create=True)
+    for name, raw in RAW.items():
+        provider.import_key(name, raw, ops=[KeyOp.WRAP_KEY, KeyOp.UNWRAP_KEY])
+    provider.close()
+    return path
+
+
+class PlainKms(pe.KmsClient):  # type: ignore[misc]
+    """Reference client written from pyarrow's docs, independent of keybridge."""
+
+    def __init__(self, _config: Any) -> None:
+        pe.KmsClient.__init__(self)
+
+    def wrap_key(self, key_bytes: bytes, mk: str) -> str:
+        return base64.b64encode(aes_key_wrap(RAW[mk], key_bytes)).decode()
+
+    def unwrap_key(self, wrapped: str, mk: str) -> bytes:
+        return aes_key_unwrap(RAW[mk], base64.b64decode(wrapped))
+
+
+TABLE = pa.table({"a": [1, 2, 3], "b": ["x", "y", "z"]})
+CONN = pe.KmsConnectionConfig()
+ENC = pe.EncryptionConfiguration(footer_key="footer", column_keys={"col": ["a"]})
+
+
+def _write(cf: Any, path: Path) -> None:
+    pq.write_table(TABLE, path, encryption_properties=cf.file_encryption_properties(CONN, ENC))
+
+
+def _read(cf: Any, path: Path, **kw: Any) -> Any:
+    return pq.read_table(path, decryption_properties=cf.file_decryption_properties(CONN), **kw)
+
+
+def test_keybridge_file_decrypts_with_plain_pyarrow(tmp_path: Path, store: Path) -> None:
+    path = tmp_path / "kb.parquet"
+    _write(crypto_factory(_spec(store, "footer", "col")), path)
+    assert path.read_bytes()[:4] == b"PARE"
+    with pytest.raises(OSError):
+        pq.read_table(path)
+    assert _read(pe.CryptoFactory(PlainKms), path).equals(TABLE)
+
+
+def test_plain_pyarrow_file_decrypts_with_keybridge(tmp_path: Path, store: Path) -> None:
+    path = tmp_path / "plain.parquet"
+    _write(pe.CryptoFactory(PlainKms), path)
+    assert _read(crypto_factory(_spec(store, "footer", "col")), path).equals(TABLE)
+
+
+def test_reader_missing_column_key_sees_only_plain_columns(tmp_path: Path, store: Path) -> None:
+    path = tmp_path / "kb.parquet"
+    _write(crypto_factory(_spec(store, "footer", "col")), path)
+    partial = _spec(store, "footer")
+    assert _read(crypto_factory(partial), path, columns=["b"]).column("b").to_pylist() == ["x", "y", "z"]
+    with pytest.raises(KeyNotFound, match="'col'"):
+        _read(crypto_factory(partial), path)
+
+
+def test_spec_pickles_after_use_without_secrets_in_repr(store: Path) -> None:
+    spec = _spec(store, "footer")
+    spec.handle("footer")  # an open handle and a lock must not stop it travelling to a worker
+    copy = pickle.loads(pickle.dumps(spec))
+    assert copy == spec
+    assert copy.handle("footer").wrap_key("A256KW", bytes(16)) == aes_key_wrap(RAW["footer"], bytes(16))
+    assert PASSPHRASE not in repr(spec)
