@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,13 @@ def test_spec_pickles_after_use_without_secrets_in_repr(store: Path) -> None:
     assert copy == spec
     assert copy.handle("footer").wrap_key("A256KW", bytes(16)) == aes_key_wrap(RAW["footer"], bytes(16))
     assert PASSPHRASE not in repr(spec)
+
+
+def test_docs_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "parquet.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    assert blocks, "docs/parquet.md lost its example"
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "docs/parquet.md", "exec"), {"__name__": "parquet_doc"})
+    assert (tmp_path / "people.parquet").read_bytes()[:4] == b"PARE"
