@@ -17,6 +17,7 @@ pe = pytest.importorskip("pyarrow.parquet.encryption")
 
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap  # noqa: E402
 
+from keybridge import audit  # noqa: E402
 from keybridge.errors import KeyNotFound  # noqa: E402
 from keybridge.keys import KeyOp  # noqa: E402
 from keybridge.parquet import ParquetKeys, crypto_factory  # noqa: E402
@@ -109,3 +110,24 @@ def test_docs_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     for block in blocks:
         exec(compile(block, "docs/parquet.md", "exec"), {"__name__": "parquet_doc"})
     assert (tmp_path / "people.parquet").read_bytes()[:4] == b"PARE"
+
+
+def test_one_kms_call_per_master_key_across_files(tmp_path: Path, store: Path) -> None:
+    events: list[audit.AuditEvent] = []
+    audit.add_sink(events.append)
+    try:
+        writer, reader = crypto_factory(_spec(store, "footer", "col")), crypto_factory(_spec(store, "footer", "col"))
+        paths = [tmp_path / f"part-{i}.parquet" for i in range(3)]
+        for path in paths:
+            _write(writer, path)
+        for path in paths:
+            assert _read(reader, path).equals(TABLE)
+    finally:
+        audit.remove_sink(events.append)
+
+    def calls(op: str) -> list[str]:
+        return sorted(str(e.key).split("/")[0] for e in events if e.operation == op and e.outcome == "ok")
+
+    # Double wrapping caches one KEK per master key in each factory: three files, one call per key.
+    assert calls("wrap_key") == ["memory:col", "memory:footer"]
+    assert calls("unwrap_key") == ["memory:col", "memory:footer"]
