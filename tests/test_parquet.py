@@ -6,6 +6,8 @@ import base64
 import os
 import pickle
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ pe = pytest.importorskip("pyarrow.parquet.encryption")
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap  # noqa: E402
 
 from keybridge import audit  # noqa: E402
-from keybridge.errors import KeyNotFound  # noqa: E402
+from keybridge.errors import KeyNotFound, MissingDependency  # noqa: E402
 from keybridge.keys import KeyOp  # noqa: E402
 from keybridge.parquet import ParquetKeys, crypto_factory  # noqa: E402
 from keybridge.providers.memory import InMemoryProvider  # noqa: E402
@@ -131,3 +133,14 @@ def test_one_kms_call_per_master_key_across_files(tmp_path: Path, store: Path) -
     # Double wrapping caches one KEK per master key in each factory: three files, one call per key.
     assert calls("wrap_key") == ["memory:col", "memory:footer"]
     assert calls("unwrap_key") == ["memory:col", "memory:footer"]
+
+
+def test_without_pyarrow_a_typed_error_names_the_extra(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet.encryption", None)  # makes the import fail
+    with pytest.raises(MissingDependency, match=r"keybridge\[parquet\]"):
+        crypto_factory(_spec(store, "footer"))
+
+
+def test_importing_keybridge_parquet_does_not_import_pyarrow() -> None:
+    code = "import sys, keybridge.parquet; assert 'pyarrow' not in sys.modules, 'pyarrow imported eagerly'"
+    subprocess.run([sys.executable, "-c", code], check=True)
