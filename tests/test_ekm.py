@@ -170,3 +170,53 @@ def test_malformed_json_and_oversized_body(proxy, pki: Path) -> None:  # type: i
         assert resp.status == expect
         assert json.loads(resp.read())["code"] == "BadRequest"
         conn.close()
+
+
+def test_slow_hsm_answers_request_timeout(softhsm_token, pki: Path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    release = threading.Event()
+
+    class Stalled:
+        """Holds get_key until released: an HSM that is slower than the deadline."""
+
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+
+        def get_key(self, ref: str) -> object:
+            release.wait(10)
+            return self.inner.get_key(ref)  # type: ignore[attr-defined]
+
+    with open_provider(softhsm_token.uri(pin=False), user_pin=softhsm_token.user_pin) as hsm:
+        server = EkmServer(
+            Stalled(hsm),  # type: ignore[arg-type]
+            [ExportedKey("k", "whatever")],
+            cert_file=str(pki / "server.crt"),
+            key_file=str(pki / "server.key"),
+            client_ca_file=str(pki / "ca.crt"),
+            clients=[ClientRule("contoso.managedhsmclient.azure.net")],
+            deadline=0.05,
+        )
+        try:
+            with pytest.raises(EkmError) as err:
+                _client(server, pki).metadata("k")
+            assert (err.value.status, err.value.code) == (408, "RequestTimeout")
+        finally:
+            release.set()
+            server.close()
+
+
+def test_client_cert_from_another_root_fails_the_handshake(proxy, pki: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import ssl
+
+    server, _ = proxy
+    other = _cert(tmp_path / "other-ca", "other root", None)
+    _cert(tmp_path / "imposter", "contoso.managedhsmclient.azure.net", other)
+    c = Client(
+        server.url,
+        ca_file=str(pki / "ca.crt"),
+        cert_file=str(tmp_path / "imposter.crt"),
+        key_file=str(tmp_path / "imposter.key"),
+    )
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        c.info()
