@@ -1,0 +1,197 @@
+"""The EKM proxy server: Managed HSM's external key API over TLS 1.3 mutual TLS.
+
+Only keys listed in ``keys`` are reachable, each with its own allowed operations; a client whose
+certificate CN is not allow-listed gets 401 before its body is read or any key is touched.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import re
+import ssl
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from ..errors import InvalidArgument, KeybridgeError, KeyNotFound, OperationNotPermitted, UnsupportedAlgorithm
+from ..provider import KeyProvider
+from ._wire import API_VERSION, PROVIDER_ALG, b64u, unb64u
+
+__all__ = ["ClientRule", "EkmServer", "ExportedKey"]
+
+logger = logging.getLogger("keybridge.ekm")
+_PATH = re.compile(
+    r"^(?P<prefix>(/[A-Za-z0-9-]+)*)/(?:(?P<key>[A-Za-z0-9-]{1,64})/(?P<op>metadata|wrapkey|unwrapkey)|info)$"
+)
+_OPS = {"wrapkey": "wrapKey", "unwrapkey": "unwrapKey"}
+
+
+@dataclass(frozen=True)
+class ExportedKey:
+    """One external key id served from provider key ``ref`` for the listed EKM operations."""
+
+    key_id: str
+    ref: str
+    ops: frozenset[str] = frozenset({"wrapKey", "unwrapKey"})
+
+
+@dataclass(frozen=True)
+class ClientRule:
+    """An allowed client: its certificate subject CN (the root CA is the server's ``client_ca_file``)."""
+
+    common_name: str
+
+
+class _Fail(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class EkmServer:
+    """Serves ``keys`` from ``provider`` on 127.0.0.1:``port`` (0 picks one) until :meth:`close`."""
+
+    def __init__(
+        self,
+        provider: KeyProvider,
+        keys: list[ExportedKey],
+        *,
+        cert_file: str,
+        key_file: str,
+        client_ca_file: str,
+        clients: list[ClientRule],
+        prefix: str = "",
+        port: int = 0,
+        deadline: float = 0.25,
+        max_body: int = 16384,
+    ) -> None:
+        self.provider, self.prefix, self.deadline, self.max_body = provider, prefix.rstrip("/"), deadline, max_body
+        self.keys = {k.key_id: k for k in keys}
+        self.allowed = {c.common_name for c in clients}
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(cert_file, key_file)
+        ctx.load_verify_locations(client_ca_file)
+        ctx.verify_mode = ssl.CERT_OPTIONAL  # a missing certificate gets the spec's 401, not a TLS alert
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
+        self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """The base URL clients call, prefix included."""
+        return f"https://127.0.0.1:{self._httpd.server_address[1]}{self.prefix}"
+
+    def close(self) -> None:
+        """Stop serving and wait for the server thread."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._pool.shutdown(wait=False)
+
+    def handle(self, cn: str | None, path: str, body: bytes) -> dict[str, Any]:
+        """Answer one request; raises :class:`_Fail` with the spec's status and code."""
+        if cn not in self.allowed:
+            raise _Fail(401, "Unauthorized", "client certificate missing or its subject CN is not allow-listed")
+        route, _, query = path.partition("?")
+        if f"api-version={API_VERSION}" not in query.split("&"):
+            raise _Fail(400, "BadRequest", f"api-version must be {API_VERSION}")
+        m = _PATH.match(route)
+        if m is None or m["prefix"] != self.prefix:
+            raise _Fail(
+                404, "KeyNotFound", "no such route; use [prefix]/info or [prefix]/{key}/{metadata|wrapkey|unwrapkey}"
+            )
+        try:
+            req = json.loads(body)
+        except ValueError:
+            raise _Fail(400, "BadRequest", "request body is not JSON") from None
+        if not isinstance(req, dict) or not isinstance(req.get("request_context"), dict):
+            raise _Fail(400, "BadRequest", "request body must be a JSON object with a request_context")
+        logger.info(
+            "ekm %s cn=%s request_context=%s", route, cn, {k: str(v) for k, v in req["request_context"].items()}
+        )
+        if m["key"] is None:
+            return {
+                "api_version": API_VERSION,
+                "proxy_vendor": "keybridge",
+                "proxy_name": "keybridge-ekm",
+                "ekm_vendor": "keybridge",
+                "ekm_product": type(self.provider).__name__,
+            }
+        key = self.keys.get(m["key"])
+        if key is None:
+            raise _Fail(404, "KeyNotFound", f"external key {m['key']!r} is not exported by this proxy")
+        future = self._pool.submit(self._operate, key, m["op"], req)
+        try:
+            return future.result(timeout=self.deadline)
+        except concurrent.futures.TimeoutError:
+            raise _Fail(408, "RequestTimeout", f"the HSM did not answer within {self.deadline * 1000:.0f} ms") from None
+
+    def _operate(self, key: ExportedKey, op: str, req: dict[str, Any]) -> dict[str, Any]:
+        info = self.provider.get_key(key.ref)
+        if not info.enabled:
+            raise _Fail(403, "KeyDisabled", "the key is disabled in the HSM")
+        if op == "metadata":
+            out: dict[str, Any] = {
+                "key_type": str(info.spec.kty),
+                "key_size": info.spec.size,
+                "key_ops": sorted(key.ops),
+            }
+            if isinstance(info.public_key, rsa.RSAPublicKey):
+                nums = info.public_key.public_numbers()
+                out["n"] = b64u(nums.n.to_bytes((nums.n.bit_length() + 7) // 8, "big"))
+                out["e"] = b64u(nums.e.to_bytes((nums.e.bit_length() + 7) // 8, "big"))
+            return out
+        if _OPS[op] not in key.ops:
+            raise _Fail(403, "Forbidden", f"operation {_OPS[op]} is not allowed on this key")
+        alg = PROVIDER_ALG.get(str(req.get("alg")))
+        if alg is None:
+            raise _Fail(400, "BadRequest", f"alg must be one of {', '.join(PROVIDER_ALG)}")
+        try:
+            value = unb64u(req.get("value"), "value")
+            fn = self.provider.wrap_key if op == "wrapkey" else self.provider.unwrap_key
+            return {"value": b64u(fn(key.ref, alg, value))}
+        except (InvalidArgument, UnsupportedAlgorithm) as exc:
+            raise _Fail(400, "BadRequest", str(exc)) from None
+        except KeyNotFound:
+            raise _Fail(404, "KeyNotFound", "the exported key is missing from the HSM") from None
+        except OperationNotPermitted as exc:
+            raise _Fail(403, "Forbidden", str(exc)) from None
+        except KeybridgeError as exc:
+            raise _Fail(400, "BadRequest", f"{type(exc).__name__}: {exc}") from None
+
+
+def _handler(server: EkmServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return None  # request lines go through the keybridge.ekm logger instead
+
+        def do_POST(self) -> None:
+            status, answer = 200, {}
+            try:
+                cert = self.connection.getpeercert()
+                cn = next((v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"), None)
+                if cn not in server.allowed:
+                    raise _Fail(401, "Unauthorized", "client certificate missing or its subject CN is not allow-listed")
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > server.max_body or length < 0:
+                    raise _Fail(400, "BadRequest", f"request body over {server.max_body} bytes")
+                answer = server.handle(cn, self.path, self.rfile.read(length))
+            except _Fail as f:
+                status, answer = f.status, {"code": f.code, "message": f.message}
+            except ValueError:
+                status, answer = 400, {"code": "BadRequest", "message": "bad Content-Length"}
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler

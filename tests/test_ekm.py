@@ -1,0 +1,222 @@
+"""The EKM proxy over real mTLS against a real SoftHSM token, checked with `cryptography`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.x509.oid import NameOID
+
+from keybridge import open_provider
+from keybridge.ekm import Client, ClientRule, EkmError, EkmServer, ExportedKey
+from keybridge.keys import KeyOp, KeySpec
+
+
+def _cert(
+    path: Path, cn: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None, san: bool = False
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+    )
+    b = b.not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+    b = b.issuer_name(issuer[0].subject if issuer else name)
+    b = b.add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    if san:
+        import ipaddress
+
+        b = b.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
+    cert = b.sign(issuer[1] if issuer else key, hashes.SHA256())
+    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.with_suffix(".key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    ca = _cert(d / "ca", "test root", None)
+    _cert(d / "server", "localhost", ca, san=True)
+    _cert(d / "hsm", "contoso.managedhsmclient.azure.net", ca)
+    _cert(d / "stranger", "evil.example", ca)
+    return d
+
+
+@pytest.fixture(scope="module")
+def proxy(softhsm_token, pki: Path) -> Iterator[tuple[EkmServer, object]]:  # type: ignore[no-untyped-def]
+    with open_provider(softhsm_token.uri(pin=False), user_pin=softhsm_token.user_pin) as hsm:
+        suffix = os.urandom(4).hex()
+        aes = hsm.create_key(f"ekm-aes-{suffix}", KeySpec.aes(256), ops=[KeyOp.WRAP_KEY, KeyOp.UNWRAP_KEY])
+        rsa = hsm.create_key(f"ekm-rsa-{suffix}", KeySpec.rsa(2048), ops=[KeyOp.WRAP_KEY, KeyOp.UNWRAP_KEY])
+        keys = [
+            ExportedKey("aes-1", aes.ref.name),
+            ExportedKey("rsa-1", rsa.ref.name),
+            ExportedKey("aes-wo", aes.ref.name, frozenset({"wrapKey"})),
+        ]
+        server = EkmServer(
+            hsm,
+            keys,
+            cert_file=str(pki / "server.crt"),
+            key_file=str(pki / "server.key"),
+            client_ca_file=str(pki / "ca.crt"),
+            clients=[ClientRule("contoso.managedhsmclient.azure.net")],
+            prefix="/contoso",
+            deadline=5.0,
+        )
+        yield server, rsa
+        server.close()
+
+
+def _client(server: EkmServer, pki: Path, who: str = "hsm") -> Client:
+    return Client(
+        server.url, ca_file=str(pki / "ca.crt"), cert_file=str(pki / f"{who}.crt"), key_file=str(pki / f"{who}.key")
+    )
+
+
+def test_info_and_metadata(proxy, pki: Path) -> None:  # type: ignore[no-untyped-def]
+    server, _rsa = proxy
+    c = _client(server, pki)
+    assert c.info()["api_version"] == "0.1-preview"
+    assert c.metadata("aes-1")["key_type"] == "oct"
+    md = c.metadata("rsa-1")
+    assert md["e"] == "AQAB"
+    assert md["key_size"] == 2048
+
+
+def test_rsa_wrap_is_real_oaep(proxy, pki: Path) -> None:  # type: ignore[no-untyped-def]
+    server, rsa = proxy
+    c = _client(server, pki)
+    secret = os.urandom(32)
+    wrapped = c.wrap_key("rsa-1", "RSA-OAEP", secret)
+    assert len(wrapped) == 256
+    assert c.unwrap_key("rsa-1", "RSA-OAEP", wrapped) == secret
+    # independent check: wrap with `cryptography` from the exported public numbers, unwrap in the HSM
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
+    ours = rsa.public_key.encrypt(secret, oaep)
+    assert c.unwrap_key("rsa-1", "RSA-OAEP", ours) == secret
+
+
+def test_aes_kwp_length_rule(proxy, pki: Path) -> None:  # type: ignore[no-untyped-def]
+    server, _ = proxy
+    c = _client(server, pki)
+    wrapped = c.wrap_key("aes-1", "A256KWP", b"1" * 32)
+    assert len(wrapped) == 40  # ceil8(32) + 8
+    assert c.unwrap_key("aes-1", "A256KWP", wrapped) == b"1" * 32
+
+
+@pytest.mark.parametrize(
+    ("key", "op", "body", "status", "code"),
+    [
+        (
+            "nope",
+            "wrapkey",
+            {"alg": "A256KW", "value": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"},
+            404,
+            "KeyNotFound",
+        ),
+        ("aes-wo", "unwrapkey", {"alg": "A256KW", "value": "AAAA"}, 403, "Forbidden"),
+        ("aes-1", "wrapkey", {"alg": "A128CBC", "value": "AAAA"}, 400, "BadRequest"),
+        ("aes-1", "wrapkey", {"alg": "A256KW", "value": "AAAA=="}, 400, "BadRequest"),
+        (
+            "aes-1",
+            "unwrapkey",
+            {"alg": "A256KW", "value": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"},
+            400,
+            "BadRequest",
+        ),
+    ],
+)
+def test_bad_requests(proxy, pki: Path, key: str, op: str, body: dict[str, str], status: int, code: str) -> None:  # type: ignore[no-untyped-def]
+    server, _ = proxy
+    with pytest.raises(EkmError) as err:
+        _client(server, pki).call(f"/{key}/{op}", body)
+    assert (err.value.status, err.value.code) == (status, code)
+
+
+def test_wrong_client_cert_refused_before_any_key_use(proxy, pki: Path) -> None:  # type: ignore[no-untyped-def]
+    server, _ = proxy
+    with pytest.raises(EkmError) as err:
+        _client(server, pki, "stranger").wrap_key("aes-1", "A256KW", bytes(32))
+    assert err.value.status == 401
+
+
+def test_malformed_json_and_oversized_body(proxy, pki: Path) -> None:  # type: ignore[no-untyped-def]
+    import http.client
+    import json
+    import ssl
+
+    server, _ = proxy
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "hsm.crt"), str(pki / "hsm.key"))
+    for body, expect in ((b"{not json", 400), (b"x" * 20000, 400)):
+        conn = http.client.HTTPSConnection("127.0.0.1", int(server.url.split(":")[2].split("/")[0]), context=ctx)
+        conn.request("POST", "/contoso/aes-1/wrapkey?api-version=0.1-preview", body)
+        resp = conn.getresponse()
+        assert resp.status == expect
+        assert json.loads(resp.read())["code"] == "BadRequest"
+        conn.close()
+
+
+def test_slow_hsm_answers_request_timeout(softhsm_token, pki: Path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    release = threading.Event()
+
+    class Stalled:
+        """Holds get_key until released: an HSM that is slower than the deadline."""
+
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+
+        def get_key(self, ref: str) -> object:
+            release.wait(10)
+            return self.inner.get_key(ref)  # type: ignore[attr-defined]
+
+    with open_provider(softhsm_token.uri(pin=False), user_pin=softhsm_token.user_pin) as hsm:
+        server = EkmServer(
+            Stalled(hsm),  # type: ignore[arg-type]
+            [ExportedKey("k", "whatever")],
+            cert_file=str(pki / "server.crt"),
+            key_file=str(pki / "server.key"),
+            client_ca_file=str(pki / "ca.crt"),
+            clients=[ClientRule("contoso.managedhsmclient.azure.net")],
+            deadline=0.05,
+        )
+        try:
+            with pytest.raises(EkmError) as err:
+                _client(server, pki).metadata("k")
+            assert (err.value.status, err.value.code) == (408, "RequestTimeout")
+        finally:
+            release.set()
+            server.close()
+
+
+def test_client_cert_from_another_root_fails_the_handshake(proxy, pki: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import ssl
+
+    server, _ = proxy
+    other = _cert(tmp_path / "other-ca", "other root", None)
+    _cert(tmp_path / "imposter", "contoso.managedhsmclient.azure.net", other)
+    c = Client(
+        server.url,
+        ca_file=str(pki / "ca.crt"),
+        cert_file=str(tmp_path / "imposter.crt"),
+        key_file=str(tmp_path / "imposter.key"),
+    )
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        c.info()
