@@ -181,6 +181,23 @@ def test_unknown_paths_and_methods(raw: Raw) -> None:
     assert answer["error"]["code"] == "KeyNotFound"
 
 
+def test_head_options_and_unknown_methods_get_405_json_with_allow(raw: Raw) -> None:
+    for method in ("OPTIONS", "BREW", "PROPFIND"):
+        status, headers, answer = raw.request(method, "/keys")
+        assert status == 405, method
+        assert headers["content-type"].startswith("application/json")
+        assert headers["allow"] == "GET"
+        assert answer["error"]["code"] == "MethodNotAllowed"
+    status, headers, answer = raw.request("OPTIONS", "/keys/some-key")
+    assert status == 405
+    assert headers["allow"] == "DELETE, GET, PATCH, PUT"
+    status, headers, answer = raw.request("HEAD", "/keys/some-key")
+    assert (status, headers["allow"], answer) == (405, "DELETE, GET, PATCH, PUT", None)
+    status, _, answer = raw.request("BREW", "/no-such-thing")
+    assert (status, answer["error"]["code"]) == (404, "NotFound")
+    raw.alive()  # the HEAD answer had no body, so the connection framing stayed intact
+
+
 def test_trailing_slash_get_and_patch_mean_the_current_version(raw: Raw) -> None:
     raw.request("POST", "/keys/slash-key/create", {"kty": "EC", "crv": "P-256"})
     status, _, newer = raw.request("POST", "/keys/slash-key/create", {"kty": "EC", "crv": "P-256"})
