@@ -198,6 +198,15 @@ def test_head_options_and_unknown_methods_get_405_json_with_allow(raw: Raw) -> N
     raw.alive()  # the HEAD answer had no body, so the connection framing stayed intact
 
 
+def test_oversized_rsa_jwk_without_primes_is_refused_by_size(raw: Raw) -> None:
+    n = (1 << 16383) | 1  # 16384 bits: recovering p and q from it would stall the request
+    jwk = {"kty": "RSA", "n": _b64(n.to_bytes(2048, "big")), "e": "AQAB", "d": _b64(n.to_bytes(2048, "big"))}
+    status, _, answer = raw.request("PUT", "/keys/huge-rsa", {"key": jwk})
+    assert status == 400
+    assert answer["error"]["code"] == "BadParameter"
+    assert "16384 bits" in answer["error"]["message"]
+
+
 def test_trailing_slash_get_and_patch_mean_the_current_version(raw: Raw) -> None:
     raw.request("POST", "/keys/slash-key/create", {"kty": "EC", "crv": "P-256"})
     status, _, newer = raw.request("POST", "/keys/slash-key/create", {"kty": "EC", "crv": "P-256"})
