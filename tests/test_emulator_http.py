@@ -207,6 +207,14 @@ def test_oversized_rsa_jwk_without_primes_is_refused_by_size(raw: Raw) -> None:
     assert "16384 bits" in answer["error"]["message"]
 
 
+def test_deeply_nested_json_is_a_bad_parameter(raw: Raw) -> None:
+    for body in (b"[" * 100_000, b'{"a":' * 100_000):
+        status, _, answer = raw.request("POST", "/rng", body)
+        assert status == 400
+        assert answer["error"]["code"] == "BadParameter"
+    raw.alive()
+
+
 def test_trailing_slash_get_and_patch_mean_the_current_version(raw: Raw) -> None:
     raw.request("POST", "/keys/slash-key/create", {"kty": "EC", "crv": "P-256"})
     status, _, newer = raw.request("POST", "/keys/slash-key/create", {"kty": "EC", "crv": "P-256"})

@@ -209,6 +209,8 @@ def _json(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise bad("the request body is not valid JSON") from None
+    except RecursionError:  # the decoder recurses per nesting level
+        raise bad("the request body nests JSON too deeply; send a flat JSON object") from None
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
     return body
