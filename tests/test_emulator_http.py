@@ -215,6 +215,27 @@ def test_deeply_nested_json_is_a_bad_parameter(raw: Raw) -> None:
     raw.alive()
 
 
+def test_huge_expiry_and_wrong_typed_policy_fields_are_bad_parameters(raw: Raw) -> None:
+    status, _, _ = raw.request("POST", "/keys/typed-key/create", {"kty": "oct-HSM"})
+    assert status == 200
+    for attrs in (b'{"exp": ' + b"9" * 5000 + b"}", b'{"nbf": ' + b"9" * 4000 + b"}", b'{"exp": -1}'):
+        status, _, answer = raw.request("PATCH", "/keys/typed-key/", b'{"attributes": ' + attrs + b"}")
+        assert (status, answer["error"]["code"]) == (400, "BadParameter"), attrs
+        body = b'{"kty": "oct-HSM", "attributes": ' + attrs + b"}"
+        status, _, answer = raw.request("POST", "/keys/typed-key2/create", body)
+        assert (status, answer["error"]["code"]) == (400, "BadParameter"), attrs
+    for policy in (
+        {"lifetimeActions": [{"trigger": {"timeAfterCreate": "P90D"}, "action": "Rotate"}]},
+        {"lifetimeActions": [{"trigger": {"timeAfterCreate": 90}, "action": {"type": "Rotate"}}]},
+        {"lifetimeActions": ["Rotate"]},
+        {"attributes": {"expiryTime": ["P1Y"]}},
+        {"attributes": "P1Y"},
+    ):
+        status, _, answer = raw.request("PUT", "/keys/typed-key/rotationpolicy", policy)
+        assert (status, answer["error"]["code"]) == (400, "BadParameter"), policy
+    raw.alive()
+
+
 def test_trailing_slash_get_and_patch_mean_the_current_version(raw: Raw) -> None:
     raw.request("POST", "/keys/slash-key/create", {"kty": "EC", "crv": "P-256"})
     status, _, newer = raw.request("POST", "/keys/slash-key/create", {"kty": "EC", "crv": "P-256"})
