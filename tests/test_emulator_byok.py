@@ -227,3 +227,10 @@ def test_key_ops_cannot_be_patched_across_the_import_boundary(client: KeyClient)
         assert key.name in str(info.value.message)
         assert "memory:" not in str(info.value.message)  # names the vault's key, not the store's
     assert client.get_key(kek.name).key_operations == ["import"]
+
+
+@pytest.mark.parametrize("kid", ["https://[bad/keys/k/v1", "https://h:99999/keys/k/v1", "https://h/keys/%zz/v1"])
+def test_malformed_byok_kid_is_a_bad_parameter(client: KeyClient, kek: KeyVaultKey, kid: str) -> None:
+    package = json.loads(_package(kek, os.urandom(32)))
+    package["header"]["kid"] = kid
+    _refused(client, "oct-HSM", json.dumps(package).encode())

@@ -181,6 +181,61 @@ def test_unknown_paths_and_methods(raw: Raw) -> None:
     assert answer["error"]["code"] == "KeyNotFound"
 
 
+def test_head_options_and_unknown_methods_get_405_json_with_allow(raw: Raw) -> None:
+    for method in ("OPTIONS", "BREW", "PROPFIND"):
+        status, headers, answer = raw.request(method, "/keys")
+        assert status == 405, method
+        assert headers["content-type"].startswith("application/json")
+        assert headers["allow"] == "GET"
+        assert answer["error"]["code"] == "MethodNotAllowed"
+    status, headers, answer = raw.request("OPTIONS", "/keys/some-key")
+    assert status == 405
+    assert headers["allow"] == "DELETE, GET, PATCH, PUT"
+    status, headers, answer = raw.request("HEAD", "/keys/some-key")
+    assert (status, headers["allow"], answer) == (405, "DELETE, GET, PATCH, PUT", None)
+    status, _, answer = raw.request("BREW", "/no-such-thing")
+    assert (status, answer["error"]["code"]) == (404, "NotFound")
+    raw.alive()  # the HEAD answer had no body, so the connection framing stayed intact
+
+
+def test_oversized_rsa_jwk_without_primes_is_refused_by_size(raw: Raw) -> None:
+    n = (1 << 16383) | 1  # 16384 bits: recovering p and q from it would stall the request
+    jwk = {"kty": "RSA", "n": _b64(n.to_bytes(2048, "big")), "e": "AQAB", "d": _b64(n.to_bytes(2048, "big"))}
+    status, _, answer = raw.request("PUT", "/keys/huge-rsa", {"key": jwk})
+    assert status == 400
+    assert answer["error"]["code"] == "BadParameter"
+    assert "16384 bits" in answer["error"]["message"]
+
+
+def test_deeply_nested_json_is_a_bad_parameter(raw: Raw) -> None:
+    for body in (b"[" * 100_000, b'{"a":' * 100_000):
+        status, _, answer = raw.request("POST", "/rng", body)
+        assert status == 400
+        assert answer["error"]["code"] == "BadParameter"
+    raw.alive()
+
+
+def test_huge_expiry_and_wrong_typed_policy_fields_are_bad_parameters(raw: Raw) -> None:
+    status, _, _ = raw.request("POST", "/keys/typed-key/create", {"kty": "oct-HSM"})
+    assert status == 200
+    for attrs in (b'{"exp": ' + b"9" * 5000 + b"}", b'{"nbf": ' + b"9" * 4000 + b"}", b'{"exp": -1}'):
+        status, _, answer = raw.request("PATCH", "/keys/typed-key/", b'{"attributes": ' + attrs + b"}")
+        assert (status, answer["error"]["code"]) == (400, "BadParameter"), attrs
+        body = b'{"kty": "oct-HSM", "attributes": ' + attrs + b"}"
+        status, _, answer = raw.request("POST", "/keys/typed-key2/create", body)
+        assert (status, answer["error"]["code"]) == (400, "BadParameter"), attrs
+    for policy in (
+        {"lifetimeActions": [{"trigger": {"timeAfterCreate": "P90D"}, "action": "Rotate"}]},
+        {"lifetimeActions": [{"trigger": {"timeAfterCreate": 90}, "action": {"type": "Rotate"}}]},
+        {"lifetimeActions": ["Rotate"]},
+        {"attributes": {"expiryTime": ["P1Y"]}},
+        {"attributes": "P1Y"},
+    ):
+        status, _, answer = raw.request("PUT", "/keys/typed-key/rotationpolicy", policy)
+        assert (status, answer["error"]["code"]) == (400, "BadParameter"), policy
+    raw.alive()
+
+
 def test_trailing_slash_get_and_patch_mean_the_current_version(raw: Raw) -> None:
     raw.request("POST", "/keys/slash-key/create", {"kty": "EC", "crv": "P-256"})
     status, _, newer = raw.request("POST", "/keys/slash-key/create", {"kty": "EC", "crv": "P-256"})

@@ -65,6 +65,8 @@ def importer(vault: Vault, package: bytes, kind: KeyType, crv: object) -> Callab
         pkg = ByokPackage.from_json(package)
     except InvalidPackage as exc:
         raise bad(f"key_hsm is not a valid BYOK package: {exc}") from None
+    except ValueError:  # urlsplit refuses a kid such as "https://[bad/..." before any check of ours
+        raise bad("key_hsm names a kid that is not a URL; use https://HOST/keys/NAME/VERSION") from None
     rewritten = ByokPackage(_kek_kid(vault, pkg.kid), pkg.ciphertext, pkg.generator).to_json()
     specs = _candidates(kind, crv)
 

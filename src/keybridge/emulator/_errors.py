@@ -20,12 +20,15 @@ __all__ = ["ApiError", "bad", "from_keybridge", "not_found"]
 class ApiError(Exception):
     """An error answer: HTTP ``status`` and the ``{"error": {...}}`` body."""
 
-    def __init__(self, status: int, code: str, message: str, inner: str | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, inner: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.inner = inner
+        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         """The JSON error body."""

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .._byok import b64url_decode, b64url_encode
 from ..errors import InvalidArgument, InvalidPackage
-from ..keys import CURVES, KeyInfo, KeyType, PrivateKey
+from ..keys import CURVES, RSA_SIZES, KeyInfo, KeyType, PrivateKey
 
 __all__ = ["KTY", "key_type", "material_from_jwk", "public_jwk"]
 
@@ -77,6 +77,9 @@ def _int(jwk: Mapping[str, Any], name: str) -> int:
 
 def _rsa(jwk: Mapping[str, Any]) -> rsa.RSAPrivateKey:
     n, e, d = _int(jwk, "n"), _int(jwk, "e"), _int(jwk, "d")
+    # Before any arithmetic: recovering p and q of a huge modulus takes the client's request hostage.
+    if n.bit_length() not in RSA_SIZES:
+        raise InvalidArgument(f"the RSA modulus is {n.bit_length()} bits; the service accepts {RSA_SIZES}")
     if jwk.get("p") is None or jwk.get("q") is None:
         p, q = rsa.rsa_recover_prime_factors(n, e, d)
     else:

@@ -95,7 +95,13 @@ class Router:
         if not table:
             raise ApiError(404, "NotFound", f"no such operation: /{'/'.join(parts)}")
         if method not in table:
-            raise ApiError(405, "MethodNotAllowed", f"{method} is not allowed on /{'/'.join(parts)}")
+            allow = ", ".join(sorted(table))
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                f"{method} is not allowed on /{'/'.join(parts)}; use {allow}",
+                headers={"Allow": allow},
+            )
         return table[method]
 
     # ---- helpers -------------------------------------------------------------------------------

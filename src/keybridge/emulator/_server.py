@@ -125,7 +125,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":  # a HEAD answer has the headers of its body but never the body
+            self.wfile.write(data)
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding"):
@@ -166,7 +167,9 @@ class _Handler(BaseHTTPRequestHandler):
             status, body = self.server.router.handle(self.command, parts, query, _json(raw), self._base())
             self._send(status, body)
         except ApiError as exc:
-            headers = {"WWW-Authenticate": challenge(self.headers.get("Host", ""))} if exc.status == 401 else None
+            headers = dict(exc.headers)
+            if exc.status == 401:
+                headers["WWW-Authenticate"] = challenge(self.headers.get("Host", ""))
             self._send(exc.status, exc.body(), headers)
         except Exception:
             log.exception("emulator failed on %s %s", self.command, urlsplit(self.path).path)
@@ -189,7 +192,14 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         return False
 
-    do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = _dispatch
+    do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
+
+    def __getattr__(self, name: str) -> Any:
+        # BaseHTTPRequestHandler answers a method without a do_<METHOD> with a 501 HTML page; the
+        # router answers every method instead (405 JSON with Allow on a known path, else 404).
+        if name.startswith("do_"):
+            return self._dispatch
+        raise AttributeError(name)
 
 
 def _json(raw: bytes) -> dict[str, Any]:
@@ -199,6 +209,8 @@ def _json(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise bad("the request body is not valid JSON") from None
+    except RecursionError:  # the decoder recurses per nesting level
+        raise bad("the request body nests JSON too deeply; send a flat JSON object") from None
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
     return body

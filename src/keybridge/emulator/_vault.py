@@ -26,6 +26,7 @@ from ._errors import ApiError, bad, from_keybridge, not_found
 from ._records import NAME, Backup, Entry, Version, check_tags, entry_from_json, now, parse_duration
 
 __all__ = ["Vault"]
+_YEAR_10000 = 253402300800  # unix seconds; datetime cannot hold later times
 
 _BACKUP_PREFIX = "KBEMU-BACKUP-1."
 # Operations Key Vault still allows outside a key's nbf/exp window (they undo or check earlier work).
@@ -163,6 +164,8 @@ class Vault:
                 value = attributes[key]
                 if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                     raise bad(f"attributes.{key} must be an integer (unix seconds)")
+                if value is not None and not 0 <= value < _YEAR_10000:
+                    raise bad(f"attributes.{key} must be unix seconds between 1970 and 9999")
                 setattr(ver, key, value)
         if "enabled" in attributes and not isinstance(attributes["enabled"], (bool, type(None))):
             raise bad("attributes.enabled must be true or false")
@@ -214,7 +217,8 @@ class Vault:
             raise bad("lifetimeActions must be a list")
         for action in actions:
             trigger = action.get("trigger") if isinstance(action, dict) else None
-            kind = (action.get("action") or {}).get("type") if isinstance(action, dict) else None
+            what = action.get("action") if isinstance(action, dict) else None
+            kind = what.get("type") if isinstance(what, dict) else None
             if not isinstance(trigger, dict) or not isinstance(kind, str) or kind.lower() not in ("rotate", "notify"):
                 raise bad("each lifetime action needs a trigger and an action type of Rotate or Notify")
             for key in ("timeAfterCreate", "timeBeforeExpiry"):
