@@ -164,3 +164,8 @@ def test_pin_file_first_line_only(tmp_path: Path) -> None:
     pin_file = tmp_path / "pin"
     pin_file.write_bytes(SECRET.encode() + b"\r\nsecond line\n")
     assert read_pin_source(f"file://{pin_file}") == SECRET
+
+
+def test_unknown_provider_option_is_a_typed_error_naming_the_accepted_ones() -> None:
+    with pytest.raises(InvalidArgument, match=r"bogus.*accepted: module_path, user_pin, pin_source, cache_seconds"):
+        open_provider("pkcs11:token=t?module-path=/x.so", bogus=1)
