@@ -169,3 +169,11 @@ def test_pin_file_first_line_only(tmp_path: Path) -> None:
 def test_unknown_provider_option_is_a_typed_error_naming_the_accepted_ones() -> None:
     with pytest.raises(InvalidArgument, match=r"bogus.*accepted: module_path, user_pin, pin_source, cache_seconds"):
         open_provider("pkcs11:token=t?module-path=/x.so", bogus=1)
+
+
+@pytest.mark.skipif(not Path("/lib/x86_64-linux-gnu/libz.so.1").exists(), reason="needs libz at the Debian path")
+def test_a_shared_library_that_is_not_pkcs11_is_a_typed_error() -> None:
+    from keybridge import ProviderUnavailable
+
+    with pytest.raises(ProviderUnavailable, match=r"libz\.so\.1 is a shared library but not a PKCS#11 module"):
+        Pkcs11Provider("/lib/x86_64-linux-gnu/libz.so.1", "t", SECRET)
