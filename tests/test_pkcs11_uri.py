@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from keybridge import AuthenticationError, InvalidKeyUri, KeySpec, open_key, open_provider
+from keybridge import AuthenticationError, InvalidArgument, InvalidKeyUri, KeySpec, open_key, open_provider
 from keybridge.testing._softhsm import SoftHsmToken
 
 pytest.importorskip("pkcs11")
 
 from keybridge.providers.pkcs11 import PIN_ENV, Pkcs11Provider, from_uri
+from keybridge.providers.pkcs11._pin import read_pin_source
 from keybridge.providers.pkcs11._uri import key_uri, parse
 
 SECRET = "s3cr3t-PIN"
@@ -135,3 +136,44 @@ def test_misspelt_pin_attributes_are_never_echoed(uri: str) -> None:
     with pytest.raises(InvalidKeyUri) as info:
         parse(uri)
     assert "CANARY99" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"\xff\xfe" + SECRET.encode() + b"\n", "not UTF-8"),
+        (SECRET.encode() + b"\x00\n", "NUL"),
+        (b"7" * 5000, "longer"),
+    ],
+)
+def test_pin_file_that_is_not_a_text_pin_is_a_typed_error(tmp_path: Path, content: bytes, problem: str) -> None:
+    pin_file = tmp_path / "pin"
+    pin_file.write_bytes(content)
+    with pytest.raises(InvalidArgument, match=problem) as err:
+        read_pin_source(f"file:{pin_file}")
+    assert SECRET not in str(err.value)
+
+
+def test_pin_source_dev_zero_is_read_capped_and_refused() -> None:
+    # /dev/zero has no line end: an uncapped readline would never return
+    with pytest.raises(InvalidArgument, match="longer"):
+        read_pin_source("file:/dev/zero")
+
+
+def test_pin_file_first_line_only(tmp_path: Path) -> None:
+    pin_file = tmp_path / "pin"
+    pin_file.write_bytes(SECRET.encode() + b"\r\nsecond line\n")
+    assert read_pin_source(f"file://{pin_file}") == SECRET
+
+
+def test_unknown_provider_option_is_a_typed_error_naming_the_accepted_ones() -> None:
+    with pytest.raises(InvalidArgument, match=r"bogus.*accepted: module_path, user_pin, pin_source, cache_seconds"):
+        open_provider("pkcs11:token=t?module-path=/x.so", bogus=1)
+
+
+@pytest.mark.skipif(not Path("/lib/x86_64-linux-gnu/libz.so.1").exists(), reason="needs libz at the Debian path")
+def test_a_shared_library_that_is_not_pkcs11_is_a_typed_error() -> None:
+    from keybridge import ProviderUnavailable
+
+    with pytest.raises(ProviderUnavailable, match=r"libz\.so\.1 is a shared library but not a PKCS#11 module"):
+        Pkcs11Provider("/lib/x86_64-linux-gnu/libz.so.1", "t", SECRET)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ...errors import InvalidKeyUri, MissingDependency
+from ...errors import InvalidArgument, InvalidKeyUri, MissingDependency
 
 try:
     import pkcs11 as _pkcs11  # noqa: F401
@@ -26,6 +26,7 @@ from ._uri import parse, redact
 __all__ = ["MODULE_ENV", "PIN_ENV", "THREADING_ENV", "Pkcs11Provider", "from_uri"]
 
 MODULE_ENV = "KEYBRIDGE_PKCS11_MODULE"
+OPTIONS = ("module_path", "user_pin", "pin_source", "cache_seconds")
 
 
 def from_uri(uri: str, **options: Any) -> Pkcs11Provider:
@@ -35,9 +36,11 @@ def from_uri(uri: str, **options: Any) -> Pkcs11Provider:
     and ``cache_seconds``. Without a module path in either, ``$KEYBRIDGE_PKCS11_MODULE`` is used.
     """
     u = parse(uri)
-    unknown = set(options) - {"module_path", "user_pin", "pin_source", "cache_seconds"}
+    unknown = set(options) - set(OPTIONS)
     if unknown:
-        raise TypeError(f"unknown option(s) for the pkcs11 provider: {', '.join(sorted(unknown))}")
+        raise InvalidArgument(
+            f"unknown option(s) for the pkcs11 provider: {', '.join(sorted(unknown))}; accepted: {', '.join(OPTIONS)}"
+        )
     token = u.path.get("token")
     if not token:
         raise InvalidKeyUri(f"PKCS#11 URI {redact(uri)!r} names no token; add token=LABEL")

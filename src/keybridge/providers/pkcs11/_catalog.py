@@ -23,7 +23,7 @@ from ...errors import InvalidKeySpec, KeybridgeError, KeyNotFound
 from ...keys import KeyInfo, KeyOp, KeyRef
 from . import _objects as obj
 from ._session import Entry, SessionPool
-from ._uri import redact
+from ._uri import redact, shown
 
 APPLICATION = "keybridge"
 
@@ -53,10 +53,10 @@ class Catalog:
         hit = self._cache.get(name)
         if hit is not None and not fresh and monotonic() < hit[0]:
             return hit[1]
-        infos = self._read(lambda e: self._describe(e, name), "reading key", repr(name))
+        infos = self._read(lambda e: self._describe(e, name), "reading key", shown(name))
         if not infos:
             self._cache.pop(name, None)
-            raise KeyNotFound(f"no key named {name!r} on token {self._token!r}; list_keys() shows what there is")
+            raise KeyNotFound(f"no key named {shown(name)} on token {self._token!r}; list_keys() shows what there is")
         self._cache[name] = (monotonic() + self._ttl, infos)
         return infos
 
@@ -71,7 +71,7 @@ class Catalog:
             if info.ref.version == wanted:
                 return info
         known = ", ".join(str(i.ref.version) for i in versions)
-        raise KeyNotFound(f"key {name!r} on token {self._token!r} has no version {version!r} (it has: {known})")
+        raise KeyNotFound(f"key {shown(name)} on token {self._token!r} has no version {version!r} (it has: {known})")
 
     def names(self) -> list[str]:
         """Labels of every secret and private key on the token, sorted."""

@@ -203,6 +203,11 @@ class Library:
             if lib is None:
                 try:
                     lib = cls(key, path)
+                except AttributeError as exc:  # python-pkcs11 reports a missing C_GetFunctionList so
+                    raise ProviderUnavailable(
+                        f"{path} is a shared library but not a PKCS#11 module (it exports no C_GetFunctionList);"
+                        " check that module-path names the token vendor's PKCS#11 library"
+                    ) from exc
                 except (px.PKCS11Error, OSError) as exc:
                     raise ProviderUnavailable(
                         f"cannot load PKCS#11 module {path} ({type(exc).__name__}); check that it is a PKCS#11"

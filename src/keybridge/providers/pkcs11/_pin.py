@@ -8,6 +8,8 @@ from urllib.parse import unquote, urlsplit
 from ...errors import AuthenticationError, InvalidArgument
 
 PIN_ENV = "KEYBRIDGE_PKCS11_PIN"
+# Far above any real PIN; bounds the read so a pin-source of /dev/zero or a huge file cannot exhaust memory.
+_MAX_PIN_FILE_LINE = 4096
 
 
 def read_pin_source(source: str) -> str:
@@ -20,11 +22,25 @@ def read_pin_source(source: str) -> str:
     elif ":" in source.split("/", 1)[0]:
         raise InvalidArgument(f"pin-source {source!r} is not supported; use file:/path/to/pin-file")
     try:
-        with open(path, encoding="utf-8") as fh:
-            line = fh.readline()
+        with open(path, "rb") as fh:
+            raw = fh.readline(_MAX_PIN_FILE_LINE + 1)
     except OSError as exc:
         raise AuthenticationError(f"cannot read the PIN file {path!r}: {exc.strerror}") from exc
-    return line.rstrip("\r\n")
+    line = raw.rstrip(b"\r\n")
+    if len(line) > _MAX_PIN_FILE_LINE:
+        raise InvalidArgument(
+            f"the PIN file {path!r} has a first line longer than {_MAX_PIN_FILE_LINE} bytes; put only the PIN"
+            " on its first line"
+        )
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument(
+            f"the PIN file {path!r} is not UTF-8 text; put the PIN as text on its first line"
+        ) from None
+    if "\x00" in text:
+        raise InvalidArgument(f"the PIN file {path!r} contains a NUL byte; put the PIN as text on its first line")
+    return text
 
 
 def resolve_pin(user_pin: str | None, pin_source: str | None, token_label: str) -> str:

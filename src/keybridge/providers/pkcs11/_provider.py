@@ -23,7 +23,7 @@ from ._catalog import Catalog, is_meta, version_record
 from ._errors import translated
 from ._pin import resolve_pin
 from ._session import Entry, SessionPool
-from ._uri import key_uri, parse, redact
+from ._uri import key_uri, mentions_pin, parse, redact
 
 _GCM_IV = 12
 # The token wraps only objects: key bytes come in as a short-lived session object like this.
@@ -57,6 +57,11 @@ class Pkcs11Provider(BaseProvider):
         pin_source: str | None = None,
         cache_seconds: float = 1.0,
     ) -> None:
+        if mentions_pin(token_label) or mentions_pin(module_path):
+            raise InvalidArgument(
+                "the token label or module path contains a PIN attribute (pin-value=/pin-source=): a URI"
+                " with a wrong separator? Give the PIN as user_pin= or pin_source=, not inside another value"
+            )
         self.token_label = token_label
         self.module_path = module_path
         self._refs: dict[tuple[str, str | None], KeyRef] = {}

@@ -32,6 +32,25 @@ _QUERY_ATTRS = frozenset({"pin-source", "pin-value", "module-name", "module-path
 _TYPES = frozenset({"private", "secret-key", "public", "cert", "data"})
 _EXAMPLE = "pkcs11:token=TOKEN;object=NAME?module-path=/path/to/module.so&pin-source=file:/path/pin"
 _PCT_OK = re.compile(r"^(?:[^%]|%[0-9A-Fa-f]{2})*$")
+# ``token=t&pin-value=S`` or ``module-path=/x.so;pin-value=S``: the other part's separator inside a
+# value means an attribute (often the PIN) was glued onto the previous value.
+_GLUED = re.compile(r"[&;]\s*[A-Za-z][A-Za-z0-9-]*\s*=")
+_PIN_ATTR = re.compile(r"pin[-_ ]?(?:value|source)", re.IGNORECASE)
+_SEPARATORS = (
+    "path attributes (token, object, id, ...) are separated by ';', then '?' starts the query"
+    " (pin-value, pin-source, module-path, ...) whose attributes are separated by '&';"
+    " percent-encode a literal '&' as %26 and ';' as %3B"
+)
+
+
+def mentions_pin(text: str) -> bool:
+    """Whether ``text`` (a label, name or path) contains what looks like a PIN attribute."""
+    return bool(_PIN_ATTR.search(unquote(text)))
+
+
+def shown(text: str) -> str:
+    """``text`` quoted for a message, unless it contains a PIN attribute (then only a placeholder)."""
+    return repr(text) if not mentions_pin(text) else "(a value hidden because it contains a PIN attribute)"
 
 
 def redact(uri: object) -> str:
@@ -92,6 +111,8 @@ def _split(uri: str, part: str, sep: str, allowed: frozenset[str]) -> tuple[dict
             raise _fail(uri, f"unknown attribute {_shown(name)} (known: {', '.join(sorted(allowed))})")
         if name in out or (name == "id" and id_bytes is not None):
             raise _fail(uri, f"attribute {name!r} appears twice")
+        if _GLUED.search(raw):
+            raise _fail(uri, f"attribute {name!r} has another attribute glued to its value: {_SEPARATORS}")
         value = _decode(uri, name, raw)
         if name == "id":
             id_bytes = value
