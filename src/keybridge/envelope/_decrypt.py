@@ -23,6 +23,10 @@ from ._io import Buffer, OutputBuffer, Source, StreamSource, Truncated, ViewSour
 from ._recipients import Keys
 from ._suites import IV_LEN, KEY_LEN, PUBLIC_KEY_CONTEXT_KEY, TAG_LEN, Verifier
 
+# ESDK advice: legitimate messages name a handful of KEKs and every EDK may cost a KEK call, so a
+# forged header with 65,535 of them is refused before any key is used. None lifts the cap.
+MAX_ENCRYPTED_DATA_KEYS = 16
+
 __all__ = ["DecryptResult", "DecryptingReader", "decrypt", "open_decryptor"]
 
 
@@ -157,7 +161,7 @@ class DecryptingReader(io.RawIOBase):
         keys: Keys,
         *,
         expected_context: Mapping[str, str] | None = None,
-        max_encrypted_data_keys: int | None = None,
+        max_encrypted_data_keys: int | None = MAX_ENCRYPTED_DATA_KEYS,
         allow_signed: bool = True,
         _source: Source | None = None,
     ) -> None:
@@ -262,7 +266,7 @@ def open_decryptor(
     keys: Keys,
     *,
     expected_context: Mapping[str, str] | None = None,
-    max_encrypted_data_keys: int | None = None,
+    max_encrypted_data_keys: int | None = MAX_ENCRYPTED_DATA_KEYS,
     allow_signed: bool = True,
 ) -> DecryptingReader:
     """A readable binary stream of the plaintext of the message read from ``src``.
@@ -288,12 +292,13 @@ def decrypt(
     keys: Keys,
     *,
     expected_context: Mapping[str, str] | None = None,
-    max_encrypted_data_keys: int | None = None,
+    max_encrypted_data_keys: int | None = MAX_ENCRYPTED_DATA_KEYS,
 ) -> DecryptResult:
     """Decrypt one message; the plaintext is returned only when all of it is authenticated.
 
     ``expected_context``: each given pair must be in the message's context with the same value,
     else :class:`IntegrityError` (checked before any key is used). ``max_encrypted_data_keys``
+    (default 16; None for no cap)
     rejects messages with more EDKs before any unwrap is tried.
     """
     if isinstance(message, str):

@@ -14,7 +14,7 @@ from typing import Any
 
 from .._files import atomic_output
 from ..errors import InvalidArgument
-from ._decrypt import DecryptingReader
+from ._decrypt import MAX_ENCRYPTED_DATA_KEYS, DecryptingReader
 from ._encrypt import DEFAULT_FRAME_LENGTH, EncryptingWriter
 from ._header import MessageInfo
 from ._recipients import Keys
@@ -70,7 +70,7 @@ def decrypt_file(
     keys: Keys,
     *,
     expected_context: Mapping[str, str] | None = None,
-    max_encrypted_data_keys: int | None = None,
+    max_encrypted_data_keys: int | None = MAX_ENCRYPTED_DATA_KEYS,
 ) -> MessageInfo:
     """Decrypt the message at ``src_path`` into ``dst_path``; the plaintext file appears only once
     the whole message (signature included) has been authenticated."""

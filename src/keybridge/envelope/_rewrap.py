@@ -20,7 +20,7 @@ from typing import Any
 
 from .._files import atomic_output
 from ..errors import InvalidArgument, UnsupportedAlgorithm
-from ._decrypt import read_header, unlock
+from ._decrypt import MAX_ENCRYPTED_DATA_KEYS, read_header, unlock
 from ._files import CHUNK, PathArg, check_path
 from ._header import MessageInfo, build_header, header_tag, serialize_context
 from ._io import StreamSource, check_stream, write_all
@@ -48,7 +48,7 @@ def rewrap(
     unwrap_with: Keys,
     wrap_for: Keys,
     expected_context: Mapping[str, str] | None = None,
-    max_encrypted_data_keys: int | None = None,
+    max_encrypted_data_keys: int | None = MAX_ENCRYPTED_DATA_KEYS,
 ) -> MessageInfo:
     """Copy the message from stream ``src`` to stream ``dst`` with its EDKs replaced by ``wrap_for``'s.
 
@@ -84,7 +84,7 @@ def rewrap_file(
     unwrap_with: Keys,
     wrap_for: Keys,
     expected_context: Mapping[str, str] | None = None,
-    max_encrypted_data_keys: int | None = None,
+    max_encrypted_data_keys: int | None = MAX_ENCRYPTED_DATA_KEYS,
 ) -> MessageInfo:
     """:func:`rewrap` between files, atomically; ``dst_path`` may equal ``src_path`` (in place)."""
     src_p, dst_p = check_path(src_path, "src_path"), check_path(dst_path, "dst_path")
