@@ -149,14 +149,28 @@ class InMemoryProvider(BaseProvider):
     def _mutation(self) -> Iterator[None]:
         """Hold the lock, then persist; if persisting fails, the change is rolled back."""
         with self._lock:
-            before = {name: list(versions) for name, versions in self._keys.items()}
-            try:
-                yield
-                if self._path is not None:
-                    self.save()
-            except BaseException:
-                self._keys = before
-                raise
+            if self._path is None or self._sealer is None:
+                with self._rollback():
+                    yield
+                return
+            # Another process may have saved since this one last read: re-read under the file
+            # lock and apply the change to that, so no writer's keys are lost.
+            with _keystore.locked(self._path):
+                fresh = _keystore.reread(self._path, self._sealer, self._make_ref)
+                if fresh is not None:
+                    self._keys = fresh
+                with self._rollback():
+                    yield
+                    _keystore.write(self._path, self._sealer, self._keys)
+
+    @contextlib.contextmanager
+    def _rollback(self) -> Iterator[None]:
+        before = {name: list(versions) for name, versions in self._keys.items()}
+        try:
+            yield
+        except BaseException:
+            self._keys = before
+            raise
 
     def _versions(self, name: str) -> list[StoredKey]:
         try:
