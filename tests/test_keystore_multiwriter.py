@@ -37,3 +37,30 @@ def test_two_processes_and_a_held_open_provider_lose_nothing(tmp_path: Path) -> 
     assert names == {"rotated"} | {f"{t}-{i}" for t in "ab" for i in range(100)}
     versions = [v.ref.version for v in reopened.list_versions("rotated")]
     assert versions == [first.ref.version] + [r.ref.version for r in rotations]
+
+
+def _other_process_creates(path: Path, name: str) -> None:
+    code = "import sys\nfrom keybridge.keys import KeySpec\nfrom keybridge.providers.memory import InMemoryProvider\n"
+    code += "InMemoryProvider.open(sys.argv[1], sys.argv[2]).create_key(sys.argv[3], KeySpec.aes(256))\n"
+    subprocess.run([sys.executable, "-c", code, str(path), PASS, name], check=True)
+
+
+def test_plain_save_of_a_stale_copy_keeps_another_process_keys(tmp_path: Path) -> None:
+    path = tmp_path / "ks.kbks"
+    held = InMemoryProvider.open(path, PASS, create=True)
+    held.create_key("mine", KeySpec.aes(256))
+    _other_process_creates(path, "theirs")
+    held.save()
+    names = {k.ref.name for k in InMemoryProvider.open(path, PASS).list_keys()}
+    assert names == {"mine", "theirs"}
+
+
+def test_rotating_a_key_another_process_created(tmp_path: Path) -> None:
+    path = tmp_path / "ks.kbks"
+    held = InMemoryProvider.open(path, PASS, create=True)
+    _other_process_creates(path, "theirs")
+    rotated = held.rotate_key("theirs")
+    versions = [v.ref.version for v in InMemoryProvider.open(path, PASS).list_versions("theirs")]
+    assert len(versions) == 2
+    assert versions[-1] == rotated.ref.version
+    assert rotated.spec == KeySpec.aes(256)
