@@ -28,13 +28,15 @@ wrong passphrase give different errors; security rests on the HMAC and GCM under
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,24 @@ class Sealer:
         nonce = os.urandom(_NONCE)
         data = self.header + self._check() + nonce + AESGCM(self._enc_key).encrypt(nonce, body, self.header)
         return data + hashlib.sha256(data).digest()
+
+    def reopen(self, data: bytes) -> bytes:
+        """Decrypt file content written under this sealer's keys (the same salt and parameters):
+        how a provider re-reads its keystore before each save without running scrypt again."""
+        if data[: _HEADER.size] != self.header:
+            raise ProviderUnavailable(
+                "the keystore was re-keyed (new passphrase or salt) by another process; open it again"
+            )
+        if len(data) < MIN_SIZE or not hmac.compare_digest(hashlib.sha256(data[:-_DIGEST]).digest(), data[-_DIGEST:]):
+            raise IntegrityError("the keystore is damaged or truncated (checksum mismatch); restore it from a backup")
+        pos = _HEADER.size
+        if not hmac.compare_digest(self._check(), data[pos : pos + _CHECK]):
+            raise AuthenticationError("wrong passphrase for this keystore")
+        pos += _CHECK
+        try:
+            return AESGCM(self._enc_key).decrypt(data[pos : pos + _NONCE], data[pos + _NONCE : -_DIGEST], self.header)
+        except InvalidTag as exc:
+            raise IntegrityError("the keystore failed authentication: it was modified or damaged") from exc
 
     @classmethod
     def unseal(cls, data: bytes, passphrase: str | bytes) -> tuple[Sealer, bytes]:
@@ -252,6 +272,34 @@ def read(path: Path, passphrase: str | bytes, make_ref: RefFactory) -> tuple[Sea
         raise ProviderUnavailable(f"cannot read keystore {str(path)!r}: {exc.strerror}") from exc
     sealer, body = Sealer.unseal(data, passphrase)
     return sealer, decode(body, make_ref)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``fcntl`` lock for a read-merge-write of the keystore at ``path``.
+
+    The lock is on a sidecar ``.lock`` file because each save renames a new file over the
+    keystore, and a lock on the old inode would not exclude a writer that opened the new one."""
+    try:
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ProviderUnavailable(f"cannot lock keystore {str(path)!r}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def reread(path: Path, sealer: Sealer, make_ref: RefFactory) -> dict[str, list[StoredKey]] | None:
+    """The keystore's current content under ``sealer``, or None if the file does not exist."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ProviderUnavailable(f"cannot read keystore {str(path)!r}: {exc.strerror}") from exc
+    return decode(sealer.reopen(data), make_ref)
 
 
 def write(path: Path, sealer: Sealer, keys: Mapping[str, Sequence[StoredKey]]) -> None:

@@ -73,8 +73,8 @@ class InMemoryProvider(BaseProvider):
     ``InMemoryProvider()`` is empty and ephemeral; :meth:`open` binds it to a keystore file and
     saves after every change. Creating a key under an existing name makes a new version of it, as
     Key Vault does. Key names use letters, digits, ``-``, ``_`` and ``.``; versions are random hex
-    ids. All methods are thread-safe. One process should own a keystore file at a time: two
-    processes writing the same file overwrite each other's changes (the file itself stays whole).
+    ids. All methods are thread-safe. Several processes may share a keystore file: every change
+    (and :meth:`save`) re-reads it under an exclusive lock on ``<keystore>.lock`` first.
     """
 
     scheme = SCHEME
@@ -113,14 +113,21 @@ class InMemoryProvider(BaseProvider):
     def save(self, path: str | os.PathLike[str] | None = None, *, passphrase: str | bytes | None = None) -> None:
         """Write all keys to a keystore file atomically (mode 0600).
 
-        Without arguments it writes the file the provider was opened from. With ``path`` it writes
-        a copy there (under ``passphrase`` if given, else under the open keystore's passphrase);
-        later changes still go only to the opened file."""
+        Without arguments it saves to the file the provider was opened from, through the same
+        locked re-read as every change, so it never writes back a copy another process has since
+        outdated. With ``path`` it writes a copy of the keystore's current content there (under
+        ``passphrase`` if given, else under the open keystore's passphrase); later changes still
+        go only to the opened file."""
         with self._lock:
             sealer = Sealer(passphrase) if passphrase is not None else self._sealer
             target = Path(path) if path is not None else self._path
             if target is None or sealer is None:
                 raise InvalidArgument("nothing to save to: pass a path and a passphrase, or use InMemoryProvider.open")
+            if self._path is not None and sealer is self._sealer and target == self._path:
+                with self._mutation():
+                    return
+            with self._mutation():
+                pass  # refresh from the file under its lock, so the copy is current
             _keystore.write(target, sealer, self._keys)
 
     def __repr__(self) -> str:
@@ -149,14 +156,28 @@ class InMemoryProvider(BaseProvider):
     def _mutation(self) -> Iterator[None]:
         """Hold the lock, then persist; if persisting fails, the change is rolled back."""
         with self._lock:
-            before = {name: list(versions) for name, versions in self._keys.items()}
-            try:
-                yield
-                if self._path is not None:
-                    self.save()
-            except BaseException:
-                self._keys = before
-                raise
+            if self._path is None or self._sealer is None:
+                with self._rollback():
+                    yield
+                return
+            # Another process may have saved since this one last read: re-read under the file
+            # lock and apply the change to that, so no writer's keys are lost.
+            with _keystore.locked(self._path):
+                fresh = _keystore.reread(self._path, self._sealer, self._make_ref)
+                if fresh is not None:
+                    self._keys = fresh
+                with self._rollback():
+                    yield
+                    _keystore.write(self._path, self._sealer, self._keys)
+
+    @contextlib.contextmanager
+    def _rollback(self) -> Iterator[None]:
+        before = {name: list(versions) for name, versions in self._keys.items()}
+        try:
+            yield
+        except BaseException:
+            self._keys = before
+            raise
 
     def _versions(self, name: str) -> list[StoredKey]:
         try:
@@ -174,10 +195,10 @@ class InMemoryProvider(BaseProvider):
                     return s
         raise KeyNotFound(f"key {name!r} has no version {version!r}")
 
-    def _add(
-        self, name: str, spec: KeySpec, material: Material, attrs: KeyAttributes, *, hsm_protected: bool = False
+    def _new_info(
+        self, name: str, spec: KeySpec, material: Material, attrs: KeyAttributes, hsm_protected: bool
     ) -> KeyInfo:
-        info = KeyInfo(
+        return KeyInfo(
             ref=self._make_ref(name, uuid.uuid4().hex),
             spec=spec,
             ops=attrs.ops,
@@ -189,6 +210,11 @@ class InMemoryProvider(BaseProvider):
             exportable=attrs.exportable,
             public_key=None if isinstance(material, bytes) else material.public_key(),
         )
+
+    def _add(
+        self, name: str, spec: KeySpec, material: Material, attrs: KeyAttributes, *, hsm_protected: bool = False
+    ) -> KeyInfo:
+        info = self._new_info(name, spec, material, attrs, hsm_protected)
         with self._mutation():
             self._keys.setdefault(name, []).append(StoredKey(info, material))
         return info
@@ -215,11 +241,14 @@ class InMemoryProvider(BaseProvider):
         return iter(infos)
 
     def _rotate_key(self, name: str) -> KeyInfo:
-        with self._lock:
+        # Look the key up only inside the mutation, after the locked re-read: another process
+        # may have created it (or a newer version) since this one last read the file.
+        with self._mutation():
             cur = self._stored(name, None).info
-            return self._add(
-                name, cur.spec, _generate(cur.spec), KeyAttributes.of(cur), hsm_protected=cur.hsm_protected
-            )
+            material = _generate(cur.spec)
+            info = self._new_info(name, cur.spec, material, KeyAttributes.of(cur), cur.hsm_protected)
+            self._keys[name].append(StoredKey(info, material))
+        return info
 
     def _set_enabled(self, info: KeyInfo, enabled: bool) -> KeyInfo:
         name = info.ref.name
