@@ -119,7 +119,8 @@ def test_wrong_key_or_context_fails_and_leaves_no_output(env, tmp_path: Path) ->
     assert type(wrong_key.exception).__name__ == "DataKeyUnavailable"
     wrong_ctx = run("decrypt", str(tmp_path / "msg"), "-o", str(tmp_path / "out"), "-k", "a", "-c", "t=2")
     assert wrong_ctx.exit_code != 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "ks.kbks", "msg"]
+    # ks.kbks.lock is the keystore's permanent lock sidecar (no key data); no decrypt output may appear.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "ks.kbks", "ks.kbks.lock", "msg"]
 
 
 @pytest.mark.parametrize("bad", ["novalue", "=v"])

@@ -294,8 +294,12 @@ def test_canary_key_and_passphrase_never_leak(tmp_path: Path, caplog: pytest.Log
             expect_error(lambda: InMemoryProvider.open(path, PASSPHRASE + "x"))
             expect_error(lambda: InMemoryProvider.open(path, PASSPHRASE[:-1]))
             expect_error(lambda: kp.save(path.with_suffix(".copy"), passphrase=""))
-            path.write_bytes(path.read_bytes()[:-3])
+            whole = path.read_bytes()
+            path.write_bytes(whole[:-3])
             expect_error(lambda: InMemoryProvider.open(path, PASSPHRASE))
+            # Every change re-reads the file under the lock: a damaged keystore is refused, not overwritten.
+            expect_error(lambda: kp.set_enabled("canary", False))
+            path.write_bytes(whole)
             kp.set_enabled("canary", False)
             expect_error(lambda: kp.encrypt("canary", "A256GCM", b"x"))
             stored = kp._stored("canary", None)  # the internal record, repr included
