@@ -18,6 +18,7 @@ from ..errors import InvalidArgument, ProviderUnavailable
 from ..provider import KeyProvider, open_provider
 from ._auth import EmulatorCredential
 from ._faults import FaultInjector, Faults
+from ._rbac import Rbac
 from ._routes import Router
 from ._server import EmulatorServer
 from ._tls import make_server_context
@@ -40,7 +41,10 @@ class ManagedHsmEmulator:
     :meth:`Faults.parse`) injects throttling, latency and dropped connections. ``state_dir`` keeps
     keys and vault state across runs (the key store is encrypted under a random passphrase kept in
     the same directory: it is test data, not a place for real keys). ``require_token=False``
-    accepts any bearer token, for clients that cannot use :meth:`credential`.
+    accepts any bearer token, for clients that cannot use :meth:`credential`. Requests are
+    checked against Managed HSM local RBAC (``hsm.rbac``): every key route needs its data action
+    at ``/``, ``/keys`` or ``/keys/<name>``; ``rbac="strict"`` leaves the first principal without
+    Crypto User, so key use must be granted explicitly.
     """
 
     def __init__(
@@ -50,16 +54,20 @@ class ManagedHsmEmulator:
         state_dir: str | Path | None = None,
         *,
         require_token: bool = True,
+        rbac: str = "default",
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise InvalidArgument(f"port must be 0 (any free port) or 1-65535, got {port!r}")
         if faults is not None and not isinstance(faults, (Faults, str)):
             raise InvalidArgument(f"faults must be a Faults value or a spec string, got {type(faults).__name__}")
+        if rbac not in ("default", "strict"):
+            raise InvalidArgument(f"rbac must be 'default' or 'strict', got {rbac!r}")
         self.faults = Faults.parse(faults) if isinstance(faults, str) else faults
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self._port = port
         self._credential = EmulatorCredential()
         self._require_token = require_token
+        self.rbac = Rbac(self._credential.get_token().token, strict=rbac == "strict")
         self._server: EmulatorServer | None = None
         self._thread: threading.Thread | None = None
         self._tmp: Path | None = None
@@ -85,6 +93,7 @@ class ManagedHsmEmulator:
         token = self._credential.get_token().token if self._require_token else None
         try:
             self._server = EmulatorServer(ctx, self._port, Router(self._vault), token, injector)
+            self._server.rbac = self.rbac
         except OSError as exc:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise ProviderUnavailable(f"cannot listen on 127.0.0.1:{self._port}: {exc.strerror}") from exc
@@ -145,9 +154,13 @@ class ManagedHsmEmulator:
         self._running()
         return str(self._ca_file)
 
-    def credential(self) -> EmulatorCredential:
-        """A TokenCredential whose token this emulator accepts."""
-        return self._credential
+    def credential(self, principal: str | None = None) -> EmulatorCredential:
+        """A TokenCredential whose token this emulator accepts: as the first principal (which
+        holds Administrator and Crypto Officer, and Crypto User unless ``rbac="strict"``), or as
+        ``principal`` (an object id, which may do nothing until a role is assigned to it)."""
+        if principal is None or principal == self.rbac.default_principal:
+            return self._credential
+        return EmulatorCredential(self.rbac.token_for(principal))
 
     def provider_options(self) -> dict[str, Any]:
         """Keyword arguments for ``AzureKeyVaultProvider``/``open_provider``/``KeyClient``."""

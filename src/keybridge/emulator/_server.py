@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from ._auth import challenge, token_ok
 from ._errors import ApiError, bad
 from ._faults import FaultInjector
+from ._rbac import Rbac, required_action
 from ._routes import Router
 
 __all__ = ["MAX_BODY", "EmulatorServer"]
@@ -55,6 +56,7 @@ class EmulatorServer(ThreadingHTTPServer):
         self.router = router
         self.token = token
         self.faults = faults
+        self.rbac: Rbac | None = None  # set by the emulator; None: any accepted token may do anything
         self.vault_url = f"https://127.0.0.1:{self.server_address[1]}"
         self._open: dict[Any, threading.Thread] = {}  # connection -> the worker serving it
         self._open_lock = threading.Lock()
@@ -159,12 +161,13 @@ class _Handler(BaseHTTPRequestHandler):
             if self._fault():
                 return
             raw = self._read_body()
-            if not token_ok(self.headers.get("Authorization"), self.server.token):
+            # with RBAC on, _authorized authenticates each principal's own token instead
+            if self.server.rbac is None and not token_ok(self.headers.get("Authorization"), self.server.token):
                 raise ApiError(401, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.")
             url = urlsplit(self.path)
             parts = [unquote(p) for p in url.path.split("/")[1:]]
             query = dict(parse_qsl(url.query, keep_blank_values=True))
-            status, body = self.server.router.handle(self.command, parts, query, _json(raw), self._base())
+            status, body = self._authorized(parts, query, _json(raw))
             self._send(status, body)
         except ApiError as exc:
             headers = dict(exc.headers)
@@ -174,6 +177,24 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("emulator failed on %s %s", self.command, urlsplit(self.path).path)
             self._send(500, ApiError(500, "InternalError", "the emulator hit an internal error").body())
+
+    def _authorized(self, parts: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
+        rbac = self.server.rbac
+        if rbac is None:
+            return self.server.router.handle(self.command, parts, query, body, self._base())
+        header = self.headers.get("Authorization")
+        if self.server.token is not None:
+            principal = rbac.principal(header)
+        else:  # any bearer token is the first principal, but a missing one still gets the challenge
+            principal = rbac.default_principal if token_ok(header, None) else None
+        if principal is None:
+            raise ApiError(401, "Unauthorized", "AKV10000: the bearer token is not one this emulator issued.")
+        if "providers" in parts:
+            return rbac.handle(self.command, parts, principal, body)
+        need = required_action(self.command, parts)
+        if need is not None:
+            rbac.check(principal, *need)
+        return self.server.router.handle(self.command, parts, query, body, self._base())
 
     def _fault(self) -> bool:
         injector = self.server.faults
