@@ -184,3 +184,24 @@ def test_a_final_frame_longer_than_the_frame_length_is_refused(key: RawAesSource
         with pytest.raises(IntegrityError, match="longer than the frame length"):
             run()
         assert peak_bytes(run) < 4 << 20
+
+
+def test_seventeen_edks_are_refused_by_default_before_any_key_call() -> None:
+    from keybridge import InMemoryProvider, KeySpec, audit
+    from keybridge.envelope import decrypt as _decrypt
+    from keybridge.envelope import encrypt as _encrypt
+    from keybridge.errors import InvalidMessage
+
+    with InMemoryProvider() as kp:
+        keys = [kp.key(kp.create_key(f"k{i}", KeySpec.aes(256)).ref.name) for i in range(17)]
+        message = _encrypt(b"data", keys)
+        calls: list[audit.AuditEvent] = []
+        audit.add_sink(calls.append)
+        try:
+            with pytest.raises(InvalidMessage, match="17 encrypted data keys"):
+                _decrypt(message, keys[-1])
+            assert calls == []  # the cap is checked on the header, before any KEK is asked
+            assert _decrypt(message, keys[-1], max_encrypted_data_keys=None).plaintext == b"data"
+            assert calls  # lifting the cap does reach the key
+        finally:
+            audit.remove_sink(calls.append)
