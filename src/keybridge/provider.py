@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from importlib.metadata import entry_points
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from typing_extensions import Self
@@ -31,6 +31,9 @@ from typing_extensions import Self
 from ._redact import redact_uri
 from .errors import InvalidKeyUri
 from .keys import KeyInfo, KeyOp, KeyRef, KeySpec, PrivateKey, PublicKey
+
+if TYPE_CHECKING:
+    from ._asymmetric import BackendECPrivateKey, BackendRSAPrivateKey
 
 __all__ = [
     "KeyHandle",
@@ -213,6 +216,16 @@ class KeyHandle:
     def verify(self, alg: str, digest: bytes, signature: bytes) -> bool:
         """See :meth:`KeyProvider.verify`."""
         return self.provider.verify(self.ref, alg, digest, signature)
+
+    def as_private_key(self) -> BackendRSAPrivateKey | BackendECPrivateKey:
+        """This RSA or EC key as a ``cryptography`` ``RSAPrivateKey`` / ``EllipticCurvePrivateKey``
+        whose private half stays in the backend, for code that already signs with ``cryptography``
+        (x509 builders, PyJWT). ``sign()`` hashes locally and makes one backend call; exporting
+        the private key raises :class:`~keybridge.errors.OperationNotPermitted`; an AES key raises
+        :class:`~keybridge.errors.UnsupportedAlgorithm`. See docs/signing.md."""
+        from ._asymmetric import as_private_key
+
+        return as_private_key(self)
 
 
 # ---- registry ----------------------------------------------------------------------------------
