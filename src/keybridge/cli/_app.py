@@ -9,6 +9,7 @@ from ._byok import byok, demo
 from ._emulator import emulator
 from ._envelope import decrypt, encrypt, rewrap
 from ._keys import keys
+from ._sign import sign
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,5 +18,5 @@ def app() -> None:
     """Use keys you hold yourself: PKCS#11 HSMs, Azure Key Vault / Managed HSM, software."""
 
 
-for command in (keys, byok, demo, emulator, encrypt, decrypt, rewrap):
+for command in (keys, byok, demo, emulator, encrypt, decrypt, rewrap, sign):
     app.add_command(command)
