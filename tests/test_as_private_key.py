@@ -275,6 +275,13 @@ def test_rsa_sign_refuses_what_the_backends_cannot_do(mem_keys, sign_calls, pad,
     assert "sign" not in _ops(sign_calls)
 
 
+def test_data_that_is_not_bytes_is_a_typed_error(mem_keys) -> None:
+    with pytest.raises(InvalidArgument, match="data to sign must be bytes, got str"):
+        mem_keys[0].sign("text", padding.PKCS1v15(), hashes.SHA256())
+    with pytest.raises(InvalidArgument, match="data to sign must be bytes, got int"):
+        mem_keys[1].sign(7, ec.ECDSA(hashes.SHA256()))
+
+
 def test_ecdsa_refuses_deterministic_and_unknown_hashes(mem_keys) -> None:
     with pytest.raises(UnsupportedAlgorithm, match="RFC 6979"):
         mem_keys[1].sign(b"m", ec.ECDSA(hashes.SHA256(), deterministic_signing=True))

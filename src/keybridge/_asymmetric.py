@@ -9,19 +9,15 @@ signature. What cannot be done without the private key in clear (``private_bytes
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from cryptography.hazmat.primitives import _serialization, hashes
-from cryptography.hazmat.primitives._asymmetric import AsymmetricPadding
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
 from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo, Prehashed, encode_dss_signature
 
 from .errors import InvalidArgument, OperationNotPermitted, UnsupportedAlgorithm
 from .keys import ES_CURVES, KeyInfo, KeyType
 from .keys import algorithm as algorithm_spec
-
-if TYPE_CHECKING:
-    from .provider import KeyHandle
+from .provider import KeyHandle
 
 __all__ = ["BackendECPrivateKey", "BackendRSAPrivateKey", "as_private_key"]
 
@@ -41,10 +37,12 @@ def _hash_bits(h: hashes.HashAlgorithm) -> int:
 
 def _digest(data: bytes | bytearray | memoryview, algorithm: object) -> tuple[bytes, hashes.HashAlgorithm]:
     """The digest to send to the backend and the hash that made it (hashed here unless Prehashed)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidArgument(f"data to sign must be bytes, got {type(data).__name__}")
     if isinstance(algorithm, NoDigestInfo):
         raise UnsupportedAlgorithm("NoDigestInfo (raw PKCS#1 v1.5 without DigestInfo) is not supported by backends")
     if isinstance(algorithm, Prehashed):
-        h: hashes.HashAlgorithm = algorithm._algorithm
+        h: hashes.HashAlgorithm = algorithm._algorithm  # Prehashed has no public accessor for it
         _hash_bits(h)
         digest = bytes(data)
         if len(digest) != h.digest_size:
@@ -104,8 +102,6 @@ class _BackendKey:
     _info: KeyInfo
 
     def _bind(self, handle: KeyHandle, info: KeyInfo) -> None:
-        from .provider import KeyHandle
-
         # Bind to the version whose public key we return, so a rotation cannot make signatures
         # stop matching public_key().
         self._handle = KeyHandle(handle.provider, info.ref) if info.ref.version else handle
@@ -121,9 +117,9 @@ class _BackendKey:
 
     def private_bytes(
         self,
-        encoding: _serialization.Encoding,
-        format: _serialization.PrivateFormat,
-        encryption_algorithm: _serialization.KeySerializationEncryption,
+        encoding: serialization.Encoding,
+        format: serialization.PrivateFormat,
+        encryption_algorithm: serialization.KeySerializationEncryption,
     ) -> bytes:
         """Always refused: the private key never leaves the backend."""
         raise _no_export(self._info, "private_bytes()")
