@@ -259,3 +259,21 @@ def test_certificate_signed_in_the_emulator(
     assert r.stdout.strip() == f"{out}: OK", r.stderr
     cert = x509.load_pem_x509_certificate(out.read_bytes())
     assert public_pem(cert.public_key()) == public_pem(info.public_key)
+
+
+def test_a_pin_in_the_key_uri_never_reaches_the_output(
+    softhsm_token, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("pkcs11")
+    name = f"pin-{uuid.uuid4().hex[:8]}"
+    with open_provider(softhsm_token.uri(pin=False), user_pin=softhsm_token.user_pin) as hsm:
+        hsm.create_key(name, KeySpec.rsa(2048))
+    out = tmp_path / "pin.csr"
+    code, stdout, err = kb(capsys, "sign", "csr", "--key", softhsm_token.uri(name), "--subject", "CN=p", "-o", str(out))
+    assert (code, err) == (0, "")
+    assert_csr_ok(out, "CN=p")
+    code, stdout2, err = kb(capsys, "sign", "csr", "--key", softhsm_token.uri("absent"), "--subject", "CN=p")
+    assert code == 1
+    assert "absent" in err
+    for text in (stdout, stdout2, err):
+        assert softhsm_token.user_pin not in text
