@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -415,3 +416,25 @@ def test_pyjwt_token_verifies_with_joserfc(keys, sign_calls, backend: str, kind:
     forged = ".".join([head, jwt.utils.base64url_encode(b'{"sub":"root"}').decode(), sig])
     with pytest.raises(Exception, match="signature"):
         jose_jwt.decode(forged, verifier, algorithms=[alg])
+
+
+def test_a_token_key_without_its_public_object_is_a_typed_error(softhsm_token) -> None:
+    """Other tools may keep only the EC private key on the token; without the point there is no
+    public key to put in a certificate, so as_private_key() says so."""
+    pytest.importorskip("pkcs11")
+    if shutil.which("pkcs11-tool") is None:
+        pytest.skip("pkcs11-tool (OpenSC) is not installed")
+    name = _name("nopub")
+    with open_provider(softhsm_token.uri(pin=False), user_pin=softhsm_token.user_pin) as hsm:
+        hsm.create_key(name, KeySpec.ec("P-256"))
+    # pkcs11-tool, another process, removes the public key object as a third-party tool would.
+    tool = [
+        "pkcs11-tool", "--module", softhsm_token.module_path, "--token-label", softhsm_token.token_label,
+        "--login", "--pin", softhsm_token.user_pin, "--delete-object", "--type", "pubkey", "--label", name,
+    ]  # fmt: skip
+    done = subprocess.run(tool, env=dict(softhsm_token.env), capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    with open_provider(softhsm_token.uri(pin=False), user_pin=softhsm_token.user_pin) as hsm:
+        assert hsm.get_key(name).public_key is None
+        with pytest.raises(UnsupportedAlgorithm, match="reports no public key for pkcs11:"):
+            hsm.key(name).as_private_key()

@@ -242,7 +242,13 @@ def as_private_key(handle: KeyHandle) -> BackendRSAPrivateKey | BackendECPrivate
         return BackendRSAPrivateKey(handle, info)
     if info.spec.kty is KeyType.EC and isinstance(info.public_key, ec.EllipticCurvePublicKey):
         return BackendECPrivateKey(handle, info)
+    if info.spec.kty is KeyType.OCT:
+        raise UnsupportedAlgorithm(
+            f"{info.ref} is an {info.spec} key; as_private_key() needs an RSA or EC key pair (AES keys have no"
+            " public half; use encrypt/decrypt or wrap_key instead)"
+        )
+    # e.g. a PKCS#11 private key whose public key object another tool did not store
     raise UnsupportedAlgorithm(
-        f"{info.ref} is an {info.spec} key; as_private_key() needs an RSA or EC key pair (AES keys have no"
-        " public half; use encrypt/decrypt or wrap_key instead)"
+        f"the {info.ref.provider} backend reports no public key for {info.ref}; as_private_key() needs it to"
+        " build certificates and verify signatures (store the public key object beside the private key)"
     )
