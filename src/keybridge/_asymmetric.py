@@ -66,11 +66,11 @@ def _rsa_alg(pad: AsymmetricPadding, h: hashes.HashAlgorithm) -> str:
     if isinstance(pad, padding.PKCS1v15):
         return f"RS{bits}"
     if isinstance(pad, padding.PSS):
-        mgf = pad.mgf
+        mgf = pad.mgf  # MGF1 keeps its hash in _algorithm; cryptography has no public accessor
         if not isinstance(mgf, padding.MGF1) or mgf._algorithm.name != h.name:
             raise UnsupportedAlgorithm(f"PSS signatures in keybridge backends use MGF1({h.name}), the signing hash")
         salt = pad._salt_length
-        if not (isinstance(salt, padding._DigestLength) or (isinstance(salt, int) and salt == h.digest_size)):
+        if not (salt is padding.PSS.DIGEST_LENGTH or (isinstance(salt, int) and salt == h.digest_size)):
             raise UnsupportedAlgorithm(
                 f"PSS salt length must equal the digest length ({h.digest_size} bytes for {h.name}), as the backends"
                 " sign; use salt_length=padding.PSS.DIGEST_LENGTH"
