@@ -21,7 +21,7 @@ from ._decrypt import DecryptingReader, DecryptResult, decrypt, open_decryptor
 from ._encrypt import DEFAULT_FRAME_LENGTH, EncryptingWriter, encrypt, open_encryptor
 from ._files import decrypt_file, encrypt_file
 from ._header import MessageInfo
-from ._keyring import DataKeyUnavailable, Keyring, NoMatchingEdk
+from ._keyring import DataKeyUnavailable, DataKeyUnreachable, Keyring, NoMatchingEdk
 from ._materials import EncryptedDataKey, EncryptionMaterials, MaterialsSource
 from ._recipients import AnyOf, Keys, KOfN, as_materials
 from ._rewrap import rewrap, rewrap_file
@@ -34,6 +34,7 @@ __all__ = [
     "AnyOf",
     "DataKeyCache",
     "DataKeyUnavailable",
+    "DataKeyUnreachable",
     "DecryptResult",
     "DecryptingReader",
     "EncryptedDataKey",

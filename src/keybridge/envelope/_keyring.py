@@ -34,7 +34,14 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..errors import IntegrityError, InvalidArgument, KeybridgeError, KeyNotFound, UnsupportedAlgorithm
+from ..errors import (
+    IntegrityError,
+    InvalidArgument,
+    KeybridgeError,
+    KeyNotFound,
+    ProviderUnavailable,
+    UnsupportedAlgorithm,
+)
 from ..keys import KeyOp, KeyType
 from ..provider import KeyHandle
 from ._header import serialize_context
@@ -43,9 +50,11 @@ from ._materials import EncryptedDataKey, EncryptionMaterials
 __all__ = [
     "DEFAULT_NAMESPACE",
     "DataKeyUnavailable",
+    "DataKeyUnreachable",
     "Keyring",
     "NoMatchingEdk",
     "data_key_length",
+    "no_data_key",
     "serialize_context",
 ]
 
@@ -58,7 +67,16 @@ _RSA_WRAP = frozenset({"RSA-OAEP", "RSA-OAEP-256"})
 _SUITE_KEY_LENGTH = {0x0478: 32, 0x0578: 32}
 
 
-class DataKeyUnavailable(IntegrityError, KeyNotFound):
+class FailureList(KeybridgeError):
+    """An error that lists ``(key reference, error)`` for every key tried; no secret in it."""
+
+    def __init__(self, summary: str, failures: Sequence[tuple[str, KeybridgeError]]) -> None:
+        self.failures = tuple(failures)
+        lines = "".join(f"\n  - {who}: {type(err).__name__}: {err}" for who, err in self.failures)
+        super().__init__(summary + lines)
+
+
+class DataKeyUnavailable(FailureList, IntegrityError, KeyNotFound):
     """No key given for decryption could recover the data key.
 
     Wrong keys and damaged EDKs look the same from here, so this is both a :class:`KeyNotFound`
@@ -66,10 +84,20 @@ class DataKeyUnavailable(IntegrityError, KeyNotFound):
     that was tried (or had no EDK); the message lists them without any secret.
     """
 
-    def __init__(self, summary: str, failures: Sequence[tuple[str, KeybridgeError]]) -> None:
-        self.failures = tuple(failures)
-        lines = "".join(f"\n  - {who}: {type(err).__name__}: {err}" for who, err in self.failures)
-        super().__init__(summary + lines)
+
+class DataKeyUnreachable(FailureList, ProviderUnavailable):
+    """No key recovered the data key, and at least one of them could not be asked (a provider
+    raised :class:`ProviderUnavailable`: throttling that outlasted the retries, a service or token
+    that is down). The message may well be intact: retry later rather than treat it as tampered.
+    ``failures`` is as for :class:`DataKeyUnavailable`."""
+
+
+def no_data_key(summary: str, failures: Sequence[tuple[str, KeybridgeError]]) -> FailureList:
+    """The error for "no key recovered the data key": :class:`DataKeyUnreachable` when any key
+    failed because its provider was unavailable (a retry may succeed), else :class:`DataKeyUnavailable`."""
+    if any(isinstance(err, ProviderUnavailable) for _, err in failures):
+        return DataKeyUnreachable(summary, failures)
+    return DataKeyUnavailable(summary, failures)
 
 
 class NoMatchingEdk(KeyNotFound):
@@ -179,7 +207,8 @@ class Keyring(FreshDataKey):
     def decryption_materials(
         self, *, suite_id: int, context: Mapping[str, str], edks: Sequence[EncryptedDataKey]
     ) -> bytes:
-        """Unwrap the first EDK of this KEK that works; raise :class:`DataKeyUnavailable` if none."""
+        """Unwrap the first EDK of this KEK that works; if none, raise :class:`DataKeyUnavailable`
+        (or :class:`DataKeyUnreachable` when the provider was unavailable)."""
         length = data_key_length(suite_id)
         who = str(self.handle.ref)
         failures: list[tuple[str, KeybridgeError]] = []
@@ -197,11 +226,12 @@ class Keyring(FreshDataKey):
             failures.append((who, IntegrityError(f"unwrapped data key is {len(key)} bytes, expected {length}")))
         if not failures:
             failures.append((who, NoMatchingEdk(f"no EDK for namespace {self.namespace!r}, name {self.name!r}")))
-        elif self.handle.ref.version is None:
+        elif self.handle.ref.version is None and not any(isinstance(e, ProviderUnavailable) for _, e in failures):
+            # Not while the service is unavailable: listing versions would only add load to it.
             recovered = self._older_versions(suite_id, context, edks)
             if recovered is not None:
                 return recovered
-        raise DataKeyUnavailable(f"{who} could not recover the data key", failures)
+        raise no_data_key(f"{who} could not recover the data key", failures)
 
     def _older_versions(
         self, suite_id: int, context: Mapping[str, str], edks: Sequence[EncryptedDataKey]

@@ -25,7 +25,7 @@ from typing import TypeAlias
 from ..errors import InvalidArgument, KeybridgeError
 from ..provider import KeyHandle
 from . import _shamir
-from ._keyring import DataKeyUnavailable, FreshDataKey, Keyring, NoMatchingEdk
+from ._keyring import FailureList, FreshDataKey, Keyring, NoMatchingEdk, no_data_key
 from ._materials import EncryptedDataKey, MaterialsSource
 
 __all__ = ["AnyOf", "KOfN", "Keys", "as_materials"]
@@ -80,7 +80,7 @@ def _who(source: object) -> str:
 
 
 def _failures(source: object, exc: KeybridgeError) -> list[tuple[str, KeybridgeError]]:
-    if isinstance(exc, DataKeyUnavailable):
+    if isinstance(exc, FailureList):
         return list(exc.failures)
     return [(_who(source), exc)]
 
@@ -113,7 +113,7 @@ class AnyOf(FreshDataKey):
                 return source.decryption_materials(suite_id=suite_id, context=context, edks=edks)
             except KeybridgeError as exc:
                 failures += _failures(source, exc)
-        raise DataKeyUnavailable(f"none of {len(self.sources)} keys could recover the data key", failures)
+        raise no_data_key(f"none of {len(self.sources)} keys could recover the data key", failures)
 
 
 class KOfN(FreshDataKey):
@@ -168,7 +168,7 @@ class KOfN(FreshDataKey):
             if splits
             else "k-of-n: the message has no k-of-n shares"
         )
-        raise DataKeyUnavailable(summary, failures)
+        raise no_data_key(summary, failures)
 
     def _collect(
         self,
