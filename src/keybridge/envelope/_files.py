@@ -14,7 +14,7 @@ from typing import Any
 
 from .._files import atomic_output
 from ..errors import InvalidArgument
-from ._decrypt import MAX_ENCRYPTED_DATA_KEYS, DecryptingReader
+from ._decrypt import MAX_ENCRYPTED_DATA_KEYS, MAX_NONFRAMED_BYTES, DecryptingReader
 from ._encrypt import DEFAULT_FRAME_LENGTH, EncryptingWriter
 from ._header import MessageInfo
 from ._recipients import Keys
@@ -71,13 +71,19 @@ def decrypt_file(
     *,
     expected_context: Mapping[str, str] | None = None,
     max_encrypted_data_keys: int | None = MAX_ENCRYPTED_DATA_KEYS,
+    max_nonframed_bytes: int | None = MAX_NONFRAMED_BYTES,
 ) -> MessageInfo:
     """Decrypt the message at ``src_path`` into ``dst_path``; the plaintext file appears only once
-    the whole message (signature included) has been authenticated."""
+    the whole message (signature included) has been authenticated. ``max_nonframed_bytes`` caps
+    the memory a non-framed message may take (see :func:`open_decryptor`)."""
     src_p, dst_p = check_path(src_path, "src_path"), check_path(dst_path, "dst_path")
     with open(src_p, "rb") as src, atomic_output(dst_p) as dst:
         with DecryptingReader(
-            src, keys, expected_context=expected_context, max_encrypted_data_keys=max_encrypted_data_keys
+            src,
+            keys,
+            expected_context=expected_context,
+            max_encrypted_data_keys=max_encrypted_data_keys,
+            max_nonframed_bytes=max_nonframed_bytes,
         ) as reader:
             copy_through(reader, dst)
         return reader.info
