@@ -15,8 +15,11 @@ namespace (ESDK ``provider_id``) and key name (ESDK ``key_id``) reads them, and 
   the encryption context itself; the message still does, through the header tag under the
   committed data key, which an attacker without the data key cannot recompute.
 * **RSA KEK** (ESDK raw RSA keyring): RSA-OAEP with SHA-256 (``RSA-OAEP-256``, the default where
-  the provider has it) or SHA-1 (``RSA-OAEP``). ``provider_info`` = name, ``ciphertext`` = the OAEP
-  ciphertext. As in the ESDK, the RSA EDK does not bind the encryption context.
+  the provider has it), SHA-1 (``RSA-OAEP``), SHA-384 or SHA-512 (``RSA-OAEP-384``/``-512``; MGF1
+  always with the OAEP hash, as the ESDK's ``RSA_OAEP_SHA*_MGF1``), or PKCS#1 v1.5 (``RSA1_5``, the
+  ESDK's ``RSA_PKCS1``: only when asked for). ``provider_info`` = name, ``ciphertext`` = the RSA
+  ciphertext. As in the ESDK, the RSA EDK does not bind the encryption context, nor say which
+  padding it used.
 
 Defaults: namespace ``"keybridge"``; name = the key's URI *without* a version
 (``str(provider.ref(handle.ref.name))``, e.g. ``memory:kek`` or
@@ -62,7 +65,8 @@ DEFAULT_NAMESPACE = "keybridge"
 _GCM_TAG_BITS = 128
 _GCM_IV = 12
 _KEY_WRAP = frozenset({"A128KW", "A192KW", "A256KW", "CKM_AES_KEY_WRAP", "CKM_AES_KEY_WRAP_PAD"})
-_RSA_WRAP = frozenset({"RSA-OAEP", "RSA-OAEP-256"})
+_RSA_OAEP = ("RSA-OAEP", "RSA-OAEP-256", "RSA-OAEP-384", "RSA-OAEP-512")
+_RSA_WRAP = frozenset({*_RSA_OAEP, "RSA1_5"})
 # Data-key length per ESDK message-format-v2 suite (both are AES-256-GCM, HKDF-SHA512, committing).
 _SUITE_KEY_LENGTH = {0x0478: 32, 0x0578: 32}
 
@@ -121,7 +125,7 @@ class _Plan:
     bits: int
     wrapping: str  # algorithm for new EDKs
     ops: frozenset[KeyOp]
-    rsa_unwrap: tuple[str, ...]  # OAEP variants to try: the EDK does not say which hash it used
+    rsa_unwrap: tuple[str, ...]  # RSA paddings to try: the EDK does not say which one it used
 
 
 class FreshDataKey:
@@ -147,9 +151,14 @@ class Keyring(FreshDataKey):
 
     ``namespace`` and ``name`` are what the EDK records (ESDK ``provider_id`` and key name);
     ``wrapping`` picks the algorithm for new EDKs (``A256GCM``, ``CKM_AES_KEY_WRAP_PAD``,
-    ``A256KW``, ``RSA-OAEP-256``, ``RSA-OAEP``); by default AES-GCM for AES keys where the provider
-    has it, else key wrap, and RSA-OAEP-256 for RSA keys, else RSA-OAEP. Decryption reads every
-    layout above regardless of ``wrapping``.
+    ``A256KW``, ``RSA-OAEP-256``, ``RSA-OAEP``, ``RSA-OAEP-384``, ``RSA-OAEP-512``, ``RSA1_5``); by
+    default AES-GCM for AES keys where the provider has it, else key wrap, and RSA-OAEP-256 for RSA
+    keys, else RSA-OAEP. Decryption reads every AES layout regardless of ``wrapping``. An RSA EDK
+    does not name its padding: with an explicit ``wrapping`` only that one is tried (as an ESDK
+    raw RSA keyring does), without one every OAEP hash the provider offers. PKCS#1 v1.5 is tried
+    only with ``wrapping="RSA1_5"`` or ``legacy_rsa1_5=True`` (after the OAEP ones), to read
+    messages of ESDK keyrings configured with ``RSA_PKCS1``: trying it on every message would give
+    an attacker a padding oracle to probe for no benefit.
     """
 
     def __init__(
@@ -159,6 +168,7 @@ class Keyring(FreshDataKey):
         namespace: str | None = None,
         name: str | None = None,
         wrapping: str | None = None,
+        legacy_rsa1_5: bool = False,
     ) -> None:
         if not isinstance(handle, KeyHandle):
             raise InvalidArgument(f"Keyring needs a KeyHandle (provider.key(NAME)), got {type(handle).__name__}")
@@ -174,6 +184,7 @@ class Keyring(FreshDataKey):
         if len(self._pid) > 0xFFFF or len(self._name) > 0xFFFF - 64:
             raise InvalidArgument("the keyring's namespace or name is too long for an EDK")
         self._wrapping = wrapping
+        self._legacy_rsa1_5 = bool(legacy_rsa1_5)
         self._plan: _Plan | None = None
         self._lock = threading.Lock()
 
@@ -245,7 +256,13 @@ class Keyring(FreshDataKey):
         except KeybridgeError:
             return None
         for ref in versions[1:]:
-            pinned = Keyring(provider.key(ref), namespace=self.namespace, name=self.name, wrapping=self._wrapping)
+            pinned = Keyring(
+                provider.key(ref),
+                namespace=self.namespace,
+                name=self.name,
+                wrapping=self._wrapping,
+                legacy_rsa1_5=self._legacy_rsa1_5,
+            )
             try:
                 return pinned.decryption_materials(suite_id=suite_id, context=context, edks=edks)
             except KeybridgeError:
@@ -260,12 +277,18 @@ class Keyring(FreshDataKey):
                 info = self.handle.info()
                 spec = info.spec
                 wrapping = self._choose(spec.kty, spec.size, info.ops)
-                # Without an explicit choice, read both OAEP hashes the provider offers (ours first).
-                offered = self.handle.provider.algorithms
-                rsa_auto = spec.kty is KeyType.RSA and not self._wrapping
-                others = tuple(sorted(_RSA_WRAP & offered - {wrapping})) if rsa_auto else ()
-                self._plan = _Plan(spec.kty, spec.size, wrapping, info.ops, (wrapping, *others))
+                unwraps = self._rsa_unwraps(wrapping) if spec.kty is KeyType.RSA else (wrapping,)
+                self._plan = _Plan(spec.kty, spec.size, wrapping, info.ops, unwraps)
             return self._plan
+
+    def _rsa_unwraps(self, wrapping: str) -> tuple[str, ...]:
+        """The paddings to try on an RSA EDK, ours first: without an explicit choice every OAEP hash
+        the provider offers; PKCS#1 v1.5 last and only when asked for."""
+        offered = self.handle.provider.algorithms
+        others = [] if self._wrapping else [a for a in _RSA_OAEP if a in offered and a != wrapping]
+        if self._legacy_rsa1_5 and wrapping != "RSA1_5":
+            others.append("RSA1_5")
+        return (wrapping, *others)
 
     def _choose(self, kty: KeyType, bits: int, ops: frozenset[KeyOp]) -> str:
         offered = self.handle.provider.algorithms
