@@ -21,6 +21,7 @@ from ._encrypt import resolve_keys
 from ._frames import FINAL_MARKER, FrameCodec
 from ._header import Header, MessageInfo, authenticate, parse_header
 from ._io import Buffer, OutputBuffer, Source, StreamSource, Truncated, ViewSource, check_stream
+from ._materials import OpenedBy, recording_opened
 from ._recipients import Keys
 from ._suites import IV_LEN, KEY_LEN, PUBLIC_KEY_CONTEXT_KEY, TAG_LEN, Verifier
 
@@ -33,17 +34,45 @@ MAX_NONFRAMED_BYTES = 64 * 2**20
 # One AES-GCM call authenticates a non-framed body; cryptography takes at most 2**31 - 1 bytes.
 _NONFRAMED_LIMIT = 2**31 - 1 - TAG_LEN
 
-__all__ = ["DecryptResult", "DecryptingReader", "decrypt", "open_decryptor"]
+__all__ = ["DecryptInfo", "DecryptResult", "DecryptingReader", "decrypt", "open_decryptor"]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class DecryptResult(MessageInfo):
-    """The plaintext of a message and what its authenticated header says."""
+class DecryptInfo(MessageInfo):
+    """What the authenticated header of a decrypted message says, and which key opened it.
+
+    ``opened_by`` lists every key that recovered the data key: one for a keyring or any-of, ``k``
+    for k-of-n (one per share), none for a custom materials source that does not call
+    :func:`~keybridge.envelope.report_opened`. A data-key cache hit names the key of the original
+    unwrap.
+    """
+
+    opened_by: tuple[OpenedBy, ...] = ()
+
+    @property
+    def key(self) -> OpenedBy | None:
+        """The (first) key that opened the message, or None if the source did not say."""
+        return self.opened_by[0] if self.opened_by else None
+
+    def _more(self) -> str:
+        return f", opened_by={[o.key for o in self.opened_by]!r}"
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class DecryptResult(DecryptInfo):
+    """The plaintext of a message, what its authenticated header says, and which key opened it."""
 
     plaintext: bytes = field(default=b"")
 
     def _more(self) -> str:
-        return f", plaintext=<{len(self.plaintext)} bytes>"
+        return f"{super()._more()}, plaintext=<{len(self.plaintext)} bytes>"
+
+
+def decrypt_info(header: MessageInfo, opened_by: tuple[OpenedBy, ...]) -> DecryptInfo:
+    """The public header info plus the keys that opened it."""
+    return DecryptInfo(
+        header.suite, header.message_id, header.context, header.edks, header.frame_length, opened_by=opened_by
+    )
 
 
 def check_expected_context(context: Mapping[str, str], expected: Mapping[str, str] | None) -> None:
@@ -73,16 +102,18 @@ def read_header(source: Source, expected_context: Mapping[str, str] | None, max_
     return header
 
 
-def unlock(header: Header, keys: Keys) -> tuple[bytes, bytes]:
-    """The data key behind the header's EDKs and the derived key, after the header authenticates."""
+def unlock(header: Header, keys: Keys) -> tuple[bytes, bytes, tuple[OpenedBy, ...]]:
+    """The data key behind the header's EDKs, the derived key, and the keys that reported opening
+    it, after the header authenticates."""
     source = resolve_keys(keys)
-    data_key = source.decryption_materials(suite_id=int(header.suite), context=header.context, edks=header.edks)
+    with recording_opened() as opened:
+        data_key = source.decryption_materials(suite_id=int(header.suite), context=header.context, edks=header.edks)
     if not isinstance(data_key, (bytes, bytearray)) or len(data_key) != KEY_LEN:
         kind = f"{len(data_key)} bytes" if isinstance(data_key, (bytes, bytearray)) else type(data_key).__name__
         raise InvalidArgument(
             f"{source!r} returned {kind} as the data key; suite {header.suite.name} needs {KEY_LEN} bytes"
         )
-    return bytes(data_key), authenticate(header, bytes(data_key))
+    return bytes(data_key), authenticate(header, bytes(data_key)), tuple(opened)
 
 
 class _Body:
@@ -192,7 +223,7 @@ class DecryptingReader(io.RawIOBase):
     read fails the same way.
     """
 
-    info: MessageInfo
+    info: DecryptInfo
 
     def __init__(
         self,
@@ -223,8 +254,8 @@ class DecryptingReader(io.RawIOBase):
                 f"the message is signed (suite 0x{header.suite:04X}) and this decryptor was opened with"
                 " allow_signed=False; decrypt it with decrypt() or decrypt_file(), which release nothing early"
             )
-        _, enc_key = unlock(header, keys)
-        self.info = header.info()
+        _, enc_key, opened = unlock(header, keys)
+        self.info = decrypt_info(header, opened)
         self._body = _Body(_source, header, enc_key, max_nonframed_bytes)
 
     def readable(self) -> bool:
@@ -376,5 +407,11 @@ def decrypt(
         reader.close()
     info = reader.info
     return DecryptResult(
-        info.suite, info.message_id, info.context, info.edks, info.frame_length, plaintext=out.finish(n)
+        info.suite,
+        info.message_id,
+        info.context,
+        info.edks,
+        info.frame_length,
+        opened_by=info.opened_by,
+        plaintext=out.finish(n),
     )

@@ -14,7 +14,7 @@ from typing import Any
 
 from .._files import atomic_output
 from ..errors import InvalidArgument
-from ._decrypt import MAX_ENCRYPTED_DATA_KEYS, MAX_NONFRAMED_BYTES, DecryptingReader
+from ._decrypt import MAX_ENCRYPTED_DATA_KEYS, MAX_NONFRAMED_BYTES, DecryptInfo, DecryptingReader
 from ._encrypt import DEFAULT_FRAME_LENGTH, EncryptingWriter
 from ._header import MessageInfo
 from ._recipients import Keys
@@ -72,10 +72,11 @@ def decrypt_file(
     expected_context: Mapping[str, str] | None = None,
     max_encrypted_data_keys: int | None = MAX_ENCRYPTED_DATA_KEYS,
     max_nonframed_bytes: int | None = MAX_NONFRAMED_BYTES,
-) -> MessageInfo:
+) -> DecryptInfo:
     """Decrypt the message at ``src_path`` into ``dst_path``; the plaintext file appears only once
     the whole message (signature included) has been authenticated. ``max_nonframed_bytes`` caps
-    the memory a non-framed message may take (see :func:`open_decryptor`)."""
+    the memory a non-framed message may take (see :func:`open_decryptor`). The result's
+    ``opened_by`` names the key that opened it."""
     src_p, dst_p = check_path(src_path, "src_path"), check_path(dst_path, "dst_path")
     with open(src_p, "rb") as src, atomic_output(dst_p) as dst:
         with DecryptingReader(

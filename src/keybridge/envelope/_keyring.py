@@ -45,10 +45,10 @@ from ..errors import (
     ProviderUnavailable,
     UnsupportedAlgorithm,
 )
-from ..keys import KeyOp, KeyType
+from ..keys import KeyOp, KeyRef, KeyType
 from ..provider import KeyHandle
 from ._header import serialize_context
-from ._materials import EncryptedDataKey, EncryptionMaterials
+from ._materials import EncryptedDataKey, EncryptionMaterials, OpenedBy, report_opened
 
 __all__ = [
     "DEFAULT_NAMESPACE",
@@ -121,6 +121,7 @@ def data_key_length(suite_id: int) -> int:
 class _Plan:
     """How this keyring talks to its KEK, decided once from the key's metadata."""
 
+    ref: KeyRef  # the version current when the plan was made (what an unversioned handle used)
     kty: KeyType
     bits: int
     wrapping: str  # algorithm for new EDKs
@@ -233,6 +234,8 @@ class Keyring(FreshDataKey):
                 failures.append((who, exc))
                 continue
             if len(key) == length:
+                ref = self.handle.ref if self.handle.ref.version else self._resolve().ref
+                report_opened(OpenedBy(str(ref), ref.version, self.namespace, self.name))
                 return key
             failures.append((who, IntegrityError(f"unwrapped data key is {len(key)} bytes, expected {length}")))
         if not failures:
@@ -278,7 +281,7 @@ class Keyring(FreshDataKey):
                 spec = info.spec
                 wrapping = self._choose(spec.kty, spec.size, info.ops)
                 unwraps = self._rsa_unwraps(wrapping) if spec.kty is KeyType.RSA else (wrapping,)
-                self._plan = _Plan(spec.kty, spec.size, wrapping, info.ops, unwraps)
+                self._plan = _Plan(info.ref, spec.kty, spec.size, wrapping, info.ops, unwraps)
             return self._plan
 
     def _rsa_unwraps(self, wrapping: str) -> tuple[str, ...]:
