@@ -33,6 +33,7 @@ from ._materials import (
     EncryptionMaterials,
     MaterialsSource,
     OpenedBy,
+    edk_count,
     recording_opened,
     report_opened,
 )
@@ -95,6 +96,10 @@ class DataKeyCache:
 
     def __repr__(self) -> str:
         return f"DataKeyCache({self.source!r}, max_age={self.max_age}, entries={len(self._entries)})"
+
+    def edk_count(self) -> int | None:
+        """As many as the cached source writes."""
+        return edk_count(self.source)
 
     def __len__(self) -> int:
         with self._lock:

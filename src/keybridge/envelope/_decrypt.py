@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import IntegrityError, InvalidArgument, InvalidMessage, OperationNotPermitted
 from ._encrypt import resolve_keys
 from ._frames import FINAL_MARKER, FrameCodec
-from ._header import Header, MessageInfo, authenticate, parse_header
+from ._header import Header, MessageInfo, authenticate, check_limit, parse_header
 from ._io import Buffer, OutputBuffer, Source, StreamSource, Truncated, ViewSource, check_stream
 from ._materials import OpenedBy, recording_opened
 from ._recipients import Keys
@@ -86,12 +86,6 @@ def check_expected_context(context: Mapping[str, str], expected: Mapping[str, st
     wrong = sorted(str(k) for k, v in expected.items() if context.get(k) != v)
     if wrong:
         raise IntegrityError(f"the message's encryption context does not match expected_context for key(s) {wrong}")
-
-
-def check_limit(name: str, value: int | None, *, minimum: int) -> None:
-    """A caller's cap: an int of at least ``minimum``, or None for none."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-        raise InvalidArgument(f"{name} must be an int of at least {minimum}, or None for no cap; got {value!r}")
 
 
 def read_header(source: Source, expected_context: Mapping[str, str] | None, max_edks: int | None) -> Header:

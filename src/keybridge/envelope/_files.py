@@ -51,14 +51,22 @@ def encrypt_file(
     context: Mapping[str, str] | None = None,
     frame_length: int = DEFAULT_FRAME_LENGTH,
     suite: Suite | int = DEFAULT_SUITE,
+    max_encrypted_data_keys: int | None = None,
 ) -> MessageInfo:
-    """Encrypt the file at ``src_path`` into ``dst_path`` (may be the same path) in constant memory."""
+    """Encrypt the file at ``src_path`` into ``dst_path`` (may be the same path) in constant memory.
+    ``max_encrypted_data_keys`` as for :func:`encrypt`."""
     src_p, dst_p = check_path(src_path, "src_path"), check_path(dst_path, "dst_path")
     with open(src_p, "rb", buffering=0) as src, atomic_output(dst_p) as dst:
         st = os.fstat(src.fileno())
         size = st.st_size if stat.S_ISREG(st.st_mode) else None
         with EncryptingWriter(
-            dst, keys, context=context, frame_length=frame_length, suite=suite, plaintext_length=size
+            dst,
+            keys,
+            context=context,
+            frame_length=frame_length,
+            suite=suite,
+            plaintext_length=size,
+            max_encrypted_data_keys=max_encrypted_data_keys,
         ) as writer:
             copy_through(src, writer)
         return writer.info

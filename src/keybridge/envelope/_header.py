@@ -79,6 +79,12 @@ class Header(MessageInfo):
         return MessageInfo(self.suite, self.message_id, self.context, self.edks, self.frame_length)
 
 
+def check_limit(name: str, value: int | None, *, minimum: int) -> None:
+    """A caller's cap: an int of at least ``minimum``, or None for none."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise InvalidArgument(f"{name} must be an int of at least {minimum}, or None for no cap; got {value!r}")
+
+
 def check_context(context: Mapping[str, str] | None) -> dict[str, str]:
     """Validate a caller's encryption context (strings, no reserved keys, fits the header)."""
     if context is None:

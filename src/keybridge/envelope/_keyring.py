@@ -194,6 +194,10 @@ class Keyring(FreshDataKey):
 
     # ---- MaterialsSource -----------------------------------------------------------------------
 
+    def edk_count(self) -> int:
+        """One EDK per message."""
+        return 1
+
     def wrap_existing(
         self, data_key: bytes, *, suite_id: int, context: Mapping[str, str]
     ) -> tuple[EncryptedDataKey, ...]:

@@ -17,6 +17,17 @@ from typing import Protocol, runtime_checkable
 __all__ = ["EncryptedDataKey", "EncryptionMaterials", "MaterialsSource", "OpenedBy", "report_opened"]
 
 
+def edk_count(source: object) -> int | None:
+    """How many EDKs ``source`` will write for one message, if it can tell without a KEK call.
+
+    Keyrings, recipients and the cache answer through an ``edk_count()`` method; other sources
+    (None) are checked on what they return instead.
+    """
+    count = getattr(source, "edk_count", None)
+    result = count() if callable(count) else None
+    return result if isinstance(result, int) and not isinstance(result, bool) else None
+
+
 @dataclass(frozen=True)
 class EncryptedDataKey:
     """One EDK as the ESDK header stores it: key namespace (provider ID), key info, ciphertext."""

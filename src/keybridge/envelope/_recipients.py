@@ -26,7 +26,7 @@ from ..errors import InvalidArgument, KeybridgeError
 from ..provider import KeyHandle
 from . import _shamir
 from ._keyring import FailureList, FreshDataKey, Keyring, NoMatchingEdk, no_data_key
-from ._materials import EncryptedDataKey, MaterialsSource
+from ._materials import EncryptedDataKey, MaterialsSource, edk_count
 
 __all__ = ["AnyOf", "KOfN", "Keys", "as_materials"]
 
@@ -74,6 +74,11 @@ def _wrap(
     return edks
 
 
+def _total(sources: Sequence[MaterialsSource]) -> int | None:
+    counts = [edk_count(s) for s in sources]
+    return None if None in counts else sum(c for c in counts if c is not None)
+
+
 def _who(source: object) -> str:
     """How failures name a source: a keyring by its key reference, anything else by repr."""
     return str(source.handle.ref) if isinstance(source, Keyring) else repr(source)
@@ -96,6 +101,10 @@ class AnyOf(FreshDataKey):
 
     def __repr__(self) -> str:
         return f"AnyOf({', '.join(map(repr, self.sources))})"
+
+    def edk_count(self) -> int | None:
+        """The members' EDKs together (None if a member cannot tell)."""
+        return _total(self.sources)
 
     def wrap_existing(
         self, data_key: bytes, *, suite_id: int, context: Mapping[str, str]
@@ -130,6 +139,10 @@ class KOfN(FreshDataKey):
 
     def __repr__(self) -> str:
         return f"KOfN({self.k}, {', '.join(map(repr, self.sources))})"
+
+    def edk_count(self) -> int | None:
+        """One share EDK per EDK each member writes (None if a member cannot tell)."""
+        return _total(self.sources)
 
     def wrap_existing(
         self, data_key: bytes, *, suite_id: int, context: Mapping[str, str]
