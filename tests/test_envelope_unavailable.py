@@ -113,3 +113,34 @@ def test_plain_wrong_key_is_still_data_key_unavailable() -> None:
         decrypt(message, Keyring(memory.key("wrong"), name="kek"))
     assert isinstance(info.value, IntegrityError)
     assert not isinstance(info.value, ProviderUnavailable)
+
+
+class _OldVersionDown(InMemoryProvider):
+    """Memory keys whose older versions sit behind a service that is down (the fault cannot be
+    caused in the emulator for one version only: its faults hit every request)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down: set[str] = set()
+
+    def decrypt(self, ref, alg, data, *, aad=None):  # type: ignore[no-untyped-def, override]
+        if self.ref(ref).version in self.down:
+            raise ProviderUnavailable("injected: the service holding this version is down")
+        return super().decrypt(ref, alg, data, aad=aad)
+
+
+def test_older_version_unavailable_after_rotation_is_unreachable_not_tampered() -> None:
+    memory = _OldVersionDown()
+    memory.create_key("kek", KeySpec.aes(256))
+    old = memory.key("kek").info().ref.version
+    assert old is not None
+    message = encrypt(b"written before the rotation", Keyring(memory.key("kek")))
+    memory.create_key("kek", KeySpec.aes(256))  # rotate: the current version cannot open it
+    ring = Keyring(memory.key("kek"))
+    memory.down = {old}
+    with pytest.raises(DataKeyUnreachable) as info:
+        decrypt(message, ring)
+    kinds = [type(e).__name__ for _, e in info.value.failures]
+    assert kinds == ["IntegrityError", "ProviderUnavailable"]  # current version: wrong key; old: down
+    memory.down = set()
+    assert decrypt(message, ring).plaintext == b"written before the rotation"

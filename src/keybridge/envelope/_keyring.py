@@ -246,20 +246,28 @@ class Keyring(FreshDataKey):
             failures.append((who, NoMatchingEdk(f"no EDK for namespace {self.namespace!r}, name {self.name!r}")))
         elif self.handle.ref.version is None and not any(isinstance(e, ProviderUnavailable) for _, e in failures):
             # Not while the service is unavailable: listing versions would only add load to it.
-            recovered = self._older_versions(suite_id, context, edks)
+            recovered = self._older_versions(suite_id, context, edks, failures)
             if recovered is not None:
                 return recovered
         raise no_data_key(f"{who} could not recover the data key", failures)
 
     def _older_versions(
-        self, suite_id: int, context: Mapping[str, str], edks: Sequence[EncryptedDataKey]
+        self,
+        suite_id: int,
+        context: Mapping[str, str],
+        edks: Sequence[EncryptedDataKey],
+        failures: list[tuple[str, KeybridgeError]],
     ) -> bytes | None:
         """After a KEK rotation an unversioned handle means the new version, but the EDK names the
         key without a version (so ESDK keyrings can match it): try the older versions, newest
-        first. This runs only after the current version failed, so it costs nothing normally."""
+        first. This runs only after the current version failed, so it costs nothing normally.
+        An older version that could not be asked is added to ``failures`` (the right one may be it)."""
         provider, name = self.handle.provider, self.handle.ref.name
         try:
             versions = [v.ref for v in provider.list_versions(name)][::-1]
+        except ProviderUnavailable as exc:
+            failures.append((f"{self.handle.ref} (older versions)", exc))
+            return None
         except KeybridgeError:
             return None
         for ref in versions[1:]:
@@ -272,6 +280,9 @@ class Keyring(FreshDataKey):
             )
             try:
                 return pinned.decryption_materials(suite_id=suite_id, context=context, edks=edks)
+            except DataKeyUnreachable as exc:
+                failures.extend(exc.failures)
+                break  # the service is unavailable: asking it about more versions would not help
             except KeybridgeError:
                 continue
         return None
