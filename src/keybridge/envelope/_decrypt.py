@@ -3,9 +3,11 @@
 Release rule: nothing from the header is used before the header tag verifies; a regular frame is
 released once its tag verifies; the final frame is released only after the footer signature
 (signed suites) verifies and the end of the message is confirmed. A non-framed body is one final
-frame: it is buffered whole (up to ``max_nonframed_bytes``) and released by the same rule. Errors: a malformed header is
-:class:`InvalidMessage`; everything after it (failed authentication, wrong order, truncation,
-trailing data, bad signature) is :class:`IntegrityError`.
+frame: it is buffered whole (up to ``max_nonframed_bytes``) and released by the same rule.
+
+Errors: a malformed header, or a non-framed body longer than the reader holds, is
+:class:`InvalidMessage`; everything after the header (failed authentication, wrong order,
+truncation, trailing data, bad signature) is :class:`IntegrityError`.
 """
 
 from __future__ import annotations
