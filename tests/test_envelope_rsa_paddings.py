@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from _envelope_support import NAMESPACE, esdk_client, esdk_raw_rsa
-from keybridge import InMemoryProvider
+from keybridge import InMemoryProvider, KeySpec
 from keybridge.envelope import DataKeyUnavailable, Keyring, decrypt, encrypt
 from keybridge.errors import UnsupportedAlgorithm
 from keybridge.testing._softhsm import SoftHsmToken
@@ -146,3 +146,29 @@ def test_pkcs11_mechanism_table_for_sha2_oaep() -> None:
     # Claimed only where the token lists the digest too, and never on SoftHSM.
     assert "RSA-OAEP-512" not in mech.supported({**oaep, int(M.SHA384): None}, "X")
     assert not {"RSA-OAEP-384"} & mech.supported({**oaep, int(M.SHA384): None}, "SoftHSM project")
+
+
+# ---- Azure: neither SHA-2 OAEP beyond 256 -----------------------------------------------------------
+
+
+def test_azure_claims_no_sha384_512_oaep_and_the_emulator_refuses_them() -> None:
+    pytest.importorskip("azure.keyvault.keys")
+    from azure.core.exceptions import HttpResponseError
+    from azure.keyvault.keys.crypto import CryptographyClient
+
+    from keybridge.emulator import ManagedHsmEmulator
+    from keybridge.providers.azure import AzureKeyVaultProvider
+
+    with ManagedHsmEmulator() as emu, AzureKeyVaultProvider(emu.vault_url, **emu.provider_options()) as azure:
+        assert {"RSA-OAEP-384", "RSA-OAEP-512"} & azure.algorithms == set()
+        assert {"RSA-OAEP", "RSA-OAEP-256", "RSA1_5"} <= azure.algorithms
+        info = azure.create_key("rsa", KeySpec.rsa(2048))
+        with pytest.raises(UnsupportedAlgorithm, match="RSA-OAEP-384"):
+            azure.decrypt(info.ref, "RSA-OAEP-384", bytes(256))
+        # The service itself (as Key Vault) answers 400 to the name, for clients that send it anyway.
+        client = CryptographyClient(
+            str(info.ref), credential=emu.credential(), connection_verify=emu.ca_file, verify_challenge_resource=False
+        )
+        with pytest.raises(HttpResponseError, match="not a Key Vault algorithm") as err:
+            client.decrypt("RSA-OAEP-512", bytes(256))  # type: ignore[arg-type]
+        assert err.value.status_code == 400
