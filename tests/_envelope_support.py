@@ -83,3 +83,21 @@ def esdk_client(max_encrypted_data_keys: int | None = None):  # type: ignore[no-
     return aws_encryption_sdk.EncryptionSDKClient(
         commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT, **kwargs
     )
+
+
+def esdk_raw_rsa(private_key, wrapping: str, namespace: str = NAMESPACE, name: str = "rsa-1"):  # type: ignore[no-untyped-def]
+    """An aws-encryption-sdk RawMasterKey over an RSA private key (``cryptography`` object) with the
+    ESDK's ``WrappingAlgorithm`` of that name (RSA_PKCS1, RSA_OAEP_SHA256_MGF1, ...)."""
+    from aws_encryption_sdk.identifiers import EncryptionKeyType, WrappingAlgorithm
+    from aws_encryption_sdk.internal.crypto.wrapping_keys import WrappingKey
+    from aws_encryption_sdk.key_providers.raw import RawMasterKey
+    from cryptography.hazmat.primitives import serialization
+
+    pem = private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return RawMasterKey(
+        provider_id=namespace,
+        key_id=name.encode(),
+        wrapping_key=WrappingKey(WrappingAlgorithm[wrapping], pem, EncryptionKeyType.PRIVATE),
+    )

@@ -268,6 +268,10 @@ def _table() -> dict[str, AlgorithmSpec]:
     t: list[AlgorithmSpec] = [
         AlgorithmSpec("RSA-OAEP", KeyType.RSA, _RSA_ENC, hashes.SHA1()),
         AlgorithmSpec("RSA-OAEP-256", KeyType.RSA, _RSA_ENC, hashes.SHA256()),
+        # Not JWA names: the OAEP hashes (MGF1 with the same hash) the AWS Encryption SDK's raw RSA
+        # keyring defines; Azure Key Vault has neither.
+        AlgorithmSpec("RSA-OAEP-384", KeyType.RSA, _RSA_ENC, hashes.SHA384()),
+        AlgorithmSpec("RSA-OAEP-512", KeyType.RSA, _RSA_ENC, hashes.SHA512()),
         AlgorithmSpec("RSA1_5", KeyType.RSA, _RSA_ENC),
         AlgorithmSpec("CKM_AES_KEY_WRAP", KeyType.OCT, _WRAP),
         AlgorithmSpec("CKM_AES_KEY_WRAP_PAD", KeyType.OCT, _WRAP),

@@ -284,6 +284,8 @@ class Router:
             alg = algorithm(name)  # type: ignore[arg-type]
         except KeybridgeError as exc:
             raise bad(f"{exc}") from None
+        if alg.name in ("RSA-OAEP-384", "RSA-OAEP-512"):  # keybridge names (for the ESDK) Key Vault lacks
+            raise bad(f"{alg.name} is not a Key Vault algorithm")
         if op not in alg.ops:
             raise bad(f"{alg.name} is not an algorithm for {op.value}")
         value = decode_b64(body.get("digest" if op is KeyOp.VERIFY else "value"), "value")

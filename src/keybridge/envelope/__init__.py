@@ -17,12 +17,12 @@ Example::
 from __future__ import annotations
 
 from ._cache import DataKeyCache
-from ._decrypt import DecryptingReader, DecryptResult, decrypt, open_decryptor
+from ._decrypt import DecryptInfo, DecryptingReader, DecryptResult, decrypt, open_decryptor
 from ._encrypt import DEFAULT_FRAME_LENGTH, EncryptingWriter, encrypt, open_encryptor
 from ._files import decrypt_file, encrypt_file
 from ._header import MessageInfo
-from ._keyring import DataKeyUnavailable, Keyring, NoMatchingEdk
-from ._materials import EncryptedDataKey, EncryptionMaterials, MaterialsSource
+from ._keyring import DataKeyUnavailable, DataKeyUnreachable, Keyring, NoMatchingEdk
+from ._materials import EncryptedDataKey, EncryptionMaterials, MaterialsSource, OpenedBy, report_opened
 from ._recipients import AnyOf, Keys, KOfN, as_materials
 from ._rewrap import rewrap, rewrap_file
 from ._suites import DEFAULT_SUITE, PUBLIC_KEY_CONTEXT_KEY, Suite
@@ -34,6 +34,8 @@ __all__ = [
     "AnyOf",
     "DataKeyCache",
     "DataKeyUnavailable",
+    "DataKeyUnreachable",
+    "DecryptInfo",
     "DecryptResult",
     "DecryptingReader",
     "EncryptedDataKey",
@@ -45,6 +47,7 @@ __all__ = [
     "MaterialsSource",
     "MessageInfo",
     "NoMatchingEdk",
+    "OpenedBy",
     "Suite",
     "as_materials",
     "decrypt",
@@ -53,6 +56,7 @@ __all__ = [
     "encrypt_file",
     "open_decryptor",
     "open_encryptor",
+    "report_opened",
     "rewrap",
     "rewrap_file",
 ]

@@ -28,7 +28,15 @@ from dataclasses import dataclass, field
 
 from ..errors import InvalidArgument
 from ._keyring import serialize_context
-from ._materials import EncryptedDataKey, EncryptionMaterials, MaterialsSource
+from ._materials import (
+    EncryptedDataKey,
+    EncryptionMaterials,
+    MaterialsSource,
+    OpenedBy,
+    edk_count,
+    recording_opened,
+    report_opened,
+)
 
 __all__ = ["DataKeyCache"]
 
@@ -46,6 +54,7 @@ class _Entry:
     created: float
     messages: int = 0
     nbytes: int = 0
+    opened_by: tuple[OpenedBy, ...] = ()  # replayed on a decrypt hit, so results still name the key
 
     def wipe(self) -> None:
         self.key[:] = bytes(len(self.key))
@@ -87,6 +96,10 @@ class DataKeyCache:
 
     def __repr__(self) -> str:
         return f"DataKeyCache({self.source!r}, max_age={self.max_age}, entries={len(self._entries)})"
+
+    def edk_count(self) -> int | None:
+        """As many as the cached source writes."""
+        return edk_count(self.source)
 
     def __len__(self) -> int:
         with self._lock:
@@ -130,11 +143,17 @@ class DataKeyCache:
         slot = ("dec", suite_id, serialize_context(context), tuple(edks))
         with self._lock:
             entry = self._live(slot)
-            if entry is not None:
-                return bytes(entry.key)
-        data_key = self.source.decryption_materials(suite_id=suite_id, context=context, edks=edks)
+            hit = (bytes(entry.key), entry.opened_by) if entry is not None else None
+        if hit is not None:
+            for who in hit[1]:
+                report_opened(who)
+            return hit[0]
+        with recording_opened() as inner:
+            data_key = self.source.decryption_materials(suite_id=suite_id, context=context, edks=edks)
         with self._lock:
-            self._store(slot, _Entry(bytearray(data_key), (), self._clock()))
+            self._store(slot, _Entry(bytearray(data_key), (), self._clock(), opened_by=tuple(inner)))
+        for who in inner:
+            report_opened(who)
         return data_key
 
     def wrap_existing(

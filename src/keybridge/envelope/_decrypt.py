@@ -2,42 +2,79 @@
 
 Release rule: nothing from the header is used before the header tag verifies; a regular frame is
 released once its tag verifies; the final frame is released only after the footer signature
-(signed suites) verifies and the end of the message is confirmed. Errors: a malformed header is
-:class:`InvalidMessage`; everything after it (failed authentication, wrong order, truncation,
-trailing data, bad signature) is :class:`IntegrityError`.
+(signed suites) verifies and the end of the message is confirmed. A non-framed body is one final
+frame: it is buffered whole (up to ``max_nonframed_bytes``) and released by the same rule.
+
+Errors: a malformed header, or a non-framed body longer than the reader holds, is
+:class:`InvalidMessage`; everything after the header (failed authentication, wrong order,
+truncation, trailing data, bad signature) is :class:`IntegrityError`.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from ..errors import IntegrityError, InvalidArgument, OperationNotPermitted
+from ..errors import IntegrityError, InvalidArgument, InvalidMessage, OperationNotPermitted
 from ._encrypt import resolve_keys
 from ._frames import FINAL_MARKER, FrameCodec
-from ._header import Header, MessageInfo, authenticate, parse_header
+from ._header import Header, MessageInfo, authenticate, check_limit, parse_header
 from ._io import Buffer, OutputBuffer, Source, StreamSource, Truncated, ViewSource, check_stream
+from ._materials import OpenedBy, recording_opened
 from ._recipients import Keys
 from ._suites import IV_LEN, KEY_LEN, PUBLIC_KEY_CONTEXT_KEY, TAG_LEN, Verifier
 
 # ESDK advice: legitimate messages name a handful of KEKs and every EDK may cost a KEK call, so a
 # forged header with 65,535 of them is refused before any key is used. None lifts the cap.
 MAX_ENCRYPTED_DATA_KEYS = 16
+# A non-framed body has one tag at its end, so its plaintext can only be released once all of it is
+# in memory; streams and files cap that buffer (the ESDK's max_body_length plays the same part).
+MAX_NONFRAMED_BYTES = 64 * 2**20
+# One AES-GCM call authenticates a non-framed body; cryptography takes at most 2**31 - 1 bytes.
+_NONFRAMED_LIMIT = 2**31 - 1 - TAG_LEN
 
-__all__ = ["DecryptResult", "DecryptingReader", "decrypt", "open_decryptor"]
+__all__ = ["DecryptInfo", "DecryptResult", "DecryptingReader", "decrypt", "open_decryptor"]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class DecryptResult(MessageInfo):
-    """The plaintext of a message and what its authenticated header says."""
+class DecryptInfo(MessageInfo):
+    """What the authenticated header of a decrypted message says, and which key opened it.
+
+    ``opened_by`` lists every key that recovered the data key: one for a keyring or any-of, ``k``
+    for k-of-n (one per share), none for a custom materials source that does not call
+    :func:`~keybridge.envelope.report_opened`. A data-key cache hit names the key of the original
+    unwrap.
+    """
+
+    opened_by: tuple[OpenedBy, ...] = ()
+
+    @property
+    def key(self) -> OpenedBy | None:
+        """The (first) key that opened the message, or None if the source did not say."""
+        return self.opened_by[0] if self.opened_by else None
+
+    def _more(self) -> str:
+        return f", opened_by={[o.key for o in self.opened_by]!r}"
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class DecryptResult(DecryptInfo):
+    """The plaintext of a message, what its authenticated header says, and which key opened it."""
 
     plaintext: bytes = field(default=b"")
 
     def _more(self) -> str:
-        return f", plaintext=<{len(self.plaintext)} bytes>"
+        return f"{super()._more()}, plaintext=<{len(self.plaintext)} bytes>"
+
+
+def decrypt_info(header: MessageInfo, opened_by: tuple[OpenedBy, ...]) -> DecryptInfo:
+    """The public header info plus the keys that opened it."""
+    return DecryptInfo(
+        header.suite, header.message_id, header.context, header.edks, header.frame_length, opened_by=opened_by
+    )
 
 
 def check_expected_context(context: Mapping[str, str], expected: Mapping[str, str] | None) -> None:
@@ -55,33 +92,35 @@ def check_expected_context(context: Mapping[str, str], expected: Mapping[str, st
 
 def read_header(source: Source, expected_context: Mapping[str, str] | None, max_edks: int | None) -> Header:
     """Parse a header and check it against the caller's expectations (nothing is authenticated yet)."""
-    if max_edks is not None and (isinstance(max_edks, bool) or not isinstance(max_edks, int) or max_edks < 1):
-        raise InvalidArgument(f"max_encrypted_data_keys must be a positive int or None, got {max_edks!r}")
+    check_limit("max_encrypted_data_keys", max_edks, minimum=1)
     header = parse_header(source.take, max_edks=max_edks)
     check_expected_context(header.context, expected_context)
     return header
 
 
-def unlock(header: Header, keys: Keys) -> tuple[bytes, bytes]:
-    """The data key behind the header's EDKs and the derived key, after the header authenticates."""
+def unlock(header: Header, keys: Keys) -> tuple[bytes, bytes, tuple[OpenedBy, ...]]:
+    """The data key behind the header's EDKs, the derived key, and the keys that reported opening
+    it, after the header authenticates."""
     source = resolve_keys(keys)
-    data_key = source.decryption_materials(suite_id=int(header.suite), context=header.context, edks=header.edks)
+    with recording_opened() as opened:
+        data_key = source.decryption_materials(suite_id=int(header.suite), context=header.context, edks=header.edks)
     if not isinstance(data_key, (bytes, bytearray)) or len(data_key) != KEY_LEN:
         kind = f"{len(data_key)} bytes" if isinstance(data_key, (bytes, bytearray)) else type(data_key).__name__
         raise InvalidArgument(
             f"{source!r} returned {kind} as the data key; suite {header.suite.name} needs {KEY_LEN} bytes"
         )
-    return bytes(data_key), authenticate(header, bytes(data_key))
+    return bytes(data_key), authenticate(header, bytes(data_key)), tuple(opened)
 
 
 class _Body:
     """Reads the frames of an authenticated message, in order, checking sequence and lengths."""
 
-    __slots__ = ("_codec", "_iv", "_sealed", "_source", "_verifier", "done", "final", "seq")
+    __slots__ = ("_codec", "_iv", "_max_single", "_sealed", "_source", "_verifier", "done", "final", "seq")
 
-    def __init__(self, source: Source, header: Header, enc_key: bytes) -> None:
+    def __init__(self, source: Source, header: Header, enc_key: bytes, max_single: int | None) -> None:
         self._source = source
         self._codec = FrameCodec(enc_key, header.message_id, header.frame_length)
+        self._max_single = max_single
         self._verifier: Verifier | None = None
         if header.suite.signed:
             self._verifier = Verifier(header.context[PUBLIC_KEY_CONTEXT_KEY])
@@ -100,6 +139,8 @@ class _Body:
         a length announced by a frame that never arrives costs no memory.
         """
         take = self._source.take
+        if not self._codec.frame_length:
+            return self._single_block(take)
         head = take(4)
         if self._verifier is not None:
             self._verifier.update(head)
@@ -128,9 +169,32 @@ class _Body:
             self._verifier.update(blob)
         return length
 
+    def _single_block(self, take: Callable[[int], memoryview]) -> int:
+        """Read a non-framed body (IV, u64 length, ciphertext, tag) as if it were one final frame."""
+        rest = take(IV_LEN + 8)
+        if self._verifier is not None:
+            self._verifier.update(rest)
+        iv = memoryview(bytes(rest[:IV_LEN]))
+        length = int.from_bytes(rest[IV_LEN:], "big")
+        cap = _NONFRAMED_LIMIT if self._max_single is None else min(self._max_single, _NONFRAMED_LIMIT)
+        if length > cap:
+            # Refused before reading the body: it would have to be held in memory whole.
+            hint = "" if cap == _NONFRAMED_LIMIT else "; pass a larger max_nonframed_bytes (or None) to read it"
+            raise InvalidMessage(
+                f"the non-framed body is {length} bytes, more than the {cap} this reader buffers{hint}"
+            )
+        self.final = True
+        self._iv, self._sealed = iv, take(length + TAG_LEN)
+        if self._verifier is not None:
+            self._verifier.update(self._sealed)
+        return length
+
     def open_into(self, out: memoryview) -> None:
         """Authenticate and decrypt the frame read by :meth:`next_frame` into ``out`` (its length)."""
-        self._codec.open(self.seq, self.final, self._iv, self._sealed, out)
+        if self._codec.frame_length:
+            self._codec.open(self.seq, self.final, self._iv, self._sealed, out)
+        else:
+            self._codec.open_single(self._iv, self._sealed, out)
         self.seq += 1
         if self.final:
             self._finish(out)
@@ -155,6 +219,8 @@ class DecryptingReader(io.RawIOBase):
     read fails the same way.
     """
 
+    info: DecryptInfo
+
     def __init__(
         self,
         src: Any,
@@ -163,6 +229,7 @@ class DecryptingReader(io.RawIOBase):
         expected_context: Mapping[str, str] | None = None,
         max_encrypted_data_keys: int | None = MAX_ENCRYPTED_DATA_KEYS,
         allow_signed: bool = True,
+        max_nonframed_bytes: int | None = MAX_NONFRAMED_BYTES,
         _source: Source | None = None,
     ) -> None:
         super().__init__()
@@ -171,6 +238,7 @@ class DecryptingReader(io.RawIOBase):
         self._held = memoryview(self._stage)  # staged plaintext not yet handed out
         self._hpos = 0
         self._error: BaseException | None = None
+        check_limit("max_nonframed_bytes", max_nonframed_bytes, minimum=0)
         if _source is None:
             check_stream(src, readable=True, what="src")
             _source = StreamSource(src)
@@ -182,9 +250,9 @@ class DecryptingReader(io.RawIOBase):
                 f"the message is signed (suite 0x{header.suite:04X}) and this decryptor was opened with"
                 " allow_signed=False; decrypt it with decrypt() or decrypt_file(), which release nothing early"
             )
-        _, enc_key = unlock(header, keys)
-        self.info = header.info()
-        self._body = _Body(_source, header, enc_key)
+        _, enc_key, opened = unlock(header, keys)
+        self.info = decrypt_info(header, opened)
+        self._body = _Body(_source, header, enc_key, max_nonframed_bytes)
 
     def readable(self) -> bool:
         """Always True."""
@@ -268,6 +336,7 @@ def open_decryptor(
     expected_context: Mapping[str, str] | None = None,
     max_encrypted_data_keys: int | None = MAX_ENCRYPTED_DATA_KEYS,
     allow_signed: bool = True,
+    max_nonframed_bytes: int | None = MAX_NONFRAMED_BYTES,
 ) -> DecryptingReader:
     """A readable binary stream of the plaintext of the message read from ``src``.
 
@@ -276,7 +345,10 @@ def open_decryptor(
     signature verifies: treat output as provisional until the stream ends without error (or use
     :func:`decrypt_file`, which only renames its output into place on success), or pass
     ``allow_signed=False`` to refuse signed messages outright (the ESDK's "decrypt-unsigned" mode).
-    ``src`` is not closed.
+    A non-framed message (content type 01, as the ESDK writes with ``frame_length=0``) has one tag
+    at its end, so its plaintext is held back until all of it verified: one whose body is longer
+    than ``max_nonframed_bytes`` (default 64 MiB; None: up to 2 GiB) is refused with
+    :class:`InvalidMessage` before its body is read. ``src`` is not closed.
     """
     return DecryptingReader(
         src,
@@ -284,6 +356,7 @@ def open_decryptor(
         expected_context=expected_context,
         max_encrypted_data_keys=max_encrypted_data_keys,
         allow_signed=allow_signed,
+        max_nonframed_bytes=max_nonframed_bytes,
     )
 
 
@@ -299,7 +372,8 @@ def decrypt(
     ``expected_context``: each given pair must be in the message's context with the same value,
     else :class:`IntegrityError` (checked before any key is used). ``max_encrypted_data_keys``
     (default 16; None for no cap)
-    rejects messages with more EDKs before any unwrap is tried.
+    rejects messages with more EDKs before any unwrap is tried. Non-framed messages (content type
+    01) are read too, up to 2 GiB: the whole message is in memory already.
     """
     if isinstance(message, str):
         raise InvalidArgument("message must be bytes-like, got str")
@@ -312,6 +386,7 @@ def decrypt(
         keys,
         expected_context=expected_context,
         max_encrypted_data_keys=max_encrypted_data_keys,
+        max_nonframed_bytes=None,
         _source=ViewSource(mv),
     )
     out = OutputBuffer(len(mv))  # an upper bound; cut to size at the end
@@ -328,5 +403,11 @@ def decrypt(
         reader.close()
     info = reader.info
     return DecryptResult(
-        info.suite, info.message_id, info.context, info.edks, info.frame_length, plaintext=out.finish(n)
+        info.suite,
+        info.message_id,
+        info.context,
+        info.edks,
+        info.frame_length,
+        opened_by=info.opened_by,
+        plaintext=out.finish(n),
     )

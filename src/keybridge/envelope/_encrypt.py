@@ -18,9 +18,17 @@ from ._frames import (
     check_frame_count,
     frame_count,
 )
-from ._header import MAX_FRAME_LENGTH, MessageInfo, build_header, check_context, header_tag, serialize_context
+from ._header import (
+    MAX_FRAME_LENGTH,
+    MessageInfo,
+    build_header,
+    check_context,
+    check_limit,
+    header_tag,
+    serialize_context,
+)
 from ._io import Buffer, OutputBuffer, check_stream, write_all
-from ._materials import MaterialsSource
+from ._materials import MaterialsSource, edk_count
 from ._recipients import Keys, as_materials
 from ._suites import DEFAULT_SUITE, KEY_LEN, MESSAGE_ID_LEN, PUBLIC_KEY_CONTEXT_KEY, Signer, Suite, derive_keys
 
@@ -47,10 +55,17 @@ def _start(
     frame_length: int,
     suite: Suite | int,
     plaintext_length: int | None,
+    max_edks: int | None,
 ) -> tuple[bytes, FrameCodec, Signer | None, MessageInfo]:
     """Materials, header and frame codec for a new message."""
     suite = Suite.of(suite)
     frame_length = _check_frame_length(frame_length)
+    check_limit("max_encrypted_data_keys", max_edks, minimum=1)
+    source = resolve_keys(keys)
+    if max_edks is not None:
+        # As the ESDK does, so that a recipient list longer than every reader accepts fails here.
+        # Keyrings and recipients know their count: refused before any KEK is asked to wrap.
+        _check_edk_count(edk_count(source), max_edks)
     ctx = check_context(context)
     signer = Signer() if suite.signed else None
     if signer is not None:
@@ -58,9 +73,9 @@ def _start(
         ctx[PUBLIC_KEY_CONTEXT_KEY] = signer.public_key_b64()
     context_bytes = serialize_context(ctx)  # size and encoding limits, before any key is used
     frozen = MappingProxyType(ctx)
-    materials = resolve_keys(keys).encryption_materials(
-        suite_id=int(suite), context=frozen, plaintext_length=plaintext_length
-    )
+    materials = source.encryption_materials(suite_id=int(suite), context=frozen, plaintext_length=plaintext_length)
+    if max_edks is not None:
+        _check_edk_count(len(materials.edks), max_edks)  # a source that could not tell beforehand
     if len(materials.data_key) != KEY_LEN or not materials.edks:
         raise InvalidArgument(
             f"the key source returned a {len(materials.data_key)}-byte data key and {len(materials.edks)} EDKs;"
@@ -74,6 +89,14 @@ def _start(
         signer.update(header)
     info = MessageInfo(suite, message_id, frozen, materials.edks, frame_length)
     return header, FrameCodec(enc_key, message_id, frame_length), signer, info
+
+
+def _check_edk_count(count: int | None, max_edks: int) -> None:
+    if count is not None and count > max_edks:
+        raise InvalidArgument(
+            f"the keys would write {count} encrypted data keys, more than max_encrypted_data_keys={max_edks};"
+            " encrypt to fewer keys or raise the limit (readers apply their own, 16 by default)"
+        )
 
 
 def _plaintext_view(data: Buffer) -> memoryview:
@@ -92,18 +115,22 @@ def encrypt(
     context: Mapping[str, str] | None = None,
     frame_length: int = DEFAULT_FRAME_LENGTH,
     suite: Suite | int = DEFAULT_SUITE,
+    max_encrypted_data_keys: int | None = None,
 ) -> bytes:
     """Encrypt ``data`` into one message in the AWS Encryption SDK format 2.0.
 
     ``keys`` is a key handle, keyring, recipient set or any :class:`MaterialsSource`; ``context``
     is the encryption context (non-secret, authenticated, stored in clear in the header).
+    ``max_encrypted_data_keys``, when given, refuses keys that would write more EDKs with
+    :class:`InvalidArgument`, before any KEK call for keyrings and recipients (a custom source is
+    checked on what it returns).
     """
     pt = _plaintext_view(data)
     n = len(pt)
     frame_length = _check_frame_length(frame_length)
     frames = frame_count(n, frame_length)
     check_frame_count(frames, frame_length)
-    header, codec, signer, _ = _start(keys, context, frame_length, suite, n)
+    header, codec, signer, _ = _start(keys, context, frame_length, suite, n, max_encrypted_data_keys)
     final_len = n - (frames - 1) * frame_length
     body_end = len(header) + (frames - 1) * (frame_length + REGULAR_OVERHEAD) + final_len + FINAL_OVERHEAD
     out = OutputBuffer(body_end + (_SIG_FOOTER if signer else 0))
@@ -145,12 +172,15 @@ class EncryptingWriter(io.RawIOBase):
         frame_length: int = DEFAULT_FRAME_LENGTH,
         suite: Suite | int = DEFAULT_SUITE,
         plaintext_length: int | None = None,
+        max_encrypted_data_keys: int | None = None,
     ) -> None:
         super().__init__()
         check_stream(dst, readable=False, what="dst")
         if plaintext_length is not None and (not isinstance(plaintext_length, int) or plaintext_length < 0):
             raise InvalidArgument(f"plaintext_length must be a non-negative int or None, got {plaintext_length!r}")
-        header, self._codec, self._signer, self.info = _start(keys, context, frame_length, suite, plaintext_length)
+        header, self._codec, self._signer, self.info = _start(
+            keys, context, frame_length, suite, plaintext_length, max_encrypted_data_keys
+        )
         self._dst = dst
         self._expected = plaintext_length
         f = self._codec.frame_length
@@ -295,13 +325,21 @@ def open_encryptor(
     frame_length: int = DEFAULT_FRAME_LENGTH,
     suite: Suite | int = DEFAULT_SUITE,
     plaintext_length: int | None = None,
+    max_encrypted_data_keys: int | None = None,
 ) -> EncryptingWriter:
     """A writable binary stream that encrypts what is written to it into ``dst``.
 
     The header is written at once; frames follow as data arrives; ``close()`` (or the end of a
     ``with`` block) writes the final frame. ``plaintext_length``, when known, is checked and lets a
-    data-key cache serve the message. ``dst`` is not closed.
+    data-key cache serve the message. ``max_encrypted_data_keys`` as for :func:`encrypt`.
+    ``dst`` is not closed.
     """
     return EncryptingWriter(
-        dst, keys, context=context, frame_length=frame_length, suite=suite, plaintext_length=plaintext_length
+        dst,
+        keys,
+        context=context,
+        frame_length=frame_length,
+        suite=suite,
+        plaintext_length=plaintext_length,
+        max_encrypted_data_keys=max_encrypted_data_keys,
     )

@@ -14,7 +14,7 @@ from typing import Any
 
 from .._files import atomic_output
 from ..errors import InvalidArgument
-from ._decrypt import MAX_ENCRYPTED_DATA_KEYS, DecryptingReader
+from ._decrypt import MAX_ENCRYPTED_DATA_KEYS, MAX_NONFRAMED_BYTES, DecryptInfo, DecryptingReader
 from ._encrypt import DEFAULT_FRAME_LENGTH, EncryptingWriter
 from ._header import MessageInfo
 from ._recipients import Keys
@@ -51,14 +51,22 @@ def encrypt_file(
     context: Mapping[str, str] | None = None,
     frame_length: int = DEFAULT_FRAME_LENGTH,
     suite: Suite | int = DEFAULT_SUITE,
+    max_encrypted_data_keys: int | None = None,
 ) -> MessageInfo:
-    """Encrypt the file at ``src_path`` into ``dst_path`` (may be the same path) in constant memory."""
+    """Encrypt the file at ``src_path`` into ``dst_path`` (may be the same path) in constant memory.
+    ``max_encrypted_data_keys`` as for :func:`encrypt`."""
     src_p, dst_p = check_path(src_path, "src_path"), check_path(dst_path, "dst_path")
     with open(src_p, "rb", buffering=0) as src, atomic_output(dst_p) as dst:
         st = os.fstat(src.fileno())
         size = st.st_size if stat.S_ISREG(st.st_mode) else None
         with EncryptingWriter(
-            dst, keys, context=context, frame_length=frame_length, suite=suite, plaintext_length=size
+            dst,
+            keys,
+            context=context,
+            frame_length=frame_length,
+            suite=suite,
+            plaintext_length=size,
+            max_encrypted_data_keys=max_encrypted_data_keys,
         ) as writer:
             copy_through(src, writer)
         return writer.info
@@ -71,13 +79,20 @@ def decrypt_file(
     *,
     expected_context: Mapping[str, str] | None = None,
     max_encrypted_data_keys: int | None = MAX_ENCRYPTED_DATA_KEYS,
-) -> MessageInfo:
+    max_nonframed_bytes: int | None = MAX_NONFRAMED_BYTES,
+) -> DecryptInfo:
     """Decrypt the message at ``src_path`` into ``dst_path``; the plaintext file appears only once
-    the whole message (signature included) has been authenticated."""
+    the whole message (signature included) has been authenticated. ``max_nonframed_bytes`` caps
+    the memory a non-framed message may take (see :func:`open_decryptor`). The result's
+    ``opened_by`` names the key that opened it."""
     src_p, dst_p = check_path(src_path, "src_path"), check_path(dst_path, "dst_path")
     with open(src_p, "rb") as src, atomic_output(dst_p) as dst:
         with DecryptingReader(
-            src, keys, expected_context=expected_context, max_encrypted_data_keys=max_encrypted_data_keys
+            src,
+            keys,
+            expected_context=expected_context,
+            max_encrypted_data_keys=max_encrypted_data_keys,
+            max_nonframed_bytes=max_nonframed_bytes,
         ) as reader:
             copy_through(reader, dst)
         return reader.info

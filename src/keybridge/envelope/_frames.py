@@ -4,6 +4,8 @@ Regular frame: seq u32 | IV (12) | ciphertext (frame length) | tag (16).
 Final frame:   FFFFFFFF | seq u32 | IV (12) | content length u32 | ciphertext | tag (16).
 IV = the sequence number as 12 big-endian bytes; AAD = message ID | "AWSKMSEncryptionClient Frame"
 (or "... Final Frame") | seq u32 | content length u64. Sequence numbers start at 1.
+Non-framed body (read only): IV (12) | content length u64 | ciphertext | tag (16), AAD = message ID |
+"AWSKMSEncryptionClient Single Block" | u32 1 | content length u64.
 
 The codec writes and reads frames in place through memoryviews with ``encrypt_into`` and
 ``decrypt_into``; it never allocates per frame beyond the 44-byte AAD.
@@ -55,12 +57,13 @@ def iv_for(seq: int) -> bytes:
 class FrameCodec:
     """Seals and opens the frames of one message."""
 
-    __slots__ = ("_aead", "_final_aad", "_regular_aad", "frame_length")
+    __slots__ = ("_aead", "_final_aad", "_regular_aad", "_single_aad", "frame_length")
 
     def __init__(self, enc_key: bytes, message_id: bytes, frame_length: int) -> None:
         self._aead = AESGCM(enc_key)
         self._regular_aad = message_id + b"AWSKMSEncryptionClient Frame"
         self._final_aad = message_id + b"AWSKMSEncryptionClient Final Frame"
+        self._single_aad = message_id + b"AWSKMSEncryptionClient Single Block"
         self.frame_length = frame_length
 
     def seal_regular(self, seq: int, plaintext: memoryview, out: memoryview) -> None:
@@ -83,9 +86,18 @@ class FrameCodec:
         """
         if iv != iv_for(seq):
             raise IntegrityError(f"frame {seq} has a wrong IV: the message was modified")
-        aad = (self._final_aad if final else self._regular_aad) + _AAD_TAIL.pack(seq, len(out))
+        self._open(self._final_aad if final else self._regular_aad, seq, iv, sealed, out, f"frame {seq}")
+
+    def open_single(self, iv: memoryview, sealed: memoryview, out: memoryview) -> None:
+        """:meth:`open` for the one block of a non-framed body. Its IV is not checked against a
+        sequence number: the spec asks only for a unique one (the Python ESDK happens to write 1),
+        and the tag authenticates it."""
+        self._open(self._single_aad, 1, iv, sealed, out, "the non-framed body")
+
+    def _open(self, label: bytes, seq: int, iv: memoryview, sealed: memoryview, out: memoryview, what: str) -> None:
+        aad = label + _AAD_TAIL.pack(seq, len(out))
         try:
             self._aead.decrypt_into(iv, sealed, aad, out)
         except InvalidTag:
             out[:] = bytes(len(out))
-            raise IntegrityError(f"frame {seq} failed authentication: the message was modified") from None
+            raise IntegrityError(f"{what} failed authentication: the message was modified") from None

@@ -1,8 +1,9 @@
 """Message header, format 2.0 (``data-format/message-header.md``): build, parse, authenticate.
 
 Layout: version 02 | suite u16 | message ID (32) | AAD length u16 | encryption context | EDK count
-u16 | EDKs (u16-prefixed provider ID, provider info, ciphertext) | content type 02 (framed) |
-frame length u32 | commit key (32) | header tag (16, AES-GCM over all of the above, IV zero).
+u16 | EDKs (u16-prefixed provider ID, provider info, ciphertext) | content type 02 (framed) or
+01 (non-framed, read only) | frame length u32 (0 when non-framed) | commit key (32) | header tag
+(16, AES-GCM over all of the above, IV zero).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = ["MessageInfo"]
 
 VERSION = 2
 CONTENT_FRAMED = 2
+CONTENT_NONFRAMED = 1
 MAX_FRAME_LENGTH = 2**31 - 1  # the ESDK's own cap; the format allows 2**32 - 1
 _U16 = 0xFFFF
 ZERO_IV = bytes(IV_LEN)
@@ -46,7 +48,13 @@ class MessageInfo:
     message_id: bytes
     context: Mapping[str, str]
     edks: tuple[EncryptedDataKey, ...]
-    frame_length: int
+    frame_length: int  # 0 for a non-framed message
+
+    @property
+    def framed(self) -> bool:
+        """False for a non-framed message (content type 01, frame length 0), which keybridge reads
+        but never writes."""
+        return self.frame_length != 0
 
     def _more(self) -> str:
         return ""
@@ -69,6 +77,12 @@ class Header(MessageInfo):
     def info(self) -> MessageInfo:
         """The public part."""
         return MessageInfo(self.suite, self.message_id, self.context, self.edks, self.frame_length)
+
+
+def check_limit(name: str, value: int | None, *, minimum: int) -> None:
+    """A caller's cap: an int of at least ``minimum``, or None for none."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise InvalidArgument(f"{name} must be an int of at least {minimum}, or None for no cap; got {value!r}")
 
 
 def check_context(context: Mapping[str, str] | None) -> dict[str, str]:
@@ -135,7 +149,8 @@ def build_header(
             if len(f) > _U16:
                 raise InvalidArgument("an encrypted data key field is longer than 65535 bytes")
             parts += (len(f).to_bytes(2, "big"), f)
-    parts += (bytes((CONTENT_FRAMED,)), frame_length.to_bytes(4, "big"), commitment)
+    content = CONTENT_FRAMED if frame_length else CONTENT_NONFRAMED  # rewrap keeps a non-framed body
+    parts += (bytes((content,)), frame_length.to_bytes(4, "big"), commitment)
     return b"".join(parts)
 
 
@@ -193,11 +208,13 @@ def parse_header(take: Callable[[int], memoryview], *, max_edks: int | None = No
         tag = bytes(take(TAG_LEN))
     except Truncated:
         raise InvalidMessage("the message is truncated inside its header") from None
-    if tail[0] != CONTENT_FRAMED:
-        kind = "non-framed content (type 01)" if tail[0] == 1 else f"content type {tail[0]}"
-        raise InvalidMessage(f"{kind} is not supported; keybridge reads framed messages")
     frame_length = int.from_bytes(tail[1:5], "big")
-    if not 0 < frame_length <= MAX_FRAME_LENGTH:
+    if tail[0] == CONTENT_NONFRAMED:
+        if frame_length != 0:  # the spec's rule, which the ESDK enforces too
+            raise InvalidMessage(f"a non-framed message must have frame length 0, this one has {frame_length}")
+    elif tail[0] != CONTENT_FRAMED:
+        raise InvalidMessage(f"content type {tail[0]} is unknown; messages are framed (02) or non-framed (01)")
+    elif not 0 < frame_length <= MAX_FRAME_LENGTH:
         # The ESDK refuses the same; a reader also sizes its buffers by this authenticated number.
         raise InvalidMessage(f"frame length {frame_length} is outside 1 .. {MAX_FRAME_LENGTH}")
     return Header(suite, message_id, MappingProxyType(context), edks, frame_length, tail[5:], b"".join(raw), tag)

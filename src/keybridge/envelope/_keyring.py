@@ -15,8 +15,11 @@ namespace (ESDK ``provider_id``) and key name (ESDK ``key_id``) reads them, and 
   the encryption context itself; the message still does, through the header tag under the
   committed data key, which an attacker without the data key cannot recompute.
 * **RSA KEK** (ESDK raw RSA keyring): RSA-OAEP with SHA-256 (``RSA-OAEP-256``, the default where
-  the provider has it) or SHA-1 (``RSA-OAEP``). ``provider_info`` = name, ``ciphertext`` = the OAEP
-  ciphertext. As in the ESDK, the RSA EDK does not bind the encryption context.
+  the provider has it), SHA-1 (``RSA-OAEP``), SHA-384 or SHA-512 (``RSA-OAEP-384``/``-512``; MGF1
+  always with the OAEP hash, as the ESDK's ``RSA_OAEP_SHA*_MGF1``), or PKCS#1 v1.5 (``RSA1_5``, the
+  ESDK's ``RSA_PKCS1``: only when asked for). ``provider_info`` = name, ``ciphertext`` = the RSA
+  ciphertext. As in the ESDK, the RSA EDK does not bind the encryption context, nor say which
+  padding it used.
 
 Defaults: namespace ``"keybridge"``; name = the key's URI *without* a version
 (``str(provider.ref(handle.ref.name))``, e.g. ``memory:kek`` or
@@ -34,18 +37,27 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..errors import IntegrityError, InvalidArgument, KeybridgeError, KeyNotFound, UnsupportedAlgorithm
-from ..keys import KeyOp, KeyType
+from ..errors import (
+    IntegrityError,
+    InvalidArgument,
+    KeybridgeError,
+    KeyNotFound,
+    ProviderUnavailable,
+    UnsupportedAlgorithm,
+)
+from ..keys import KeyOp, KeyRef, KeyType
 from ..provider import KeyHandle
 from ._header import serialize_context
-from ._materials import EncryptedDataKey, EncryptionMaterials
+from ._materials import EncryptedDataKey, EncryptionMaterials, OpenedBy, report_opened
 
 __all__ = [
     "DEFAULT_NAMESPACE",
     "DataKeyUnavailable",
+    "DataKeyUnreachable",
     "Keyring",
     "NoMatchingEdk",
     "data_key_length",
+    "no_data_key",
     "serialize_context",
 ]
 
@@ -53,12 +65,22 @@ DEFAULT_NAMESPACE = "keybridge"
 _GCM_TAG_BITS = 128
 _GCM_IV = 12
 _KEY_WRAP = frozenset({"A128KW", "A192KW", "A256KW", "CKM_AES_KEY_WRAP", "CKM_AES_KEY_WRAP_PAD"})
-_RSA_WRAP = frozenset({"RSA-OAEP", "RSA-OAEP-256"})
+_RSA_OAEP = ("RSA-OAEP", "RSA-OAEP-256", "RSA-OAEP-384", "RSA-OAEP-512")
+_RSA_WRAP = frozenset({*_RSA_OAEP, "RSA1_5"})
 # Data-key length per ESDK message-format-v2 suite (both are AES-256-GCM, HKDF-SHA512, committing).
 _SUITE_KEY_LENGTH = {0x0478: 32, 0x0578: 32}
 
 
-class DataKeyUnavailable(IntegrityError, KeyNotFound):
+class FailureList(KeybridgeError):
+    """An error that lists ``(key reference, error)`` for every key tried; no secret in it."""
+
+    def __init__(self, summary: str, failures: Sequence[tuple[str, KeybridgeError]]) -> None:
+        self.failures = tuple(failures)
+        lines = "".join(f"\n  - {who}: {type(err).__name__}: {err}" for who, err in self.failures)
+        super().__init__(summary + lines)
+
+
+class DataKeyUnavailable(FailureList, IntegrityError, KeyNotFound):
     """No key given for decryption could recover the data key.
 
     Wrong keys and damaged EDKs look the same from here, so this is both a :class:`KeyNotFound`
@@ -66,10 +88,20 @@ class DataKeyUnavailable(IntegrityError, KeyNotFound):
     that was tried (or had no EDK); the message lists them without any secret.
     """
 
-    def __init__(self, summary: str, failures: Sequence[tuple[str, KeybridgeError]]) -> None:
-        self.failures = tuple(failures)
-        lines = "".join(f"\n  - {who}: {type(err).__name__}: {err}" for who, err in self.failures)
-        super().__init__(summary + lines)
+
+class DataKeyUnreachable(FailureList, ProviderUnavailable):
+    """No key recovered the data key, and at least one of them could not be asked (a provider
+    raised :class:`ProviderUnavailable`: throttling that outlasted the retries, a service or token
+    that is down). The message may well be intact: retry later rather than treat it as tampered.
+    ``failures`` is as for :class:`DataKeyUnavailable`."""
+
+
+def no_data_key(summary: str, failures: Sequence[tuple[str, KeybridgeError]]) -> FailureList:
+    """The error for "no key recovered the data key": :class:`DataKeyUnreachable` when any key
+    failed because its provider was unavailable (a retry may succeed), else :class:`DataKeyUnavailable`."""
+    if any(isinstance(err, ProviderUnavailable) for _, err in failures):
+        return DataKeyUnreachable(summary, failures)
+    return DataKeyUnavailable(summary, failures)
 
 
 class NoMatchingEdk(KeyNotFound):
@@ -89,11 +121,12 @@ def data_key_length(suite_id: int) -> int:
 class _Plan:
     """How this keyring talks to its KEK, decided once from the key's metadata."""
 
+    ref: KeyRef  # the version current when the plan was made (what an unversioned handle used)
     kty: KeyType
     bits: int
     wrapping: str  # algorithm for new EDKs
     ops: frozenset[KeyOp]
-    rsa_unwrap: tuple[str, ...]  # OAEP variants to try: the EDK does not say which hash it used
+    rsa_unwrap: tuple[str, ...]  # RSA paddings to try: the EDK does not say which one it used
 
 
 class FreshDataKey:
@@ -119,9 +152,14 @@ class Keyring(FreshDataKey):
 
     ``namespace`` and ``name`` are what the EDK records (ESDK ``provider_id`` and key name);
     ``wrapping`` picks the algorithm for new EDKs (``A256GCM``, ``CKM_AES_KEY_WRAP_PAD``,
-    ``A256KW``, ``RSA-OAEP-256``, ``RSA-OAEP``); by default AES-GCM for AES keys where the provider
-    has it, else key wrap, and RSA-OAEP-256 for RSA keys, else RSA-OAEP. Decryption reads every
-    layout above regardless of ``wrapping``.
+    ``A256KW``, ``RSA-OAEP-256``, ``RSA-OAEP``, ``RSA-OAEP-384``, ``RSA-OAEP-512``, ``RSA1_5``); by
+    default AES-GCM for AES keys where the provider has it, else key wrap, and RSA-OAEP-256 for RSA
+    keys, else RSA-OAEP. Decryption reads every AES layout regardless of ``wrapping``. An RSA EDK
+    does not name its padding: with an explicit ``wrapping`` only that one is tried (as an ESDK
+    raw RSA keyring does), without one every OAEP hash the provider offers. PKCS#1 v1.5 is tried
+    only with ``wrapping="RSA1_5"`` or ``legacy_rsa1_5=True`` (after the OAEP ones), to read
+    messages of ESDK keyrings configured with ``RSA_PKCS1``: trying it on every message would give
+    an attacker a padding oracle to probe for no benefit.
     """
 
     def __init__(
@@ -131,6 +169,7 @@ class Keyring(FreshDataKey):
         namespace: str | None = None,
         name: str | None = None,
         wrapping: str | None = None,
+        legacy_rsa1_5: bool = False,
     ) -> None:
         if not isinstance(handle, KeyHandle):
             raise InvalidArgument(f"Keyring needs a KeyHandle (provider.key(NAME)), got {type(handle).__name__}")
@@ -146,6 +185,7 @@ class Keyring(FreshDataKey):
         if len(self._pid) > 0xFFFF or len(self._name) > 0xFFFF - 64:
             raise InvalidArgument("the keyring's namespace or name is too long for an EDK")
         self._wrapping = wrapping
+        self._legacy_rsa1_5 = bool(legacy_rsa1_5)
         self._plan: _Plan | None = None
         self._lock = threading.Lock()
 
@@ -153,6 +193,10 @@ class Keyring(FreshDataKey):
         return f"Keyring({self.handle.ref}, namespace={self.namespace!r}, name={self.name!r})"
 
     # ---- MaterialsSource -----------------------------------------------------------------------
+
+    def edk_count(self) -> int:
+        """One EDK per message."""
+        return 1
 
     def wrap_existing(
         self, data_key: bytes, *, suite_id: int, context: Mapping[str, str]
@@ -179,7 +223,8 @@ class Keyring(FreshDataKey):
     def decryption_materials(
         self, *, suite_id: int, context: Mapping[str, str], edks: Sequence[EncryptedDataKey]
     ) -> bytes:
-        """Unwrap the first EDK of this KEK that works; raise :class:`DataKeyUnavailable` if none."""
+        """Unwrap the first EDK of this KEK that works; if none, raise :class:`DataKeyUnavailable`
+        (or :class:`DataKeyUnreachable` when the provider was unavailable)."""
         length = data_key_length(suite_id)
         who = str(self.handle.ref)
         failures: list[tuple[str, KeybridgeError]] = []
@@ -193,31 +238,51 @@ class Keyring(FreshDataKey):
                 failures.append((who, exc))
                 continue
             if len(key) == length:
+                ref = self.handle.ref if self.handle.ref.version else self._resolve().ref
+                report_opened(OpenedBy(str(ref), ref.version, self.namespace, self.name))
                 return key
             failures.append((who, IntegrityError(f"unwrapped data key is {len(key)} bytes, expected {length}")))
         if not failures:
             failures.append((who, NoMatchingEdk(f"no EDK for namespace {self.namespace!r}, name {self.name!r}")))
-        elif self.handle.ref.version is None:
-            recovered = self._older_versions(suite_id, context, edks)
+        elif self.handle.ref.version is None and not any(isinstance(e, ProviderUnavailable) for _, e in failures):
+            # Not while the service is unavailable: listing versions would only add load to it.
+            recovered = self._older_versions(suite_id, context, edks, failures)
             if recovered is not None:
                 return recovered
-        raise DataKeyUnavailable(f"{who} could not recover the data key", failures)
+        raise no_data_key(f"{who} could not recover the data key", failures)
 
     def _older_versions(
-        self, suite_id: int, context: Mapping[str, str], edks: Sequence[EncryptedDataKey]
+        self,
+        suite_id: int,
+        context: Mapping[str, str],
+        edks: Sequence[EncryptedDataKey],
+        failures: list[tuple[str, KeybridgeError]],
     ) -> bytes | None:
         """After a KEK rotation an unversioned handle means the new version, but the EDK names the
         key without a version (so ESDK keyrings can match it): try the older versions, newest
-        first. This runs only after the current version failed, so it costs nothing normally."""
+        first. This runs only after the current version failed, so it costs nothing normally.
+        An older version that could not be asked is added to ``failures`` (the right one may be it)."""
         provider, name = self.handle.provider, self.handle.ref.name
         try:
             versions = [v.ref for v in provider.list_versions(name)][::-1]
+        except ProviderUnavailable as exc:
+            failures.append((f"{self.handle.ref} (older versions)", exc))
+            return None
         except KeybridgeError:
             return None
         for ref in versions[1:]:
-            pinned = Keyring(provider.key(ref), namespace=self.namespace, name=self.name, wrapping=self._wrapping)
+            pinned = Keyring(
+                provider.key(ref),
+                namespace=self.namespace,
+                name=self.name,
+                wrapping=self._wrapping,
+                legacy_rsa1_5=self._legacy_rsa1_5,
+            )
             try:
                 return pinned.decryption_materials(suite_id=suite_id, context=context, edks=edks)
+            except DataKeyUnreachable as exc:
+                failures.extend(exc.failures)
+                break  # the service is unavailable: asking it about more versions would not help
             except KeybridgeError:
                 continue
         return None
@@ -230,12 +295,18 @@ class Keyring(FreshDataKey):
                 info = self.handle.info()
                 spec = info.spec
                 wrapping = self._choose(spec.kty, spec.size, info.ops)
-                # Without an explicit choice, read both OAEP hashes the provider offers (ours first).
-                offered = self.handle.provider.algorithms
-                rsa_auto = spec.kty is KeyType.RSA and not self._wrapping
-                others = tuple(sorted(_RSA_WRAP & offered - {wrapping})) if rsa_auto else ()
-                self._plan = _Plan(spec.kty, spec.size, wrapping, info.ops, (wrapping, *others))
+                unwraps = self._rsa_unwraps(wrapping) if spec.kty is KeyType.RSA else (wrapping,)
+                self._plan = _Plan(info.ref, spec.kty, spec.size, wrapping, info.ops, unwraps)
             return self._plan
+
+    def _rsa_unwraps(self, wrapping: str) -> tuple[str, ...]:
+        """The paddings to try on an RSA EDK, ours first: without an explicit choice every OAEP hash
+        the provider offers; PKCS#1 v1.5 last and only when asked for."""
+        offered = self.handle.provider.algorithms
+        others = [] if self._wrapping else [a for a in _RSA_OAEP if a in offered and a != wrapping]
+        if self._legacy_rsa1_5 and wrapping != "RSA1_5":
+            others.append("RSA1_5")
+        return (wrapping, *others)
 
     def _choose(self, kty: KeyType, bits: int, ops: frozenset[KeyOp]) -> str:
         offered = self.handle.provider.algorithms

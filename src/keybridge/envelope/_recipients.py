@@ -25,8 +25,8 @@ from typing import TypeAlias
 from ..errors import InvalidArgument, KeybridgeError
 from ..provider import KeyHandle
 from . import _shamir
-from ._keyring import DataKeyUnavailable, FreshDataKey, Keyring, NoMatchingEdk
-from ._materials import EncryptedDataKey, MaterialsSource
+from ._keyring import FailureList, FreshDataKey, Keyring, NoMatchingEdk, no_data_key
+from ._materials import EncryptedDataKey, MaterialsSource, edk_count
 
 __all__ = ["AnyOf", "KOfN", "Keys", "as_materials"]
 
@@ -74,13 +74,18 @@ def _wrap(
     return edks
 
 
+def _total(sources: Sequence[MaterialsSource]) -> int | None:
+    counts = [edk_count(s) for s in sources]
+    return None if None in counts else sum(c for c in counts if c is not None)
+
+
 def _who(source: object) -> str:
     """How failures name a source: a keyring by its key reference, anything else by repr."""
     return str(source.handle.ref) if isinstance(source, Keyring) else repr(source)
 
 
 def _failures(source: object, exc: KeybridgeError) -> list[tuple[str, KeybridgeError]]:
-    if isinstance(exc, DataKeyUnavailable):
+    if isinstance(exc, FailureList):
         return list(exc.failures)
     return [(_who(source), exc)]
 
@@ -96,6 +101,10 @@ class AnyOf(FreshDataKey):
 
     def __repr__(self) -> str:
         return f"AnyOf({', '.join(map(repr, self.sources))})"
+
+    def edk_count(self) -> int | None:
+        """The members' EDKs together (None if a member cannot tell)."""
+        return _total(self.sources)
 
     def wrap_existing(
         self, data_key: bytes, *, suite_id: int, context: Mapping[str, str]
@@ -113,7 +122,7 @@ class AnyOf(FreshDataKey):
                 return source.decryption_materials(suite_id=suite_id, context=context, edks=edks)
             except KeybridgeError as exc:
                 failures += _failures(source, exc)
-        raise DataKeyUnavailable(f"none of {len(self.sources)} keys could recover the data key", failures)
+        raise no_data_key(f"none of {len(self.sources)} keys could recover the data key", failures)
 
 
 class KOfN(FreshDataKey):
@@ -130,6 +139,10 @@ class KOfN(FreshDataKey):
 
     def __repr__(self) -> str:
         return f"KOfN({self.k}, {', '.join(map(repr, self.sources))})"
+
+    def edk_count(self) -> int | None:
+        """One share EDK per EDK each member writes (None if a member cannot tell)."""
+        return _total(self.sources)
 
     def wrap_existing(
         self, data_key: bytes, *, suite_id: int, context: Mapping[str, str]
@@ -168,7 +181,7 @@ class KOfN(FreshDataKey):
             if splits
             else "k-of-n: the message has no k-of-n shares"
         )
-        raise DataKeyUnavailable(summary, failures)
+        raise no_data_key(summary, failures)
 
     def _collect(
         self,

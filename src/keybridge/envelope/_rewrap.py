@@ -20,9 +20,9 @@ from typing import Any
 
 from .._files import atomic_output
 from ..errors import InvalidArgument, UnsupportedAlgorithm
-from ._decrypt import MAX_ENCRYPTED_DATA_KEYS, read_header, unlock
+from ._decrypt import MAX_ENCRYPTED_DATA_KEYS, DecryptInfo, read_header, unlock
 from ._files import CHUNK, PathArg, check_path
-from ._header import MessageInfo, build_header, header_tag, serialize_context
+from ._header import build_header, header_tag, serialize_context
 from ._io import StreamSource, check_stream, write_all
 from ._materials import EncryptedDataKey
 from ._recipients import Keys, as_materials
@@ -49,13 +49,13 @@ def rewrap(
     wrap_for: Keys,
     expected_context: Mapping[str, str] | None = None,
     max_encrypted_data_keys: int | None = MAX_ENCRYPTED_DATA_KEYS,
-) -> MessageInfo:
+) -> DecryptInfo:
     """Copy the message from stream ``src`` to stream ``dst`` with its EDKs replaced by ``wrap_for``'s.
 
     ``unwrap_with`` recovers the data key (the header is authenticated before anything is
     written); ``wrap_for`` wraps it anew, so to add a key pass the old keys and the new one. The
     body is copied byte for byte and not decrypted: a damaged body stays damaged and fails at
-    decrypt. Returns the new header's info.
+    decrypt. Returns the new header's info, with ``opened_by`` naming the key that unwrapped the old one.
     """
     check_stream(src, readable=True, what="src")
     check_stream(dst, readable=False, what="dst")
@@ -66,7 +66,7 @@ def rewrap(
             f"rewrap cannot keep a {header.suite.name} message valid: its signature covers the header and"
             " the signing key was discarded at encryption; decrypt and re-encrypt it instead"
         )
-    data_key, enc_key = unlock(header, unwrap_with)
+    data_key, enc_key, opened = unlock(header, unwrap_with)
     edks = _new_edks(wrap_for, data_key, int(header.suite), header.context)
     body = build_header(
         header.suite, header.message_id, serialize_context(header.context), edks, header.frame_length, header.commitment
@@ -74,7 +74,7 @@ def rewrap(
     write_all(dst, body + header_tag(enc_key, body))
     # StreamSource reads exactly what it is asked for, so src now sits at the first frame.
     shutil.copyfileobj(src, dst, CHUNK)
-    return MessageInfo(header.suite, header.message_id, header.context, edks, header.frame_length)
+    return DecryptInfo(header.suite, header.message_id, header.context, edks, header.frame_length, opened_by=opened)
 
 
 def rewrap_file(
@@ -85,7 +85,7 @@ def rewrap_file(
     wrap_for: Keys,
     expected_context: Mapping[str, str] | None = None,
     max_encrypted_data_keys: int | None = MAX_ENCRYPTED_DATA_KEYS,
-) -> MessageInfo:
+) -> DecryptInfo:
     """:func:`rewrap` between files, atomically; ``dst_path`` may equal ``src_path`` (in place)."""
     src_p, dst_p = check_path(src_path, "src_path"), check_path(dst_path, "dst_path")
     with open(src_p, "rb", buffering=0) as src, atomic_output(dst_p) as dst:

@@ -27,7 +27,8 @@ def _max_rsa_input(spec: KeySpec, alg: str) -> int:
     k = spec.size // 8
     if alg == "RSA1_5":
         return k - 11
-    return k - 2 * (32 if alg == "RSA-OAEP-256" else 20) - 2
+    digest = {"RSA-OAEP-256": 32, "RSA-OAEP-384": 48, "RSA-OAEP-512": 64}.get(alg, 20)
+    return k - 2 * digest - 2
 
 
 class CryptoChecks(ConformanceBase):

@@ -49,10 +49,12 @@ def sig_hash(alg: str) -> hashes.HashAlgorithm:
 
 
 def oaep_or_pkcs1(alg: str) -> padding.AsymmetricPadding:
-    """RSA-OAEP: SHA-1 + MGF1-SHA1; RSA-OAEP-256: SHA-256 + MGF1-SHA256; RSA1_5: PKCS#1 v1.5."""
+    """RSA-OAEP: SHA-1 + MGF1-SHA1; RSA-OAEP-256/384/512: that SHA-2 + MGF1 with it; RSA1_5: PKCS#1 v1.5."""
     if alg == "RSA1_5":
         return padding.PKCS1v15()
-    h = hashes.SHA256() if alg == "RSA-OAEP-256" else hashes.SHA1()
+    h = {"RSA-OAEP-256": hashes.SHA256(), "RSA-OAEP-384": hashes.SHA384(), "RSA-OAEP-512": hashes.SHA512()}.get(
+        alg, hashes.SHA1()
+    )
     return padding.OAEP(mgf=padding.MGF1(h), algorithm=h, label=None)
 
 

@@ -37,6 +37,7 @@ DEFAULT_CLIENT_OPTIONS: Mapping[str, Any] = {
 """Client options keybridge sets unless you pass your own: a dead endpoint fails in seconds."""
 
 _SYMMETRIC = frozenset(n for n, a in ALGORITHMS.items() if a.kty is KeyType.OCT)
+_NOT_IN_AZURE = frozenset({"RSA-OAEP-384", "RSA-OAEP-512"})  # keybridge/ESDK names Key Vault lacks
 _NO_RELEASE = (
     "Azure Key Vault never hands out key material in clear; an exportable key leaves only through"
     " secure key release (KeyClient.release_key with an attestation token)"
@@ -85,7 +86,9 @@ class AzureKeyVaultProvider(BaseProvider):
         # treated as Managed HSM so that everything can be tested locally.
         self.managed_hsm = not is_key_vault_host(url)
         self.hsm = self.managed_hsm if hsm is None else bool(hsm)
-        self.algorithms = frozenset(a for a in ALGORITHMS if self.managed_hsm or a not in _SYMMETRIC)
+        self.algorithms = frozenset(
+            a for a in ALGORITHMS if (self.managed_hsm or a not in _SYMMETRIC) and a not in _NOT_IN_AZURE
+        )
         self._credential = credential
         self._client_kwargs = {**DEFAULT_CLIENT_OPTIONS, **client_kwargs}
         self._cache_ttl = _seconds("cache_ttl", cache_ttl)

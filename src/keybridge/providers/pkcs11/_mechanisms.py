@@ -93,8 +93,10 @@ def supported(mechs: Mapping[int, int | None], manufacturer: str) -> frozenset[s
         algs.add("CKM_AES_KEY_WRAP_PAD")
     if has(M.RSA_PKCS_OAEP, _CKF_DECRYPT):
         algs.add("RSA-OAEP")
-        if not manufacturer.startswith(_SOFTHSM):
-            algs.add("RSA-OAEP-256")  # SoftHSM 2.6/2.7 accept only SHA-1 OAEP parameters
+        if not manufacturer.startswith(_SOFTHSM):  # SoftHSM 2.6/2.7 accept only SHA-1 OAEP parameters
+            algs.add("RSA-OAEP-256")
+            # SHA-384/512 OAEP where the token also lists the digest: its MGF1 needs the same hash.
+            algs |= {f"RSA-OAEP-{h[3:]}" for h in ("SHA384", "SHA512") if int(_HASH_MECH[h][0]) in mechs}
     if has(M.RSA_PKCS, _CKF_SIGN):
         algs |= {"RSA1_5", "RS256", "RS384", "RS512"}
     if has(M.RSA_PKCS_PSS, _CKF_SIGN):
@@ -129,7 +131,8 @@ def rsa_decryption(alg: AlgorithmSpec) -> tuple[M, Any]:
         return M.RSA_PKCS, None
     if alg.hash.name == "sha1":
         return M.RSA_PKCS_OAEP, OAEP_SHA1
-    return M.RSA_PKCS_OAEP, (M.SHA256, MGF.SHA256, None)
+    hash_mech, mgf = _HASH_MECH[alg.hash.name.upper().replace("-", "")]  # "sha384" -> SHA384
+    return M.RSA_PKCS_OAEP, (hash_mech, mgf, None)
 
 
 class _OaepParams(ctypes.Structure):
