@@ -54,7 +54,7 @@ def _kek_kid(vault: Vault, kid: str) -> str:
     # enabled flag too, so that the message names the Azure key rather than the provider's.
     if not vault.info(entry, ver).enabled:
         raise bad(f"key-exchange key {entry.name}/{ver.id} is disabled; enable it before importing")
-    if not ver.in_window():
+    if not ver.in_window(vault.now()):
         raise bad(f"key-exchange key {entry.name}/{ver.id} is outside its not-before/expiry window")
     return f"https://emulator.invalid/keys/{entry.pname}/{ver.id}"
 

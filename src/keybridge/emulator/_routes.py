@@ -32,6 +32,10 @@ _CRYPTO = {
     "wrapkey": KeyOp.WRAP_KEY,
     "unwrapkey": KeyOp.UNWRAP_KEY,
 }
+_KEY_EXTRAS: dict[str, Callable[[Router], dict[str, Callable[..., Answer]]]] = {
+    "release": lambda r: {"POST": r.release},
+    "attestation": lambda r: {"GET": r.attestation},
+}
 _PAGE = 25  # the service's largest page
 _MAX_RANDOM = 128
 
@@ -58,9 +62,14 @@ class Router:
         handler = self._route(method, parts)
         with self.vault.lock:
             try:
-                return handler(parts, query, body, base)
-            except KeybridgeError as exc:
-                raise from_keybridge(exc) from exc
+                self.vault.tick()
+                try:
+                    return handler(parts, query, body, base)
+                except KeybridgeError as exc:
+                    raise from_keybridge(exc) from exc
+            except ApiError as exc:
+                exc.message = self.vault.public_message(exc.message, base)
+                raise
 
     def _route(self, method: str, parts: list[str]) -> Callable[..., Answer]:
         n = len(parts)
@@ -72,7 +81,7 @@ class Router:
             table = {"POST": self.restore}
         elif head == "keys" and n == 2:
             table = {"PUT": self.import_key, "DELETE": self.delete, "GET": self.get, "PATCH": self.update}
-        elif head == "keys" and n == 3:
+        elif head == "keys" and n == 3 and parts[2] not in _KEY_EXTRAS:
             table = {
                 "create": {"POST": self.create},
                 "versions": {"GET": self.list_versions},
@@ -82,8 +91,9 @@ class Router:
             }.get(parts[2], {"GET": self.get, "PATCH": self.update})
         elif head == "keys" and n == 4 and parts[3] in _CRYPTO:
             table = {"POST": self.crypto}
-        elif head == "keys" and n == 4 and parts[3] in ("release", "attestation"):
-            table = {method: self.not_emulated}
+        elif head == "keys" and n in (3, 4) and parts[-1] in _KEY_EXTRAS:
+            # versioned, versionless with the SDK's empty version (//release), or without it
+            table = _KEY_EXTRAS[parts[-1]](self)
         elif head == "deletedkeys" and n == 1:
             table = {"GET": self.list_deleted}
         elif head == "deletedkeys" and n == 2:
@@ -270,9 +280,22 @@ class Router:
             raise bad(f"count must be an integer from 1 to {_MAX_RANDOM}")
         return 200, {"value": encode_b64(secrets.token_bytes(count))}
 
-    def not_emulated(self, parts: list[str], query: Mapping[str, str], body: dict[str, Any], base: str) -> Answer:
-        """Secure key release and attestation are not emulated."""
-        raise ApiError(501, "NotImplemented", f"the emulator does not implement {parts[3]}")
+    def _extra_target(self, parts: list[str]) -> tuple[Entry, str]:
+        """The key version a release/attestation path names (current one when versionless)."""
+        entry = self.vault.active(parts[1])
+        ver = self.vault.version(entry, parts[2] if len(parts) == 4 else None)
+        return entry, ver.id
+
+    def release(self, parts: list[str], query: Mapping[str, str], body: dict[str, Any], base: str) -> Answer:
+        """POST /keys/{name}[/{version}]/release: the key is resolved (404 as the service would),
+        but secure key release needs an attestation service, which the emulator does not have."""
+        entry, vid = self._extra_target(parts)
+        raise ApiError(501, "NotImplemented", f"secure key release of {base}/keys/{entry.name}/{vid} is not emulated")
+
+    def attestation(self, parts: list[str], query: Mapping[str, str], body: dict[str, Any], base: str) -> Answer:
+        """GET /keys/{name}[/{version}]/attestation."""
+        entry, vid = self._extra_target(parts)
+        raise ApiError(501, "NotImplemented", f"key attestation of {base}/keys/{entry.name}/{vid} is not emulated")
 
     # ---- key operations ------------------------------------------------------------------------
 
