@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 from .. import _crypto
 from ..errors import KeybridgeError
 from ..keys import AES_SIZES, CURVES, RSA_SIZES, KeyInfo, KeyOp, KeySpec, KeyType, algorithm
+from ..providers.memory import InMemoryProvider
 from . import _byok_import, _wire
 from ._errors import ApiError, bad, from_keybridge
 from ._jwk import key_type, material_from_jwk
@@ -303,6 +304,8 @@ class Router:
         """POST /keys/{name}/{version}/{encrypt|decrypt|sign|verify|wrapkey|unwrapkey}."""
         op = _CRYPTO[parts[3]]
         name = body.get("alg")
+        if isinstance(name, str) and name in _crypto.CBC_ALGORITHMS:
+            return self._cbc(parts, op, name, body, base)
         try:
             alg = algorithm(name)  # type: ignore[arg-type]
         except KeybridgeError as exc:
@@ -345,3 +348,21 @@ class Router:
             }[op]
             out["value"] = encode_b64(self.vault.call(fn))
         return 200, out
+
+    def _cbc(self, parts: list[str], op: KeyOp, alg: str, body: dict[str, Any], base: str) -> Answer:
+        """A*CBC / A*CBCPAD encrypt or decrypt with the caller's iv (required both ways)."""
+        if op not in (KeyOp.ENCRYPT, KeyOp.DECRYPT):
+            raise bad(f"{alg} is not an algorithm for {op.value}")
+        if body.get("iv") is None:
+            raise bad(f"{alg} needs an iv: {_crypto.CBC_IV} random bytes, base64url")
+        if body.get("aad") is not None:
+            raise bad(f"{alg} takes no aad: AES-CBC authenticates nothing")
+        iv, value = decode_b64(body["iv"], "iv"), decode_b64(body.get("value"), "value")
+        entry, ver, ref = self.vault.usable(parts[1], parts[2] or None, op)
+        provider = self.vault.provider
+        assert isinstance(provider, InMemoryProvider)  # the emulator always opens one
+        out = self.vault.call(provider.aes_cbc, ref, alg, iv, value, decrypt=op is KeyOp.DECRYPT)
+        answer: dict[str, Any] = {"kid": _wire.kid(base, entry, ver), "value": encode_b64(out)}
+        if op is KeyOp.ENCRYPT:
+            answer["iv"] = encode_b64(iv)
+        return 200, answer
