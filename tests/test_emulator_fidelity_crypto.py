@@ -1,10 +1,12 @@
-"""Managed HSM algorithms beyond the KeyProvider protocol's GCM: AES-CBC / AES-CBCPAD with the
-caller's IV, and secp256k1 (P-256K / ES256K) keys, through the real SDK over HTTPS and each checked
-against ``cryptography`` with the same key material."""
+"""Managed HSM features beyond the KeyProvider protocol: AES-CBC / AES-CBCPAD with the caller's
+IV, secp256k1 (P-256K / ES256K) keys and key attestation, through the real SDK over HTTPS, each
+checked against ``cryptography`` with the same key material."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import os
 import uuid
 from typing import Any
@@ -18,7 +20,9 @@ from azure.core.exceptions import HttpResponseError
 from azure.core.rest import HttpRequest
 from azure.keyvault.keys import JsonWebKey, KeyClient, KeyCurveName
 from azure.keyvault.keys.crypto import CryptographyClient, EncryptionAlgorithm, SignatureAlgorithm
-from cryptography.hazmat.primitives import hashes
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives import padding as sympadding
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
@@ -189,3 +193,60 @@ def test_p256k_keys_import_from_a_jwk(client: KeyClient, azure_emulator: Managed
     )
     der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
     private.public_key().verify(der, bytes(range(32)), ec.ECDSA(Prehashed(hashes.SHA256())))
+
+
+def _jws_claims(blob: bytes, signer: ec.EllipticCurvePublicKey) -> dict[str, Any]:
+    """Check a compact ES256 JWS with ``cryptography`` and answer its payload."""
+    head, payload, sig = blob.decode("ascii").split(".")
+    raw = _unb64(sig)
+    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    signer.verify(der, f"{head}.{payload}".encode("ascii"), ec.ECDSA(hashes.SHA256()))  # raises if wrong
+    assert json.loads(_unb64(head))["alg"] == "ES256"
+    claims: dict[str, Any] = json.loads(_unb64(payload))
+    return claims
+
+
+def test_key_attestation_is_signed_under_the_emulators_attestation_ca(client: KeyClient) -> None:
+    key = client.create_ec_key(_name(), curve="P-384", hardware_protected=True)
+    newer = client.rotate_key(key.name)
+    for version, expected in ((None, newer), (key.properties.version, key)):
+        attested = client.get_key_attestation(key.name, version=version)
+        assert attested.id == expected.id
+        attestation = attested.properties.attestation
+        assert attestation is not None
+        assert attestation.version == "keybridge-emulator-1"
+        assert attestation.certificate_pem_file is not None
+        leaf, ca = x509.load_pem_x509_certificates(attestation.certificate_pem_file)
+        leaf.verify_directly_issued_by(ca)  # raises if the chain is wrong
+        ca.verify_directly_issued_by(ca)
+        signer = leaf.public_key()
+        assert isinstance(signer, ec.EllipticCurvePublicKey)
+        assert attestation.public_key_attestation is not None
+        assert attestation.private_key_attestation is not None
+        public = _jws_claims(attestation.public_key_attestation, signer)
+        private = _jws_claims(attestation.private_key_attestation, signer)
+        assert public["kid"] == private["kid"] == expected.id
+        assert (public["material"], private["material"]) == ("public", "private")
+        x, y = (int.from_bytes(v, "big") for v in (expected.key.x, expected.key.y))
+        spki = (
+            ec.EllipticCurvePublicNumbers(x, y, ec.SECP384R1())
+            .public_key()
+            .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+        assert _unb64(public["spki_sha256"]) == hashlib.sha256(spki).digest()
+    # a symmetric key has no public half to attest
+    oct_key = client.create_oct_key(_name(), size=256, hardware_protected=True)
+    attestation = client.get_key_attestation(oct_key.name).properties.attestation
+    assert attestation is not None
+    assert attestation.public_key_attestation is None
+    assert attestation.private_key_attestation is not None
+    assert attestation.certificate_pem_file is not None
+    leaf = x509.load_pem_x509_certificates(attestation.certificate_pem_file)[0]
+    signer = leaf.public_key()
+    assert isinstance(signer, ec.EllipticCurvePublicKey)
+    assert _jws_claims(attestation.private_key_attestation, signer)["kid"] == oct_key.id
+    # a tampered statement no longer verifies
+    head, payload, sig = attestation.private_key_attestation.decode().split(".")
+    forged = json.loads(_unb64(payload)) | {"kid": "https://elsewhere/keys/k/1"}
+    with pytest.raises(InvalidSignature):
+        _jws_claims(f"{head}.{_b64(json.dumps(forged).encode())}.{sig}".encode(), signer)

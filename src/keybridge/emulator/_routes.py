@@ -17,6 +17,7 @@ from ..errors import KeybridgeError
 from ..keys import AES_SIZES, CURVES, RSA_SIZES, KeyInfo, KeyOp, KeySpec, KeyType, algorithm
 from ..providers.memory import InMemoryProvider
 from . import _byok_import, _wire
+from ._attest import Attestor
 from ._errors import ApiError, bad, from_keybridge
 from ._jwk import key_type, material_from_jwk
 from ._records import Entry, check_tags, decode_b64, encode_b64
@@ -55,6 +56,7 @@ class Router:
 
     def __init__(self, vault: Vault) -> None:
         self.vault = vault
+        self._attestor: Attestor | None = None  # made on first use: most runs never attest
 
     def handle(
         self, method: str, parts: list[str], query: Mapping[str, str], body: dict[str, Any], base: str
@@ -294,9 +296,17 @@ class Router:
         raise ApiError(501, "NotImplemented", f"secure key release of {base}/keys/{entry.name}/{vid} is not emulated")
 
     def attestation(self, parts: list[str], query: Mapping[str, str], body: dict[str, Any], base: str) -> Answer:
-        """GET /keys/{name}[/{version}]/attestation."""
+        """GET /keys/{name}[/{version}]/attestation: the KeyBundle with ``attributes.attestation``,
+        statements signed under this emulator's attestation CA (see :mod:`._attest`)."""
         entry, vid = self._extra_target(parts)
-        raise ApiError(501, "NotImplemented", f"key attestation of {base}/keys/{entry.name}/{vid} is not emulated")
+        ver = entry.versions[vid]
+        info = self.vault.info(entry, ver)
+        if self._attestor is None:
+            self._attestor = Attestor()
+        answer = _wire.bundle(base, entry, ver, info)
+        kid = _wire.kid(base, entry, ver)
+        answer["attributes"]["attestation"] = self._attestor.attestation(kid, ver, info, self.vault.now())
+        return 200, answer
 
     # ---- key operations ------------------------------------------------------------------------
 
