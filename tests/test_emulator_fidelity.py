@@ -244,3 +244,51 @@ def test_errors_name_keys_by_kid_not_provider_reference(client: KeyClient, hsm: 
     assert status == 403
     assert "memory" not in body["error"]["message"]
     assert key.id in body["error"]["message"]
+
+
+def test_key_ops_errors_name_the_key_not_a_stand_in(client: KeyClient) -> None:
+    key = client.create_ec_key(_name(), curve="P-384")
+    status, body = _raw(client, "PATCH", f"/keys/{key.name}/{key.properties.version}", {"key_ops": ["encrypt"]})
+    assert status == 400
+    assert "EC-P-384" in body["error"]["message"]
+    status, body = _raw(
+        client, "POST", f"/keys/{_name()}/create", {"kty": "EC", "crv": "P-521", "key_ops": ["wrapKey"]}
+    )
+    assert status == 400
+    assert "EC keys" in body["error"]["message"]
+    assert "P-256" not in body["error"]["message"]
+
+
+def test_no_error_shows_the_provider_reference(client: KeyClient) -> None:
+    ec_key = client.create_ec_key(_name(), curve="P-384")
+    aes = client.create_oct_key(_name(), size=256, hardware_protected=True)
+    rsa = client.create_rsa_key(_name(), size=2048)
+    z = "A" * 43  # 32 zero bytes, base64url
+    requests = [
+        (f"/keys/{ec_key.name}//sign", {"alg": "ES256", "value": z}),
+        (f"/keys/{aes.name}//encrypt", {"alg": "A128GCM", "value": z}),
+        (f"/keys/{aes.name}//encrypt", {"alg": "A128CBC", "value": z, "iv": z[:22]}),
+        (f"/keys/{rsa.name}//wrapkey", {"alg": "A256KW", "value": z}),
+        (f"/keys/{rsa.name}//sign", {"alg": "ES256", "value": z}),
+    ]
+    client.update_key_properties(rsa.name, enabled=False)
+    requests.append((f"/keys/{rsa.name}//sign", {"alg": "RS256", "value": z}))
+    for path, body in requests:
+        status, answer = _raw(client, "POST", path, body)
+        assert status in (400, 403), (path, body)
+        assert "memory" not in answer["error"]["message"], answer
+
+
+def test_the_clock_and_schedules_survive_a_restart_with_state_dir(tmp_path: Any) -> None:
+    with ManagedHsmEmulator(state_dir=tmp_path, retention_days=30) as hsm:
+        client = KeyClient(hsm.vault_url, **hsm.provider_options())
+        name = client.create_ec_key(_name()).name
+        client.begin_delete_key(name).result()
+        moved = hsm.advance(days=10)
+    with ManagedHsmEmulator(state_dir=tmp_path) as again:
+        assert again.now() >= moved  # time did not jump back
+        client = KeyClient(again.vault_url, **again.provider_options())
+        assert client.get_deleted_key(name).properties.recoverable_days == 30
+        again.advance(days=20)
+        with pytest.raises(ResourceNotFoundError):
+            client.get_deleted_key(name)

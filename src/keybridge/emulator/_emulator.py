@@ -194,9 +194,7 @@ class ManagedHsmEmulator:
             raise InvalidArgument("advance() takes numbers of days, hours and seconds") from None
         if not 0 <= total < 1e11:
             raise InvalidArgument(f"advance() moves time forward only, by less than 3000 years; got {total} seconds")
-        with self._vault.lock:
-            self._vault.clock.advance(int(total))
-            self._vault.tick()
+        self._vault.advance(int(total))
         return self.now()
 
     # ---- persistence ---------------------------------------------------------------------------

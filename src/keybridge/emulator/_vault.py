@@ -72,6 +72,13 @@ class Vault:
         """Emulator time (unix seconds): the wall clock moved on by :meth:`Clock.advance`."""
         return self.clock.now()
 
+    def advance(self, seconds: int) -> None:
+        """Move the emulator's clock forward, run what came due, and save the new time."""
+        with self.lock:
+            self.clock.advance(seconds)
+            self.tick()
+            self._on_change()
+
     def tick(self) -> None:
         """Do what has come due by the emulator's clock, as the service's background jobs would:
         purge soft-deleted keys whose retention ran out, then run rotation policies."""
@@ -85,9 +92,10 @@ class Vault:
                     due = rotation_due(entry)
                     if due is None or due > t:
                         break
-                    # the new version is dated when the policy fired, so a long advance() yields
-                    # the versions the service would have made along the way
-                    self.rotate(entry.name, at=due)
+                    # The new version is dated when the policy fired, so a long advance() yields
+                    # the versions the service would have made along the way; a due time before
+                    # the current version existed (an exp set in the past) fires once, now.
+                    self.rotate(entry.name, at=due if due >= entry.current.created else t)
 
     def public_message(self, text: str, base: str) -> str:
         """``text`` with provider references (``memory:NAME/VERSION``) replaced by the key ids the
@@ -206,15 +214,20 @@ class Vault:
             )
 
     @staticmethod
-    def check_ops(kind: KeyType, ops: Collection[str] | None) -> list[str]:
-        """Validate ``key_ops`` for a key family; None means the family's defaults."""
-        spec = {KeyType.RSA: KeySpec.rsa(), KeyType.EC: KeySpec.ec(), KeyType.OCT: KeySpec.aes()}[kind]
+    def check_ops(kind: KeyType | KeySpec, ops: Collection[str] | None) -> list[str]:
+        """Validate ``key_ops`` for a key (its spec, so that errors name it) or, before the key
+        exists, for its family; None means the defaults."""
+        families = {KeyType.RSA: KeySpec.rsa(), KeyType.EC: KeySpec.ec(), KeyType.OCT: KeySpec.aes()}
+        spec = kind if isinstance(kind, KeySpec) else families[kind]
         if ops is not None and (not isinstance(ops, list) or not all(isinstance(o, str) for o in ops)):
             raise bad("key_ops must be a list of operation names")
         try:
             checked = spec.check_ops(ops)
         except KeybridgeError as exc:
-            raise bad(str(exc)) from None
+            # a family stand-in (RSA-2048, EC-P-256, AES-256) must not be named as the key
+            raise bad(
+                str(exc) if isinstance(kind, KeySpec) else str(exc).replace(f"an {spec} key", f"{kind} keys")
+            ) from None
         return list(dict.fromkeys(ops)) if ops is not None else sorted(o.value for o in checked)
 
     @staticmethod
@@ -240,7 +253,7 @@ class Vault:
         if not isinstance(attributes, dict):
             raise bad("attributes must be an object")
         if "key_ops" in body and body["key_ops"] is not None:
-            ops = self.check_ops(self.info(entry, ver).spec.kty, body["key_ops"])
+            ops = self.check_ops(self.info(entry, ver).spec, body["key_ops"])
             if (ops == ["import"]) != (ver.ops == ["import"]):
                 # The store fixes at creation whether a key is a key-exchange key; a PATCH cannot
                 # turn one into the other (the real service's answer here is unverified).
