@@ -10,12 +10,14 @@ import os
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import padding as sympadding
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
     Prehashed,
     decode_dss_signature,
     encode_dss_signature,
 )
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import (
     InvalidUnwrap,
@@ -30,6 +32,10 @@ from .keys import AlgorithmSpec, KeySpec, KeyType, PrivateKey, PublicKey
 
 GCM_IV = 12
 GCM_TAG = 16
+CBC_IV = 16
+# Managed HSM's AES-CBC names -> (key bits, PKCS#7 padding). They take the caller's IV, which the
+# KeyProvider protocol's encrypt() has no room for, so they are not in keys.ALGORITHMS.
+CBC_ALGORITHMS = {f"A{bits}CBC{pad}": (bits, pad == "PAD") for bits in (128, 192, 256) for pad in ("", "PAD")}
 OAEP_SHA1 = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
 
 
@@ -178,3 +184,31 @@ def rsa_aes_key_unwrap(kek: rsa.RSAPrivateKey, blob: bytes) -> bytes:
         return aes_key_unwrap_with_padding(eph, blob[k:])
     except (InvalidUnwrap, ValueError) as exc:
         raise IntegrityError("CKM_RSA_AES_KEY_WRAP unwrap failed: wrong KEK or damaged package") from exc
+
+
+def aes_cbc(key: bytes, alg: str, iv: bytes, data: bytes, *, decrypt: bool) -> bytes:
+    """AES-CBC as Managed HSM names it: ``A*CBC`` takes whole blocks only, ``A*CBCPAD`` adds and
+    removes PKCS#7 padding. A wrong length is an :class:`InvalidArgument`, bad padding after
+    decryption an :class:`IntegrityError`."""
+    _bits, pad = CBC_ALGORITHMS[alg]
+    if len(iv) != CBC_IV:
+        raise InvalidArgument(f"{alg} needs a {CBC_IV}-byte iv, got {len(iv)} bytes")
+    if (not pad or decrypt) and len(data) % 16:
+        what = "ciphertext" if decrypt else f"plaintext for {alg} (no padding; use {alg}PAD)"
+        raise InvalidArgument(f"the {what} must be a multiple of 16 bytes, got {len(data)}")
+    cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
+    if not decrypt:
+        if pad:
+            padder = sympadding.PKCS7(128).padder()
+            data = padder.update(data) + padder.finalize()
+        enc = cipher.encryptor()
+        return enc.update(data) + enc.finalize()
+    dec = cipher.decryptor()
+    plain = dec.update(data) + dec.finalize()
+    if not pad:
+        return plain
+    unpadder = sympadding.PKCS7(128).unpadder()
+    try:
+        return unpadder.update(plain) + unpadder.finalize()
+    except ValueError as exc:
+        raise IntegrityError(f"{alg} decryption failed: wrong key, wrong iv or damaged ciphertext") from exc

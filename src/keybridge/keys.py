@@ -39,7 +39,7 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 RSA_SIZES = (2048, 3072, 4096)
 AES_SIZES = (128, 192, 256)
 CURVES: Mapping[str, ec.EllipticCurve] = MappingProxyType(
-    {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
+    {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1(), "P-256K": ec.SECP256K1()}
 )
 
 
@@ -110,7 +110,8 @@ class KeySpec:
 
     @classmethod
     def ec(cls, curve: str = "P-256") -> KeySpec:
-        """An EC key on a NIST curve (``"P-256"``, ``"P-384"``, ``"P-521"``)."""
+        """An EC key on a NIST curve (``"P-256"``, ``"P-384"``, ``"P-521"``) or on secp256k1
+        (``"P-256K"``, Azure's name; signs with ES256K)."""
         if curve not in CURVES:
             raise InvalidKeySpec(f"EC curve {curve!r} is not supported; use one of {sorted(CURVES)}")
         return cls(KeyType.EC, CURVES[curve].key_size, curve)
@@ -283,6 +284,7 @@ def _table() -> dict[str, AlgorithmSpec]:
         t.append(AlgorithmSpec(f"RS{bits}", KeyType.RSA, _SIG, h))
         t.append(AlgorithmSpec(f"PS{bits}", KeyType.RSA, _SIG, h, pss=True))
         t.append(AlgorithmSpec(f"ES{bits}", KeyType.EC, _SIG, h))
+    t.append(AlgorithmSpec("ES256K", KeyType.EC, _SIG, hashes.SHA256()))
     return {a.name: a for a in t}
 
 
@@ -290,7 +292,9 @@ ALGORITHMS: Mapping[str, AlgorithmSpec] = MappingProxyType(_table())
 """Every algorithm keybridge knows, by JWA name. A provider supports a subset."""
 
 # ES512 is ECDSA on P-521 with SHA-512 (JWA); the other ES* pair one curve with one hash too.
-ES_CURVES: Mapping[str, str] = MappingProxyType({"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"})
+ES_CURVES: Mapping[str, str] = MappingProxyType(
+    {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521", "ES256K": "P-256K"}
+)
 
 
 def algorithm(name: str) -> AlgorithmSpec:

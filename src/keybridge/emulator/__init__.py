@@ -2,10 +2,11 @@
 
 It is a REST facade over :class:`~keybridge.providers.memory.InMemoryProvider`: every key lives in
 the provider and every operation goes through the :class:`~keybridge.provider.KeyProvider`
-protocol; the emulator adds what the service has beyond that protocol (soft delete, backups,
-rotation policies, ``key_ops`` and ``nbf``/``exp`` updates, tags, random bytes). It accepts BYOK
-imports (``key_hsm``), Managed HSM's AES keys (A*KW, A*GCM, CKM_AES_KEY_WRAP[_PAD]) and can inject
-faults. See docs/emulator.md for usage and fidelity limits.
+protocol; the emulator adds what the service has beyond that protocol (soft delete with purge
+after retention, backups, rotation policies run on its own clock, ``key_ops`` and ``nbf``/``exp``
+updates, tags, random bytes, key attestation). It accepts BYOK imports (``key_hsm``), Managed
+HSM's AES keys (A*KW, A*GCM, A*CBC[PAD], CKM_AES_KEY_WRAP[_PAD]) and can inject faults. See
+docs/emulator.md for usage and fidelity limits.
 """
 
 from __future__ import annotations

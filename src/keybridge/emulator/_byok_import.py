@@ -2,7 +2,7 @@
 
 The wire request names only the key family (``kty``, and ``crv`` for EC when the caller gives
 it), while the provider needs the exact spec it must find in the package. The emulator asks for
-each spec of the family in turn (at most three; with ``crv`` only that curve) and keeps the one
+each spec of the family in turn (at most four; with ``crv`` only that curve) and keeps the one
 the unwrapped key matches. Only a package that unwraps cleanly gets a second try: a wrong KEK, a
 tampered ciphertext or a KEK the service refuses fails on the first attempt with one 400, so the
 number of attempts (and the time taken) depends only on what a genuine package holds, which its
@@ -54,7 +54,7 @@ def _kek_kid(vault: Vault, kid: str) -> str:
     # enabled flag too, so that the message names the Azure key rather than the provider's.
     if not vault.info(entry, ver).enabled:
         raise bad(f"key-exchange key {entry.name}/{ver.id} is disabled; enable it before importing")
-    if not ver.in_window():
+    if not ver.in_window(vault.now()):
         raise bad(f"key-exchange key {entry.name}/{ver.id} is outside its not-before/expiry window")
     return f"https://emulator.invalid/keys/{entry.pname}/{ver.id}"
 

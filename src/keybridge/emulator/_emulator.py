@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import secrets
 import shutil
@@ -19,6 +20,7 @@ from ..provider import KeyProvider, open_provider
 from ._auth import EmulatorCredential
 from ._faults import FaultInjector, Faults
 from ._rbac import Rbac
+from ._records import RETENTION_DAYS
 from ._routes import Router
 from ._server import EmulatorServer
 from ._tls import make_server_context
@@ -45,6 +47,10 @@ class ManagedHsmEmulator:
     checked against Managed HSM local RBAC (``hsm.rbac``): every key route needs its data action
     at ``/``, ``/keys`` or ``/keys/<name>``; ``rbac="strict"`` leaves the first principal without
     Crypto User, so key use must be granted explicitly.
+
+    Time is the emulator's own: :meth:`advance` moves it forward, and what has come due then
+    happens as in the service: rotation policies make new versions, and soft-deleted keys are
+    purged ``retention_days`` (Managed HSM allows 7 to 90; default 90) after deletion.
     """
 
     def __init__(
@@ -55,6 +61,7 @@ class ManagedHsmEmulator:
         *,
         require_token: bool = True,
         rbac: str = "default",
+        retention_days: int = RETENTION_DAYS,
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise InvalidArgument(f"port must be 0 (any free port) or 1-65535, got {port!r}")
@@ -62,6 +69,10 @@ class ManagedHsmEmulator:
             raise InvalidArgument(f"faults must be a Faults value or a spec string, got {type(faults).__name__}")
         if rbac not in ("default", "strict"):
             raise InvalidArgument(f"rbac must be 'default' or 'strict', got {rbac!r}")
+        if not isinstance(retention_days, int) or isinstance(retention_days, bool) or not 7 <= retention_days <= 90:
+            raise InvalidArgument(
+                f"retention_days must be an integer from 7 to 90 (as in Managed HSM), got {retention_days!r}"
+            )
         self.faults = Faults.parse(faults) if isinstance(faults, str) else faults
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self._port = port
@@ -73,7 +84,7 @@ class ManagedHsmEmulator:
         self._tmp: Path | None = None
         self._ca_file: Path | None = None
         self.provider: KeyProvider = self._open_provider()
-        self._vault = Vault(self.provider, self._save_state if self.state_dir else None)
+        self._vault = Vault(self.provider, self._save_state if self.state_dir else None, retention_days=retention_days)
         if self.state_dir is not None and (self.state_dir / _STATE).exists():
             self._load_state(self.state_dir / _STATE)
 
@@ -165,6 +176,26 @@ class ManagedHsmEmulator:
     def provider_options(self) -> dict[str, Any]:
         """Keyword arguments for ``AzureKeyVaultProvider``/``open_provider``/``KeyClient``."""
         return {"credential": self._credential, "connection_verify": self.ca_file, "verify_challenge_resource": False}
+
+    # ---- time ----------------------------------------------------------------------------------
+
+    def now(self) -> datetime.datetime:
+        """The emulator's current time (UTC): the wall clock plus every :meth:`advance`."""
+        return datetime.datetime.fromtimestamp(self._vault.now(), datetime.timezone.utc)
+
+    def advance(self, days: float = 0, *, hours: float = 0, seconds: float = 0) -> datetime.datetime:
+        """Move the emulator's clock forward and run what came due: rotation policies fire (one new
+        version per period, dated when it was due, with ``exp`` from the policy's ``expiryTime``) and
+        soft-deleted keys past their retention are purged. Timestamps the emulator reports (created,
+        updated, deletedDate, nbf/exp checks) all use this clock. Answers the new time."""
+        try:
+            total = float(days) * 86400 + float(hours) * 3600 + float(seconds)
+        except (TypeError, ValueError):
+            raise InvalidArgument("advance() takes numbers of days, hours and seconds") from None
+        if not 0 <= total < 1e11:
+            raise InvalidArgument(f"advance() moves time forward only, by less than 3000 years; got {total} seconds")
+        self._vault.advance(int(total))
+        return self.now()
 
     # ---- persistence ---------------------------------------------------------------------------
 

@@ -93,6 +93,8 @@ BUILTIN_ROLES: dict[str, tuple[str, list[str]]] = {
 _BUILTIN_GUIDS = {guid for guid, _ in BUILTIN_ROLES.values()}
 _CRYPTO = {"encrypt": "encrypt", "decrypt": "decrypt", "sign": "sign", "verify": "verify"}
 _CRYPTO |= {"wrapkey": "wrap", "unwrapkey": "unwrap", "release": "release"}
+_MANAGE = {"create": "keys/create", "backup": "keys/backup/action", "rotate": "keys/rotate/action"}
+_MANAGE["release"] = "keys/release/action"  # versionless POST /keys/NAME/release
 
 
 def definition_id(guid: str) -> str:
@@ -122,9 +124,7 @@ def required_action(method: str, parts: list[str]) -> tuple[str, str] | None:
     elif n == 2:
         act = {"PUT": "keys/import/action", "DELETE": "keys/delete", "PATCH": "keys/write/action"}.get(method, "")
     elif n == 3:
-        act = {"create": "keys/create", "backup": "keys/backup/action", "rotate": "keys/rotate/action"}.get(
-            parts[2], "keys/write/action"
-        )
+        act = _MANAGE.get(parts[2], "keys/write/action")
     else:
         act = f"keys/{_CRYPTO[parts[3]]}/action" if parts[3] in _CRYPTO else "keys/read/action"
     return (_P + act, scope) if act else None

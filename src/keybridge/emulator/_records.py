@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._byok import b64url_decode, b64url_encode
-from ..errors import InvalidPackage
+from ..errors import InvalidArgument, InvalidPackage
 from ._errors import bad
 
 __all__ = [
     "NAME",
     "RETENTION_DAYS",
     "Backup",
+    "Clock",
     "Entry",
     "Version",
     "check_tags",
@@ -55,6 +56,24 @@ def now() -> int:
     return int(time.time())
 
 
+class Clock:
+    """The emulator's time: the wall clock plus an offset that tests move forward with
+    :meth:`advance`, so that rotation policies and soft-delete retention come due without waiting."""
+
+    def __init__(self, offset: int = 0) -> None:
+        self.offset = offset
+
+    def now(self) -> int:
+        """Emulator time in unix seconds."""
+        return now() + self.offset
+
+    def advance(self, seconds: int) -> None:
+        """Move emulator time forward (never back: Key Vault timestamps only grow)."""
+        if seconds < 0:
+            raise InvalidArgument(f"the emulator clock only moves forward; got {seconds} seconds")
+        self.offset += seconds
+
+
 @dataclass
 class Version:
     """Service-side attributes of one key version (``id`` is the provider's version id)."""
@@ -70,10 +89,9 @@ class Version:
     exportable: bool = False
     release_policy: dict[str, Any] | None = None
 
-    def in_window(self, when: int | None = None) -> bool:
-        """True if ``when`` (default now) lies inside the version's ``nbf``/``exp`` window."""
-        t = now() if when is None else when
-        return (self.nbf is None or t >= self.nbf) and (self.exp is None or t < self.exp)
+    def in_window(self, when: int) -> bool:
+        """True if ``when`` (emulator time) lies inside the version's ``nbf``/``exp`` window."""
+        return (self.nbf is None or when >= self.nbf) and (self.exp is None or when < self.exp)
 
 
 @dataclass
@@ -85,6 +103,12 @@ class Entry:
     versions: dict[str, Version] = field(default_factory=dict)
     deleted: int | None = None
     policy: dict[str, Any] | None = None
+    retention: int = RETENTION_DAYS  # recoverableDays: days a soft-deleted key is kept before purge
+
+    @property
+    def purge_at(self) -> int | None:
+        """When a soft-deleted entry is purged (its ``scheduledPurgeDate``), else None."""
+        return None if self.deleted is None else self.deleted + self.retention * 86400
 
     @property
     def current(self) -> Version:
@@ -103,7 +127,8 @@ class Backup:
 def entry_from_json(data: Mapping[str, Any]) -> Entry:
     """Inverse of ``dataclasses.asdict(entry)``, for state kept in ``state_dir``."""
     versions = {vid: Version(**v) for vid, v in data["versions"].items()}
-    return Entry(data["name"], data["pname"], versions, data.get("deleted"), data.get("policy"))
+    retention = int(data.get("retention", RETENTION_DAYS))
+    return Entry(data["name"], data["pname"], versions, data.get("deleted"), data.get("policy"), retention)
 
 
 def check_tags(tags: object) -> dict[str, str]:

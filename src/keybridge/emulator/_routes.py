@@ -15,7 +15,9 @@ from urllib.parse import urlencode
 from .. import _crypto
 from ..errors import KeybridgeError
 from ..keys import AES_SIZES, CURVES, RSA_SIZES, KeyInfo, KeyOp, KeySpec, KeyType, algorithm
+from ..providers.memory import InMemoryProvider
 from . import _byok_import, _wire
+from ._attest import Attestor
 from ._errors import ApiError, bad, from_keybridge
 from ._jwk import key_type, material_from_jwk
 from ._records import Entry, check_tags, decode_b64, encode_b64
@@ -31,6 +33,10 @@ _CRYPTO = {
     "verify": KeyOp.VERIFY,
     "wrapkey": KeyOp.WRAP_KEY,
     "unwrapkey": KeyOp.UNWRAP_KEY,
+}
+_KEY_EXTRAS: dict[str, Callable[[Router], dict[str, Callable[..., Answer]]]] = {
+    "release": lambda r: {"POST": r.release},
+    "attestation": lambda r: {"GET": r.attestation},
 }
 _PAGE = 25  # the service's largest page
 _MAX_RANDOM = 128
@@ -50,6 +56,7 @@ class Router:
 
     def __init__(self, vault: Vault) -> None:
         self.vault = vault
+        self._attestor: Attestor | None = None  # made on first use: most runs never attest
 
     def handle(
         self, method: str, parts: list[str], query: Mapping[str, str], body: dict[str, Any], base: str
@@ -58,9 +65,14 @@ class Router:
         handler = self._route(method, parts)
         with self.vault.lock:
             try:
-                return handler(parts, query, body, base)
-            except KeybridgeError as exc:
-                raise from_keybridge(exc) from exc
+                self.vault.tick()
+                try:
+                    return handler(parts, query, body, base)
+                except KeybridgeError as exc:
+                    raise from_keybridge(exc) from exc
+            except ApiError as exc:
+                exc.message = self.vault.public_message(exc.message, base)
+                raise
 
     def _route(self, method: str, parts: list[str]) -> Callable[..., Answer]:
         n = len(parts)
@@ -72,7 +84,7 @@ class Router:
             table = {"POST": self.restore}
         elif head == "keys" and n == 2:
             table = {"PUT": self.import_key, "DELETE": self.delete, "GET": self.get, "PATCH": self.update}
-        elif head == "keys" and n == 3:
+        elif head == "keys" and n == 3 and parts[2] not in _KEY_EXTRAS:
             table = {
                 "create": {"POST": self.create},
                 "versions": {"GET": self.list_versions},
@@ -82,8 +94,9 @@ class Router:
             }.get(parts[2], {"GET": self.get, "PATCH": self.update})
         elif head == "keys" and n == 4 and parts[3] in _CRYPTO:
             table = {"POST": self.crypto}
-        elif head == "keys" and n == 4 and parts[3] in ("release", "attestation"):
-            table = {method: self.not_emulated}
+        elif head == "keys" and n in (3, 4) and parts[-1] in _KEY_EXTRAS:
+            # versioned, versionless with the SDK's empty version (//release), or without it
+            table = _KEY_EXTRAS[parts[-1]](self)
         elif head == "deletedkeys" and n == 1:
             table = {"GET": self.list_deleted}
         elif head == "deletedkeys" and n == 2:
@@ -270,9 +283,30 @@ class Router:
             raise bad(f"count must be an integer from 1 to {_MAX_RANDOM}")
         return 200, {"value": encode_b64(secrets.token_bytes(count))}
 
-    def not_emulated(self, parts: list[str], query: Mapping[str, str], body: dict[str, Any], base: str) -> Answer:
-        """Secure key release and attestation are not emulated."""
-        raise ApiError(501, "NotImplemented", f"the emulator does not implement {parts[3]}")
+    def _extra_target(self, parts: list[str]) -> tuple[Entry, str]:
+        """The key version a release/attestation path names (current one when versionless)."""
+        entry = self.vault.active(parts[1])
+        ver = self.vault.version(entry, parts[2] if len(parts) == 4 else None)
+        return entry, ver.id
+
+    def release(self, parts: list[str], query: Mapping[str, str], body: dict[str, Any], base: str) -> Answer:
+        """POST /keys/{name}[/{version}]/release: the key is resolved (404 as the service would),
+        but secure key release needs an attestation service, which the emulator does not have."""
+        entry, vid = self._extra_target(parts)
+        raise ApiError(501, "NotImplemented", f"secure key release of {base}/keys/{entry.name}/{vid} is not emulated")
+
+    def attestation(self, parts: list[str], query: Mapping[str, str], body: dict[str, Any], base: str) -> Answer:
+        """GET /keys/{name}[/{version}]/attestation: the KeyBundle with ``attributes.attestation``,
+        statements signed under this emulator's attestation CA (see :mod:`._attest`)."""
+        entry, vid = self._extra_target(parts)
+        ver = entry.versions[vid]
+        info = self.vault.info(entry, ver)
+        if self._attestor is None:
+            self._attestor = Attestor()
+        answer = _wire.bundle(base, entry, ver, info)
+        kid = _wire.kid(base, entry, ver)
+        answer["attributes"]["attestation"] = self._attestor.attestation(kid, ver, info, self.vault.now())
+        return 200, answer
 
     # ---- key operations ------------------------------------------------------------------------
 
@@ -280,6 +314,8 @@ class Router:
         """POST /keys/{name}/{version}/{encrypt|decrypt|sign|verify|wrapkey|unwrapkey}."""
         op = _CRYPTO[parts[3]]
         name = body.get("alg")
+        if isinstance(name, str) and name in _crypto.CBC_ALGORITHMS:
+            return self._cbc(parts, op, name, body, base)
         try:
             alg = algorithm(name)  # type: ignore[arg-type]
         except KeybridgeError as exc:
@@ -324,3 +360,21 @@ class Router:
             }[op]
             out["value"] = encode_b64(self.vault.call(fn))
         return 200, out
+
+    def _cbc(self, parts: list[str], op: KeyOp, alg: str, body: dict[str, Any], base: str) -> Answer:
+        """A*CBC / A*CBCPAD encrypt or decrypt with the caller's iv (required both ways)."""
+        if op not in (KeyOp.ENCRYPT, KeyOp.DECRYPT):
+            raise bad(f"{alg} is not an algorithm for {op.value}")
+        if body.get("iv") is None:
+            raise bad(f"{alg} needs an iv: {_crypto.CBC_IV} random bytes, base64url")
+        if body.get("aad") is not None:
+            raise bad(f"{alg} takes no aad: AES-CBC authenticates nothing")
+        iv, value = decode_b64(body["iv"], "iv"), decode_b64(body.get("value"), "value")
+        entry, ver, ref = self.vault.usable(parts[1], parts[2] or None, op)
+        provider = self.vault.provider
+        assert isinstance(provider, InMemoryProvider)  # the emulator always opens one
+        out = self.vault.call(provider.aes_cbc, ref, alg, iv, value, decrypt=op is KeyOp.DECRYPT)
+        answer: dict[str, Any] = {"kid": _wire.kid(base, entry, ver), "value": encode_b64(out)}
+        if op is KeyOp.ENCRYPT:
+            answer["iv"] = encode_b64(iv)
+        return 200, answer

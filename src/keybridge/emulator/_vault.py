@@ -13,6 +13,7 @@ restore can bring it back. Blobs therefore restore only into the emulator that m
 from __future__ import annotations
 
 import copy
+import re
 import secrets
 import threading
 from collections.abc import Callable, Collection, Mapping
@@ -23,7 +24,18 @@ from ..errors import KeybridgeError
 from ..keys import KeyInfo, KeyOp, KeyRef, KeySpec, KeyType
 from ..provider import KeyProvider
 from ._errors import ApiError, bad, from_keybridge, not_found
-from ._records import NAME, Backup, Entry, Version, check_tags, entry_from_json, now, parse_duration
+from ._policy import check_policy, rotation_due
+from ._records import (
+    NAME,
+    RETENTION_DAYS,
+    Backup,
+    Clock,
+    Entry,
+    Version,
+    check_tags,
+    entry_from_json,
+    parse_duration,
+)
 
 __all__ = ["Vault"]
 _YEAR_10000 = 253402300800  # unix seconds; datetime cannot hold later times
@@ -31,18 +43,73 @@ _YEAR_10000 = 253402300800  # unix seconds; datetime cannot hold later times
 _BACKUP_PREFIX = "KBEMU-BACKUP-1."
 # Operations Key Vault still allows outside a key's nbf/exp window (they undo or check earlier work).
 _OUTSIDE_WINDOW = frozenset({KeyOp.DECRYPT, KeyOp.UNWRAP_KEY, KeyOp.VERIFY})
+# A policy rotates at most every 7 days, so this bounds one tick even after advance(days=36500).
+_MAX_ROTATIONS = 6000
 
 
 class Vault:
     """Key Vault semantics over a :class:`KeyProvider`; every method holds one lock."""
 
-    def __init__(self, provider: KeyProvider, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        provider: KeyProvider,
+        on_change: Callable[[], None] | None = None,
+        *,
+        clock: Clock | None = None,
+        retention_days: int = RETENTION_DAYS,
+    ) -> None:
         self.provider = provider
         self.lock = threading.RLock()
         self.entries: dict[str, Entry] = {}
         self.backups: dict[str, Backup] = {}
+        self.clock = clock or Clock()
+        self.retention_days = retention_days
         self._on_change = on_change or (lambda: None)
         self._serial = 0
+        self._ref = re.compile(re.escape(provider.scheme) + r":([0-9A-Za-z._-]+)(?:/([0-9A-Za-z_-]+))?")
+
+    def now(self) -> int:
+        """Emulator time (unix seconds): the wall clock moved on by :meth:`Clock.advance`."""
+        return self.clock.now()
+
+    def advance(self, seconds: int) -> None:
+        """Move the emulator's clock forward, run what came due, and save the new time."""
+        with self.lock:
+            self.clock.advance(seconds)
+            self.tick()
+            self._on_change()
+
+    def tick(self) -> None:
+        """Do what has come due by the emulator's clock, as the service's background jobs would:
+        purge soft-deleted keys whose retention ran out, then run rotation policies."""
+        t = self.now()
+        for entry in list(self.entries.values()):
+            purge_at = entry.purge_at
+            if purge_at is not None and purge_at <= t:
+                self._purge(entry)
+            elif entry.deleted is None:
+                for _ in range(_MAX_ROTATIONS):
+                    due = rotation_due(entry)
+                    if due is None or due > t:
+                        break
+                    # The new version is dated when the policy fired, so a long advance() yields
+                    # the versions the service would have made along the way; a due time before
+                    # the current version existed (an exp set in the past) fires once, now.
+                    self.rotate(entry.name, at=due if due >= entry.current.created else t)
+
+    def public_message(self, text: str, base: str) -> str:
+        """``text`` with provider references (``memory:NAME/VERSION``) replaced by the key ids the
+        service would name, so no error shows the emulator's insides."""
+        names = {e.pname: e.name for e in self.entries.values()}
+
+        def kid(m: re.Match[str]) -> str:
+            name = names.get(m.group(1))
+            if name is None:
+                return "a key of this HSM"
+            return f"{base}/keys/{name}" + (f"/{m.group(2)}" if m.group(2) else "")
+
+        text = self._ref.sub(kid, text)
+        return text.replace(f"the {self.provider.scheme} provider", "this HSM").replace("in-memory provider", "HSM")
 
     # ---- lookups -------------------------------------------------------------------------------
 
@@ -123,10 +190,11 @@ class Vault:
             raise bad("Exportable keys must have a release policy (release_policy).")
         pname = existing.pname if existing else self._pname(name)
         info = self.call(make, pname, ["import"] if spec_ops == ["import"] else None)
-        ver = Version(info.ref.version or "", kty, spec_ops, dict(tags), exportable=exportable)
+        t = self.now()
+        ver = Version(info.ref.version or "", kty, spec_ops, dict(tags), created=t, updated=t, exportable=exportable)
         ver.release_policy = dict(release_policy) if isinstance(release_policy, dict) else None
         self._apply_attributes(ver, attributes)
-        entry = existing or Entry(name, pname)
+        entry = existing or Entry(name, pname, retention=self.retention_days)
         entry.versions[ver.id] = ver
         self.entries[name] = entry
         if attributes.get("enabled") is False:
@@ -146,15 +214,20 @@ class Vault:
             )
 
     @staticmethod
-    def check_ops(kind: KeyType, ops: Collection[str] | None) -> list[str]:
-        """Validate ``key_ops`` for a key family; None means the family's defaults."""
-        spec = {KeyType.RSA: KeySpec.rsa(), KeyType.EC: KeySpec.ec(), KeyType.OCT: KeySpec.aes()}[kind]
+    def check_ops(kind: KeyType | KeySpec, ops: Collection[str] | None) -> list[str]:
+        """Validate ``key_ops`` for a key (its spec, so that errors name it) or, before the key
+        exists, for its family; None means the defaults."""
+        families = {KeyType.RSA: KeySpec.rsa(), KeyType.EC: KeySpec.ec(), KeyType.OCT: KeySpec.aes()}
+        spec = kind if isinstance(kind, KeySpec) else families[kind]
         if ops is not None and (not isinstance(ops, list) or not all(isinstance(o, str) for o in ops)):
             raise bad("key_ops must be a list of operation names")
         try:
             checked = spec.check_ops(ops)
         except KeybridgeError as exc:
-            raise bad(str(exc)) from None
+            # a family stand-in (RSA-2048, EC-P-256, AES-256) must not be named as the key
+            raise bad(
+                str(exc) if isinstance(kind, KeySpec) else str(exc).replace(f"an {spec} key", f"{kind} keys")
+            ) from None
         return list(dict.fromkeys(ops)) if ops is not None else sorted(o.value for o in checked)
 
     @staticmethod
@@ -180,7 +253,7 @@ class Vault:
         if not isinstance(attributes, dict):
             raise bad("attributes must be an object")
         if "key_ops" in body and body["key_ops"] is not None:
-            ops = self.check_ops(self.info(entry, ver).spec.kty, body["key_ops"])
+            ops = self.check_ops(self.info(entry, ver).spec, body["key_ops"])
             if (ops == ["import"]) != (ver.ops == ["import"]):
                 # The store fixes at creation whether a key is a key-exchange key; a PATCH cannot
                 # turn one into the other (the real service's answer here is unverified).
@@ -191,17 +264,18 @@ class Vault:
             ver.tags = check_tags(body["tags"])
         if isinstance(attributes.get("enabled"), bool):
             self.call(self.provider.set_enabled, self.ref(entry, ver), attributes["enabled"])
-        ver.updated = now()
+        ver.updated = self.now()
         self._on_change()
         return entry, ver
 
-    def rotate(self, name: str) -> tuple[Entry, Version]:
-        """A new version with the current one's kty, key_ops and tags; the policy's expiryTime
-        sets its ``exp``."""
+    def rotate(self, name: str, at: int | None = None) -> tuple[Entry, Version]:
+        """A new version (created ``at``, default now) with the current one's kty, key_ops and
+        tags; the policy's expiryTime sets its ``exp``."""
         entry = self.active(name)
         cur = entry.current
         info = self.call(self.provider.rotate_key, entry.pname)
-        ver = Version(info.ref.version or "", cur.kty, list(cur.ops), dict(cur.tags))
+        t = self.now() if at is None else at
+        ver = Version(info.ref.version or "", cur.kty, list(cur.ops), dict(cur.tags), created=t, updated=t)
         expiry = ((entry.policy or {}).get("attributes") or {}).get("expiryTime")
         if expiry:
             ver.exp = ver.created + parse_duration(expiry)
@@ -210,33 +284,14 @@ class Vault:
         return entry, ver
 
     def set_policy(self, name: str, body: Mapping[str, Any]) -> Entry:
-        """Store a rotation policy after checking its shape."""
+        """Store a rotation policy after checking it as the service does (see :mod:`._policy`)."""
         entry = self.active(name)
-        actions = body.get("lifetimeActions", [])
-        if not isinstance(actions, list):
-            raise bad("lifetimeActions must be a list")
-        for action in actions:
-            trigger = action.get("trigger") if isinstance(action, dict) else None
-            what = action.get("action") if isinstance(action, dict) else None
-            kind = what.get("type") if isinstance(what, dict) else None
-            if not isinstance(trigger, dict) or not isinstance(kind, str) or kind.lower() not in ("rotate", "notify"):
-                raise bad("each lifetime action needs a trigger and an action type of Rotate or Notify")
-            for key in ("timeAfterCreate", "timeBeforeExpiry"):
-                if trigger.get(key) is not None:
-                    parse_duration(trigger[key])
-        attributes = body.get("attributes") or {}
-        if not isinstance(attributes, dict):
-            raise bad("attributes must be an object")
-        if attributes.get("expiryTime") is not None:
-            parse_duration(attributes["expiryTime"])
-        created = (entry.policy or {}).get("attributes", {}).get("created", now())
+        actions, expiry = check_policy(body)
+        t = self.now()
+        created = (entry.policy or {}).get("attributes", {}).get("created", t)
         entry.policy = {
-            "lifetimeActions": copy.deepcopy(actions),
-            "attributes": {
-                **({"expiryTime": attributes["expiryTime"]} if attributes.get("expiryTime") else {}),
-                "created": created,
-                "updated": now(),
-            },
+            "lifetimeActions": actions,
+            "attributes": {**({"expiryTime": expiry} if expiry else {}), "created": created, "updated": t},
         }
         self._on_change()
         return entry
@@ -246,7 +301,7 @@ class Vault:
     def delete(self, name: str) -> Entry:
         """Soft delete: the key disappears from the live routes until recovered or purged."""
         entry = self.active(name)
-        entry.deleted = now()
+        entry.deleted = self.now()
         self._on_change()
         return entry
 
@@ -259,8 +314,10 @@ class Vault:
 
     def purge(self, name: str) -> None:
         """Remove a soft-deleted key for good; its provider key goes too unless a backup holds it."""
-        entry = self.deleted(name)
-        del self.entries[name]
+        self._purge(self.deleted(name))
+
+    def _purge(self, entry: Entry) -> None:
+        del self.entries[entry.name]
         if not any(b.entry.pname == entry.pname for b in self.backups.values()):
             self.call(self.provider.delete_key, entry.pname)
         self._on_change()
@@ -305,7 +362,7 @@ class Vault:
             raise ApiError(
                 403, "Forbidden", f"Operation {op.value} is not permitted on this key.", "KeyOperationForbidden"
             )
-        if not ver.in_window() and op not in _OUTSIDE_WINDOW:
+        if not ver.in_window(self.now()) and op not in _OUTSIDE_WINDOW:
             raise ApiError(
                 403,
                 "Forbidden",
@@ -321,6 +378,7 @@ class Vault:
         return {
             "format": 1,
             "serial": self._serial,
+            "clock_offset": self.clock.offset,
             "entries": [asdict(e) for e in self.entries.values()],
             "backups": {h: {"entry": asdict(b.entry), "enabled": b.enabled} for h, b in self.backups.items()},
         }
@@ -328,6 +386,7 @@ class Vault:
     def load(self, data: Mapping[str, Any]) -> None:
         """Inverse of :meth:`dump`."""
         self._serial = int(data.get("serial", 0))
+        self.clock.offset = max(self.clock.offset, int(data.get("clock_offset", 0)))
         self.entries = {e["name"]: entry_from_json(e) for e in data.get("entries", [])}
         self.backups = {
             h: Backup(entry_from_json(b["entry"]), dict(b["enabled"])) for h, b in data.get("backups", {}).items()

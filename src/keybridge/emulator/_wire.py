@@ -6,20 +6,20 @@ from typing import Any
 
 from ..keys import KeyInfo
 from ._jwk import public_jwk
-from ._records import RETENTION_DAYS, Entry, Version
+from ._records import Entry, Version
 
 __all__ = ["bundle", "deleted_bundle", "deleted_item", "item", "policy"]
 
 _RECOVERY_LEVEL = "CustomizedRecoverable+Purgeable"
 
 
-def _attributes(ver: Version, info: KeyInfo) -> dict[str, Any]:
+def _attributes(entry: Entry, ver: Version, info: KeyInfo) -> dict[str, Any]:
     attrs: dict[str, Any] = {
         "enabled": info.enabled,
         "created": ver.created,
         "updated": ver.updated,
         "recoveryLevel": _RECOVERY_LEVEL,
-        "recoverableDays": RETENTION_DAYS,
+        "recoverableDays": entry.retention,
         "exportable": ver.exportable,
     }
     if ver.nbf is not None:
@@ -42,7 +42,10 @@ def kid(base: str, entry: Entry, ver: Version | None = None) -> str:
 
 def bundle(base: str, entry: Entry, ver: Version, info: KeyInfo) -> dict[str, Any]:
     """KeyBundle: the public JWK, attributes and tags of one version."""
-    out = {"key": public_jwk(info, kid(base, entry, ver), ver.kty, ver.ops), "attributes": _attributes(ver, info)}
+    out = {
+        "key": public_jwk(info, kid(base, entry, ver), ver.kty, ver.ops),
+        "attributes": _attributes(entry, ver, info),
+    }
     if ver.release_policy:
         out["release_policy"] = dict(ver.release_policy)
     return _tags(out, ver)
@@ -53,7 +56,7 @@ def _deletion(base: str, entry: Entry) -> dict[str, Any]:
     return {
         "recoveryId": f"{base}/deletedkeys/{entry.name}",
         "deletedDate": entry.deleted,
-        "scheduledPurgeDate": entry.deleted + RETENTION_DAYS * 86400,
+        "scheduledPurgeDate": entry.purge_at,
     }
 
 
@@ -64,7 +67,7 @@ def deleted_bundle(base: str, entry: Entry, ver: Version, info: KeyInfo) -> dict
 
 def item(base: str, entry: Entry, ver: Version, info: KeyInfo, *, versioned: bool) -> dict[str, Any]:
     """KeyItem for list answers (key lists name keys; version lists name versions)."""
-    out = {"kid": kid(base, entry, ver if versioned else None), "attributes": _attributes(ver, info)}
+    out = {"kid": kid(base, entry, ver if versioned else None), "attributes": _attributes(entry, ver, info)}
     return _tags(out, ver)
 
 

@@ -31,7 +31,7 @@ Ref = KeyRef | str
 # ---- what the JWA names mean (RFC 7518, written out here on purpose) ------------------------------
 
 _SHA: dict[str, hashes.HashAlgorithm] = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}
-_ES_CURVE = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
+_ES_CURVE = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521", "ES256K": "P-256K"}
 OPS_IN_ORDER = (KeyOp.SIGN, KeyOp.VERIFY, KeyOp.ENCRYPT, KeyOp.DECRYPT, KeyOp.WRAP_KEY, KeyOp.UNWRAP_KEY)
 AUDIT_NAME = {
     KeyOp.SIGN: "sign",
@@ -45,7 +45,7 @@ AUDIT_NAME = {
 
 def sig_hash(alg: str) -> hashes.HashAlgorithm:
     """The hash of RS*/PS*/ES* (the digest ``sign`` takes)."""
-    return _SHA[alg[2:]]
+    return _SHA[alg[2:5]]  # ES256K hashes with SHA-256 too
 
 
 def oaep_or_pkcs1(alg: str) -> padding.AsymmetricPadding:

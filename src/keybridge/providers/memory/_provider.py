@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from ... import _crypto
 from ..._byok import ByokPackage, load_unwrapped
 from ..._redact import redact_uri
+from ...audit import audited
 from ...base import BaseProvider
 from ...errors import (
     InvalidArgument,
@@ -28,6 +29,7 @@ from ...errors import (
     KeyExpired,
     KeyNotFound,
     OperationNotPermitted,
+    UnsupportedAlgorithm,
 )
 from ...keys import (
     ALGORITHMS,
@@ -295,6 +297,29 @@ class InMemoryProvider(BaseProvider):
             return _crypto.private_decrypt(m, alg, data)
         assert isinstance(m, bytes)
         return _crypto.gcm_decrypt(m, data, aad)
+
+    def aes_cbc(self, ref: KeyRef | str, alg: str, iv: bytes, data: bytes, *, decrypt: bool = False) -> bytes:
+        """AES-CBC with the caller's IV (Managed HSM's ``A128CBC`` ... ``A256CBCPAD``) under an AES
+        key of the size the name gives. Outside the :class:`KeyProvider` protocol, whose encrypt
+        has no IV: the Managed HSM emulator uses it. The key must allow the operation, be enabled
+        and be inside its validity window, as for :meth:`encrypt`."""
+        op = KeyOp.DECRYPT if decrypt else KeyOp.ENCRYPT
+        with audited(op.value, self.scheme, ref, alg) as ev:
+            if alg not in _crypto.CBC_ALGORITHMS:
+                raise UnsupportedAlgorithm(
+                    f"{alg!r} is not an AES-CBC algorithm; use one of {', '.join(_crypto.CBC_ALGORITHMS)}"
+                )
+            info = self._resolve(ref, ev)
+            bits = _crypto.CBC_ALGORITHMS[alg][0]
+            if info.spec != KeySpec.aes(bits):
+                raise UnsupportedAlgorithm(f"{alg} needs an AES-{bits} key; {info.ref} is {info.spec}")
+            if op not in info.ops:
+                raise OperationNotPermitted(f"key {info.ref} does not allow {op.value}")
+            if not info.enabled:
+                raise KeyDisabled(f"key {info.ref} is disabled; enable it before use")
+            if not info.is_valid_at():
+                raise KeyExpired(f"key {info.ref} is outside its validity window (not before / expires)")
+            return _crypto.aes_cbc(self._secret(info), alg, bytes(iv), bytes(data), decrypt=decrypt)
 
     def _sign(self, info: KeyInfo, alg: AlgorithmSpec, digest: bytes) -> bytes:
         m = self._material(info)

@@ -33,7 +33,7 @@ from ...keys import CURVES, KeyOp, KeySpec, KeyType, PrivateKey
 
 _MARK = b"kb"
 _UTC = _dt.timezone.utc
-_CURVE_OID = {"P-256": "secp256r1", "P-384": "secp384r1", "P-521": "secp521r1"}
+_CURVE_OID = {"P-256": "secp256r1", "P-384": "secp384r1", "P-521": "secp521r1", "P-256K": "secp256k1"}
 _PARAMS_CURVE = {encode_named_curve_parameters(oid): name for name, oid in _CURVE_OID.items()}
 
 # Which CKA_ usage flag grants which operation, on the private/secret and on the public object.
