@@ -215,6 +215,19 @@ def test_unsupported_service_curves_are_a_key_spec_error() -> None:
         key_info(KeyVaultKey("https://v/keys/e/1", jwk=jwk), _ref)
 
 
+@pytest.mark.parametrize(
+    "jwk",
+    [
+        {"kty": "EC-HSM", "crv": "P-256", "x": b"\x01" * 32, "y": b"\x02" * 32},  # not on the curve
+        {"kty": "RSA-HSM", "n": b"\x0f", "e": b"\x01\x00\x01"},  # a modulus smaller than the exponent
+    ],
+)
+def test_an_invalid_public_key_from_the_service_is_a_key_spec_error(jwk: dict[str, object]) -> None:
+    with pytest.raises(InvalidKeySpec, match="not valid") as caught:
+        key_info(KeyVaultKey("https://v/keys/bad/1", jwk=jwk), _ref)
+    assert isinstance(caught.value.__cause__, ValueError)
+
+
 # ---- error mapping -------------------------------------------------------------------------------
 
 

@@ -42,6 +42,15 @@ def _int(b: bytes | None, what: str) -> int:
 
 
 def _spec_and_public(jwk: JsonWebKey, tags: Mapping[str, str]) -> tuple[KeySpec, PublicKey | None]:
+    try:
+        return _parse_jwk(jwk, tags)
+    except ValueError as exc:  # cryptography refuses a point off the curve or an impossible RSA modulus
+        if isinstance(exc, InvalidKeySpec):
+            raise
+        raise InvalidKeySpec(f"the service returned a public key that is not valid: {exc}") from exc
+
+
+def _parse_jwk(jwk: JsonWebKey, tags: Mapping[str, str]) -> tuple[KeySpec, PublicKey | None]:
     kty = _KTY.get(_text(jwk.kty))  # type: ignore[attr-defined]
     if kty is KeyType.RSA:
         pub = rsa.RSAPublicNumbers(_int(jwk.e, "e"), _int(jwk.n, "n")).public_key()  # type: ignore[attr-defined]
