@@ -12,7 +12,7 @@ out raise :class:`~keybridge.errors.UnsupportedAlgorithm` naming the provider.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -26,7 +26,9 @@ from .errors import (
     InvalidArgument,
     InvalidKeyUri,
     KeyDisabled,
+    KeyExists,
     KeyExpired,
+    KeyNotFound,
     OperationNotPermitted,
     UnsupportedAlgorithm,
 )
@@ -44,7 +46,7 @@ from .keys import (
 )
 from .provider import KeyHandle, Ops
 
-__all__ = ["BaseProvider"]
+__all__ = ["BaseProvider", "check_options"]
 
 _PUBLIC_OPS = frozenset({KeyOp.VERIFY, KeyOp.ENCRYPT, KeyOp.WRAP_KEY})
 
@@ -54,6 +56,9 @@ class BaseProvider:
 
     scheme: str = ""
     algorithms: frozenset[str] = frozenset()
+    # Key Vault semantics, for a backend that stores another service's keys (the emulator's
+    # in-memory store): creating under an existing name adds a version instead of refusing.
+    _create_adds_version: bool = False
 
     # ---- backend hooks -------------------------------------------------------------------------
 
@@ -146,11 +151,13 @@ class BaseProvider:
         not_before: _dt.datetime | None = None,
         expires: _dt.datetime | None = None,
     ) -> KeyInfo:
-        """Generate a key inside the backend. Keys are non-exportable unless asked."""
+        """Generate a key inside the backend. Keys are non-exportable unless asked. A name that
+        is in use raises :class:`~keybridge.errors.KeyExists`: use :meth:`rotate_key` for a new version."""
         with audited("create_key", self.scheme, name, None) as ev:
             if not isinstance(spec, KeySpec):
                 raise InvalidArgument(f"spec must be a KeySpec (e.g. KeySpec.rsa(2048)), got {type(spec).__name__}")
             attrs = self._attributes(name, spec, ops, exportable, tags, not_before, expires)
+            self._refuse_existing(name)
             info = self._create_key(name, spec, attrs)
             ev.key = info.ref
             return info
@@ -175,6 +182,7 @@ class BaseProvider:
             spec = KeySpec.of(key)
             attrs = self._attributes(name, spec, ops, exportable, tags, not_before, expires)
             material = bytes(key) if isinstance(key, (bytearray, memoryview)) else key
+            self._refuse_existing(name)
             info = self._import_key(name, material, spec, attrs)
             ev.key = info.ref
             return info
@@ -193,6 +201,7 @@ class BaseProvider:
             if not isinstance(spec, KeySpec):
                 raise InvalidArgument(f"spec must be a KeySpec (e.g. KeySpec.rsa(2048)), got {type(spec).__name__}")
             attrs = self._attributes(name, spec, ops, False, tags, None, None)
+            self._refuse_existing(name)
             info = self._import_byok(name, _bytes(package, "package"), spec, attrs)
             ev.key = info.ref
             return info
@@ -216,7 +225,7 @@ class BaseProvider:
         return iter(versions)
 
     def rotate_key(self, name: str) -> KeyInfo:
-        """A new version with the same spec and operations."""
+        """A new version with the same spec and operations (``create_key`` refuses a name in use)."""
         with audited("rotate_key", self.scheme, name, None) as ev:
             info = self._rotate_key(self.ref(name).name)
             ev.key = info.ref
@@ -351,6 +360,23 @@ class BaseProvider:
                 )
         return KeyAttributes(spec.check_ops(ops), exportable, dict(tags or {}), not_before, expires)
 
+    def _refuse_existing(self, name: str) -> None:
+        """Creating is never rotating: a name in use is refused before the backend makes anything.
+        Backends that can also check atomically (under a lock, or by label) raise the same error."""
+        if self._create_adds_version:
+            return
+        try:
+            self._get_key(name, None)
+        except KeyNotFound:
+            return
+        raise self._exists(name)
+
+    def _exists(self, name: str) -> KeyExists:
+        return KeyExists(
+            f"a key named {name!r} already exists in this {self.scheme} provider; use rotate_key({name!r})"
+            " (CLI: keybridge keys create --new-version) for a new version of it, or choose another name"
+        )
+
     def _check_name(self, name: str) -> None:
         if not isinstance(name, str) or not name or name != name.strip():
             raise InvalidArgument(
@@ -403,6 +429,18 @@ class BaseProvider:
         if not info.is_valid_at():
             raise KeyExpired(f"key {info.ref} is outside its validity window (not before / expires)")
         return info, a
+
+
+def check_options(scheme: str, given: Iterable[str], allowed: Iterable[str]) -> None:
+    """Refuse provider options that are not in ``allowed`` with one message shape for every
+    backend: the unknown names and the allowed ones (never a value: it may be a PIN)."""
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        # An option name typed by mistake can hold the secret itself (``pin_S3cret=``).
+        shown = ", ".join(repr(n) if "pin" not in n.lower() else "(a name that mentions a PIN)" for n in unknown)
+        raise InvalidArgument(
+            f"unknown option(s) for the {scheme} provider: {shown}; allowed: {', '.join(sorted(allowed))}"
+        )
 
 
 def _bytes(value: object, what: str) -> bytes:

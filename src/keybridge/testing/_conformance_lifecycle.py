@@ -14,6 +14,7 @@ import pytest
 from ..errors import (
     IntegrityError,
     KeyDisabled,
+    KeyExists,
     KeyExpired,
     KeyNotFound,
     OperationNotPermitted,
@@ -31,6 +32,7 @@ from ._conformance_support import (
     claimed_calls,
     fits,
     make_call,
+    material_for,
     same_public_key,
     sig_hash,
     unique_name,
@@ -159,6 +161,27 @@ class LifecycleChecks(ConformanceBase):
                 sealed = seal(v1.ref, alg, bytes(32))
                 with pytest.raises(IntegrityError):
                     open_(v2.ref.name, alg, sealed)
+
+    def test_creating_under_a_name_in_use_is_refused(
+        self, provider: KeyProvider, new_keys: Keys, kty_spec: KeySpec
+    ) -> None:
+        """create_key and import_key never rotate: a name in use raises KeyExists (pointing to
+        rotate_key), whatever the spec, and the key keeps its one version."""
+        info = new_keys.create(kty_spec)
+        name = info.ref.name
+        other = KeySpec.aes(256) if kty_spec.kty is not KeyType.OCT else KeySpec.ec("P-256")
+        attempts: list[Callable[[], object]] = [
+            partial(provider.create_key, name, kty_spec),
+            partial(provider.create_key, name, other, exportable=True),
+        ]
+        if self.supports_import:
+            attempts.append(partial(provider.import_key, name, material_for(kty_spec)))
+        for attempt in attempts:
+            with pytest.raises(KeyExists) as err:
+                attempt()
+            assert "rotate_key" in str(err.value)
+        assert [v.ref.version for v in provider.list_versions(name)] == [info.ref.version]
+        _assert_same_version(provider.get_key(name), info)
 
     def test_disabled_key_refuses_every_operation_until_enabled(
         self, provider: KeyProvider, new_keys: Keys, kty_spec: KeySpec

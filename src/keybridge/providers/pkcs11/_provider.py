@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -65,6 +67,7 @@ class Pkcs11Provider(BaseProvider):
         self.token_label = token_label
         self.module_path = module_path
         self._refs: dict[tuple[str, str | None], KeyRef] = {}
+        self._create_lock = threading.Lock()  # label check + object creation, one at a time
         self._pool = SessionPool(module_path, token_label, resolve_pin(user_pin, pin_source, token_label))
         try:
             lib = self._pool.lib
@@ -129,7 +132,24 @@ class Pkcs11Provider(BaseProvider):
 
     # ---- creating and changing keys ------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _new_label(self, name: str) -> Iterator[None]:
+        """Refuse a label any object on the token has (not only keys keybridge can read), and keep
+        other creates of this provider out until the new objects exist."""
+        with self._create_lock:
+            taken = self._pool.run(
+                lambda e: bool(list(e.session.get_objects({A.LABEL: name}))), "looking up label", repr(name)
+            )
+            if taken:
+                raise self._exists(name)
+            yield
+
     def _create_key(self, name: str, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
+        with self._new_label(name):
+            return self._generate(name, spec, attrs)
+
+    def _generate(self, name: str, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
+        """A new version (objects with a fresh CKA_ID) under label ``name``."""
         ops, exportable = attrs.ops, attrs.exportable
         id_bytes = obj.new_id()
         common = {A.TOKEN: True, A.LABEL: name, A.ID: id_bytes}
@@ -153,6 +173,10 @@ class Pkcs11Provider(BaseProvider):
         return self._record(name, id_bytes, spec, attrs)
 
     def _import_key(self, name: str, key: PrivateKey | bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
+        with self._new_label(name):
+            return self._import_objects(name, key, spec, attrs)
+
+    def _import_objects(self, name: str, key: PrivateKey | bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
         ops, exportable = attrs.ops, attrs.exportable
         id_bytes = obj.new_id()
         common = {A.TOKEN: True, A.LABEL: name, A.ID: id_bytes}
@@ -186,7 +210,7 @@ class Pkcs11Provider(BaseProvider):
 
     def _rotate_key(self, name: str) -> KeyInfo:
         cur = self._catalog.versions(name, fresh=True)[-1]
-        return self._create_key(name, cur.spec, KeyAttributes.of(cur))
+        return self._generate(name, cur.spec, KeyAttributes.of(cur))
 
     def _set_enabled(self, info: KeyInfo, enabled: bool) -> KeyInfo:
         # Disabling also clears the usage flags on the token, so other tools cannot use the key
