@@ -71,6 +71,9 @@ class BaseProvider:
     def _import_byok(self, name: str, package: bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
         raise self._unsupported("BYOK import")
 
+    def _check_spec(self, spec: KeySpec) -> None:
+        """Refuse a spec the backend can never hold, before the name lookup reaches the backend."""
+
     def _get_key(self, name: str, version: str | None) -> KeyInfo:
         raise NotImplementedError
 
@@ -157,6 +160,7 @@ class BaseProvider:
             if not isinstance(spec, KeySpec):
                 raise InvalidArgument(f"spec must be a KeySpec (e.g. KeySpec.rsa(2048)), got {type(spec).__name__}")
             attrs = self._attributes(name, spec, ops, exportable, tags, not_before, expires)
+            self._check_spec(spec)
             self._refuse_existing(name)
             info = self._create_key(name, spec, attrs)
             ev.key = info.ref
@@ -182,6 +186,7 @@ class BaseProvider:
             spec = KeySpec.of(key)
             attrs = self._attributes(name, spec, ops, exportable, tags, not_before, expires)
             material = bytes(key) if isinstance(key, (bytearray, memoryview)) else key
+            self._check_spec(spec)
             self._refuse_existing(name)
             info = self._import_key(name, material, spec, attrs)
             ev.key = info.ref
@@ -201,6 +206,7 @@ class BaseProvider:
             if not isinstance(spec, KeySpec):
                 raise InvalidArgument(f"spec must be a KeySpec (e.g. KeySpec.rsa(2048)), got {type(spec).__name__}")
             attrs = self._attributes(name, spec, ops, False, tags, None, None)
+            self._check_spec(spec)
             self._refuse_existing(name)
             info = self._import_byok(name, _bytes(package, "package"), spec, attrs)
             ev.key = info.ref

@@ -16,7 +16,7 @@ from pkcs11 import Mechanism as M
 from pkcs11 import ObjectClass as OC
 from pkcs11.util.rsa import decode_rsa_public_key
 
-from ...base import BaseProvider
+from ...base import BaseProvider, check_options
 from ...errors import InvalidArgument, InvalidKeyUri, KeyNotFound, OperationNotPermitted
 from ...keys import AlgorithmSpec, KeyAttributes, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType, PrivateKey
 from . import _mechanisms as mech
@@ -28,6 +28,7 @@ from ._session import Entry, SessionPool
 from ._uri import key_uri, mentions_pin, parse, redact
 
 _GCM_IV = 12
+_OPTIONS = ("module_path", "token_label", "user_pin", "pin_source", "cache_seconds")
 # The token wraps only objects: key bytes come in as a short-lived session object like this.
 _TRANSIENT_SECRET = {
     A.CLASS: OC.SECRET_KEY,
@@ -58,7 +59,10 @@ class Pkcs11Provider(BaseProvider):
         *,
         pin_source: str | None = None,
         cache_seconds: float = 1.0,
+        **unknown: Any,
     ) -> None:
+        # Taken only to be refused with the same InvalidArgument as every provider, not a TypeError.
+        check_options(self.scheme, unknown, _OPTIONS)
         if mentions_pin(token_label) or mentions_pin(module_path):
             raise InvalidArgument(
                 "the token label or module path contains a PIN attribute (pin-value=/pin-source=): a URI"
