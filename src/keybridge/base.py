@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from typing_extensions import Self
 
 from . import _crypto
-from ._redact import redact_uri
+from ._redact import mentions_pin, redact_uri
 from .audit import audited
 from .errors import (
     InvalidArgument,
@@ -129,6 +129,7 @@ class BaseProvider:
     def ref(self, ref: KeyRef | str, version: str | None = None) -> KeyRef:
         """Parse a name or key URI of this provider into a :class:`KeyRef`."""
         if isinstance(ref, KeyRef):
+            _refuse_pin(ref.name)
             if ref.provider != self.scheme:
                 raise InvalidKeyUri(f"{ref} belongs to a {ref.provider} provider, not {self.scheme}")
             return ref if version is None else self._make_ref(ref.name, version)
@@ -136,7 +137,11 @@ class BaseProvider:
             raise InvalidKeyUri(f"expected a key name or {self.scheme} key URI, got {ref!r}")
         if ":" in ref:
             name, uri_version = self._parse_uri(ref)
+            # A PIN that ended up in the name (a wrong separator, percent-encoded) must not travel
+            # on in the KeyRef: into audit events, KeyNotFound messages and reprs.
+            _refuse_pin(name)
             return self._make_ref(name, version or uri_version)
+        _refuse_pin(ref)
         return self._make_ref(ref, version)
 
     def key(self, ref: KeyRef | str, version: str | None = None) -> KeyHandle:
@@ -384,6 +389,8 @@ class BaseProvider:
         )
 
     def _check_name(self, name: str) -> None:
+        if isinstance(name, str):
+            _refuse_pin(name)
         if not isinstance(name, str) or not name or name != name.strip():
             raise InvalidArgument(
                 f"invalid key name {redact_uri(name)!r}: use a non-empty name without surrounding spaces"
@@ -435,6 +442,14 @@ class BaseProvider:
         if not info.is_valid_at():
             raise KeyExpired(f"key {info.ref} is outside its validity window (not before / expires)")
         return info, a
+
+
+def _refuse_pin(name: str) -> None:
+    if mentions_pin(name):
+        raise InvalidArgument(
+            "a key name (not shown) contains a PIN attribute (pin-value=/pin-source=): give the PIN to the"
+            " provider (e.g. pin_source= or $KEYBRIDGE_PKCS11_PIN for PKCS#11), never inside a key name or URI path"
+        )
 
 
 def check_options(scheme: str, given: Iterable[str], allowed: Iterable[str]) -> None:

@@ -154,7 +154,8 @@ class InMemoryProvider(BaseProvider):
         return m["name"], m["version"]
 
     def _check_name(self, name: str) -> None:
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
+        super()._check_name(name)  # first: it refuses (without echo) a name holding a PIN
+        if not _NAME.fullmatch(name):
             raise InvalidArgument(f"invalid key name {name!r}: use 1-127 letters, digits, '-', '_' or '.'")
 
     # ---- state ---------------------------------------------------------------------------------

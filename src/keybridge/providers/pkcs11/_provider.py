@@ -16,6 +16,7 @@ from pkcs11 import Mechanism as M
 from pkcs11 import ObjectClass as OC
 from pkcs11.util.rsa import decode_rsa_public_key
 
+from ..._redact import mentions_pin
 from ...base import BaseProvider, check_options
 from ...errors import InvalidArgument, InvalidKeyUri, KeyNotFound, OperationNotPermitted
 from ...keys import AlgorithmSpec, KeyAttributes, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType, PrivateKey
@@ -25,7 +26,7 @@ from ._catalog import Catalog, is_meta, version_record
 from ._errors import translated
 from ._pin import resolve_pin
 from ._session import Entry, SessionPool
-from ._uri import key_uri, mentions_pin, parse, redact
+from ._uri import key_uri, parse, redact
 
 _GCM_IV = 12
 _OPTIONS = ("module_path", "token_label", "user_pin", "pin_source", "cache_seconds")
