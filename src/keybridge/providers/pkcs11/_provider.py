@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -18,13 +18,14 @@ from pkcs11.util.rsa import decode_rsa_public_key
 
 from ..._redact import mentions_pin
 from ...base import BaseProvider, check_options
-from ...errors import InvalidArgument, InvalidKeyUri, KeyNotFound, OperationNotPermitted
+from ...errors import IntegrityError, InvalidArgument, InvalidKeyUri, KeyNotFound, OperationNotPermitted
 from ...keys import AlgorithmSpec, KeyAttributes, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType, PrivateKey
 from . import _mechanisms as mech
 from . import _objects as obj
 from ._catalog import Catalog, is_meta, version_record
 from ._errors import translated
 from ._pin import resolve_pin
+from ._rejection import ImplicitRejection
 from ._session import Entry, SessionPool
 from ._uri import key_uri, parse, redact
 
@@ -73,6 +74,7 @@ class Pkcs11Provider(BaseProvider):
         self.module_path = module_path
         self._refs: dict[tuple[str, str | None], KeyRef] = {}
         self._create_lock = threading.Lock()  # label check + object creation, one at a time
+        self._rejection = ImplicitRejection()
         self._pool = SessionPool(module_path, token_label, resolve_pin(user_pin, pin_source, token_label))
         try:
             lib = self._pool.lib
@@ -291,13 +293,32 @@ class Pkcs11Provider(BaseProvider):
             mechanism, param, data = M.AES_GCM, mech.gcm(data[:_GCM_IV], aad), data[_GCM_IV:]
         else:
             mechanism, param = mech.rsa_decryption(alg)
-        pt = self._pool.run(
-            lambda e: e.key(info).decrypt(data, mechanism=mechanism, mechanism_param=param),
-            f"decrypting with {alg.name} and key",
-            info.ref,
-            integrity=True,
+        return self._rejecting(
+            info,
+            alg,
+            data,
+            lambda: bytes(
+                self._pool.run(
+                    lambda e: e.key(info).decrypt(data, mechanism=mechanism, mechanism_param=param),
+                    f"decrypting with {alg.name} and key",
+                    info.ref,
+                    integrity=True,
+                )
+            ),
         )
-        return bytes(pt)
+
+    def _rejecting(self, info: KeyInfo, alg: AlgorithmSpec, data: bytes, attempt: Callable[[], bytes]) -> bytes:
+        """RSA1_5 with implicit rejection: the token's padding failure becomes synthetic bytes, as
+        OpenSSL does, so that error-or-bytes is no padding oracle (see _rejection.py)."""
+        if alg.name != "RSA1_5":
+            return attempt()
+        try:
+            return attempt()
+        except IntegrityError:
+            k = (info.spec.size + 7) // 8
+            if len(data) != k:
+                raise  # not a ciphertext for this key at all, no padding was looked at
+            return self._rejection.synthetic(str(info.ref), k, data)
 
     def _aes_wrap_mechanism(self, alg: AlgorithmSpec) -> Any:
         if alg.name == "CKM_AES_KEY_WRAP_PAD":
@@ -355,7 +376,12 @@ class Pkcs11Provider(BaseProvider):
             finally:
                 tmp.destroy()
 
-        return self._pool.run(unwrap, f"unwrapping with {alg.name} and key", info.ref, integrity=True)
+        return self._rejecting(
+            info,
+            alg,
+            wrapped,
+            lambda: self._pool.run(unwrap, f"unwrapping with {alg.name} and key", info.ref, integrity=True),
+        )
 
     @property
     def wrapped_export_mechanism(self) -> str | None:
