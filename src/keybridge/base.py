@@ -165,8 +165,7 @@ class BaseProvider:
             if not isinstance(spec, KeySpec):
                 raise InvalidArgument(f"spec must be a KeySpec (e.g. KeySpec.rsa(2048)), got {type(spec).__name__}")
             attrs = self._attributes(name, spec, ops, exportable, tags, not_before, expires)
-            self._check_spec(spec)
-            self._refuse_existing(name)
+            self._refuse_existing(name, spec)
             info = self._create_key(name, spec, attrs)
             ev.key = info.ref
             return info
@@ -191,8 +190,7 @@ class BaseProvider:
             spec = KeySpec.of(key)
             attrs = self._attributes(name, spec, ops, exportable, tags, not_before, expires)
             material = bytes(key) if isinstance(key, (bytearray, memoryview)) else key
-            self._check_spec(spec)
-            self._refuse_existing(name)
+            self._refuse_existing(name, spec)
             info = self._import_key(name, material, spec, attrs)
             ev.key = info.ref
             return info
@@ -211,8 +209,7 @@ class BaseProvider:
             if not isinstance(spec, KeySpec):
                 raise InvalidArgument(f"spec must be a KeySpec (e.g. KeySpec.rsa(2048)), got {type(spec).__name__}")
             attrs = self._attributes(name, spec, ops, False, tags, None, None)
-            self._check_spec(spec)
-            self._refuse_existing(name)
+            self._refuse_existing(name, spec)
             info = self._import_byok(name, _bytes(package, "package"), spec, attrs)
             ev.key = info.ref
             return info
@@ -371,9 +368,11 @@ class BaseProvider:
                 )
         return KeyAttributes(spec.check_ops(ops), exportable, dict(tags or {}), not_before, expires)
 
-    def _refuse_existing(self, name: str) -> None:
-        """Creating is never rotating: a name in use is refused before the backend makes anything.
-        Backends that can also check atomically (under a lock, or by label) raise the same error."""
+    def _refuse_existing(self, name: str, spec: KeySpec) -> None:
+        """Creating is never rotating: a name in use is refused before the backend makes anything
+        (after the spec, which needs no round trip). Backends that can also check atomically (under
+        a lock, or by label) raise the same error."""
+        self._check_spec(spec)
         if self._create_adds_version:
             return
         try:
