@@ -6,6 +6,9 @@ checks behind it (a stale in-memory view, a PKCS#11 label another tool uses) and
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,3 +128,27 @@ def test_cli_new_version_refuses_another_type_or_policy(env: Path, extra: tuple[
     assert isinstance(result.exception, InvalidArgument), result.output
     assert "--new-version keeps" in str(result.exception)
     assert _versions(env, "app") == [KeySpec.ec("P-384")]
+
+
+def test_cli_refusal_is_one_line_without_a_traceback(env: Path) -> None:
+    exe = [sys.executable, "-m", "keybridge.cli"]
+    full_env = {**os.environ, "KEYBRIDGE_KEYSTORE": str(env), "KEYBRIDGE_PASSPHRASE": PASSPHRASE}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*exe, "keys", *args], capture_output=True, text=True, env=full_env, timeout=60)
+
+    assert cli("create", "proc", "--kty", "oct").returncode == 0
+    again = cli("create", "proc", "--kty", "oct")
+    assert again.returncode == 1
+    [line] = again.stderr.splitlines()
+    assert line.startswith("keybridge: error: a key named 'proc' already exists")
+    assert "--new-version" in line
+    other = cli("create", "proc", "--new-version", "--kty", "RSA")
+    assert other.returncode == 1
+    assert other.stderr.splitlines() == [
+        "keybridge: error: 'proc' is AES-256; --new-version keeps the key's type, so leave out --kty"
+        " or give the same values, or create a key under another name"
+    ]
+    assert "Traceback" not in again.stderr + other.stderr
+    assert cli("create", "proc", "--new-version").returncode == 0
+    assert _versions(env, "proc") == [KeySpec.aes(256)] * 2
