@@ -199,7 +199,7 @@ _CHILD = textwrap.dedent(
     import os, signal, sys
     from keybridge import KeySpec
     from keybridge.providers.memory import InMemoryProvider
-    kp = InMemoryProvider.open(sys.argv[1], sys.argv[2], create=True)
+    kp = InMemoryProvider.open(sys.argv[1], sys.argv[2], create=True, add_versions=True)  # "aes" may survive a kill
     if not list(kp.list_keys()):
         for i in range(4):
             kp.create_key(f"rsa{i}", KeySpec.rsa(2048))

@@ -10,9 +10,16 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-__all__ = ["redact_uri"]
+__all__ = ["mentions_pin", "redact_uri"]
 
 _USERINFO = re.compile(r"//[^/@?#]*@")
+_PIN_ATTR = re.compile(r"pin[-_ ]?(?:value|source)", re.IGNORECASE)
+
+
+def mentions_pin(text: str) -> bool:
+    """Whether ``text`` (a label, key name or path) contains what looks like a PIN attribute, also
+    percent-encoded: such a value may hold the PIN itself and is never echoed."""
+    return bool(_PIN_ATTR.search(unquote(text)))
 
 
 def redact_uri(text: object) -> str:

@@ -12,7 +12,7 @@ out raise :class:`~keybridge.errors.UnsupportedAlgorithm` naming the provider.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -20,13 +20,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from typing_extensions import Self
 
 from . import _crypto
-from ._redact import redact_uri
+from ._redact import mentions_pin, redact_uri
 from .audit import audited
 from .errors import (
     InvalidArgument,
     InvalidKeyUri,
     KeyDisabled,
+    KeyExists,
     KeyExpired,
+    KeyNotFound,
     OperationNotPermitted,
     UnsupportedAlgorithm,
 )
@@ -44,7 +46,7 @@ from .keys import (
 )
 from .provider import KeyHandle, Ops
 
-__all__ = ["BaseProvider"]
+__all__ = ["BaseProvider", "check_options"]
 
 _PUBLIC_OPS = frozenset({KeyOp.VERIFY, KeyOp.ENCRYPT, KeyOp.WRAP_KEY})
 
@@ -54,6 +56,9 @@ class BaseProvider:
 
     scheme: str = ""
     algorithms: frozenset[str] = frozenset()
+    # Key Vault semantics, for a backend that stores another service's keys (the emulator's
+    # in-memory store): creating under an existing name adds a version instead of refusing.
+    _create_adds_version: bool = False
 
     # ---- backend hooks -------------------------------------------------------------------------
 
@@ -65,6 +70,9 @@ class BaseProvider:
 
     def _import_byok(self, name: str, package: bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
         raise self._unsupported("BYOK import")
+
+    def _check_spec(self, spec: KeySpec) -> None:
+        """Refuse a spec the backend can never hold, before the name lookup reaches the backend."""
 
     def _get_key(self, name: str, version: str | None) -> KeyInfo:
         raise NotImplementedError
@@ -121,6 +129,7 @@ class BaseProvider:
     def ref(self, ref: KeyRef | str, version: str | None = None) -> KeyRef:
         """Parse a name or key URI of this provider into a :class:`KeyRef`."""
         if isinstance(ref, KeyRef):
+            _refuse_pin(ref.name)
             if ref.provider != self.scheme:
                 raise InvalidKeyUri(f"{ref} belongs to a {ref.provider} provider, not {self.scheme}")
             return ref if version is None else self._make_ref(ref.name, version)
@@ -128,7 +137,11 @@ class BaseProvider:
             raise InvalidKeyUri(f"expected a key name or {self.scheme} key URI, got {ref!r}")
         if ":" in ref:
             name, uri_version = self._parse_uri(ref)
+            # A PIN that ended up in the name (a wrong separator, percent-encoded) must not travel
+            # on in the KeyRef: into audit events, KeyNotFound messages and reprs.
+            _refuse_pin(name)
             return self._make_ref(name, version or uri_version)
+        _refuse_pin(ref)
         return self._make_ref(ref, version)
 
     def key(self, ref: KeyRef | str, version: str | None = None) -> KeyHandle:
@@ -146,11 +159,13 @@ class BaseProvider:
         not_before: _dt.datetime | None = None,
         expires: _dt.datetime | None = None,
     ) -> KeyInfo:
-        """Generate a key inside the backend. Keys are non-exportable unless asked."""
+        """Generate a key inside the backend. Keys are non-exportable unless asked. A name that
+        is in use raises :class:`~keybridge.errors.KeyExists`: use :meth:`rotate_key` for a new version."""
         with audited("create_key", self.scheme, name, None) as ev:
             if not isinstance(spec, KeySpec):
                 raise InvalidArgument(f"spec must be a KeySpec (e.g. KeySpec.rsa(2048)), got {type(spec).__name__}")
             attrs = self._attributes(name, spec, ops, exportable, tags, not_before, expires)
+            self._refuse_existing(name, spec)
             info = self._create_key(name, spec, attrs)
             ev.key = info.ref
             return info
@@ -175,6 +190,7 @@ class BaseProvider:
             spec = KeySpec.of(key)
             attrs = self._attributes(name, spec, ops, exportable, tags, not_before, expires)
             material = bytes(key) if isinstance(key, (bytearray, memoryview)) else key
+            self._refuse_existing(name, spec)
             info = self._import_key(name, material, spec, attrs)
             ev.key = info.ref
             return info
@@ -193,6 +209,7 @@ class BaseProvider:
             if not isinstance(spec, KeySpec):
                 raise InvalidArgument(f"spec must be a KeySpec (e.g. KeySpec.rsa(2048)), got {type(spec).__name__}")
             attrs = self._attributes(name, spec, ops, False, tags, None, None)
+            self._refuse_existing(name, spec)
             info = self._import_byok(name, _bytes(package, "package"), spec, attrs)
             ev.key = info.ref
             return info
@@ -216,7 +233,7 @@ class BaseProvider:
         return iter(versions)
 
     def rotate_key(self, name: str) -> KeyInfo:
-        """A new version with the same spec and operations."""
+        """A new version with the same spec and operations (``create_key`` refuses a name in use)."""
         with audited("rotate_key", self.scheme, name, None) as ev:
             info = self._rotate_key(self.ref(name).name)
             ev.key = info.ref
@@ -351,7 +368,28 @@ class BaseProvider:
                 )
         return KeyAttributes(spec.check_ops(ops), exportable, dict(tags or {}), not_before, expires)
 
+    def _refuse_existing(self, name: str, spec: KeySpec) -> None:
+        """Creating is never rotating: a name in use is refused before the backend makes anything
+        (after the spec, which needs no round trip). Backends that can also check atomically (under
+        a lock, or by label) raise the same error."""
+        self._check_spec(spec)
+        if self._create_adds_version:
+            return
+        try:
+            self._get_key(name, None)
+        except KeyNotFound:
+            return
+        raise self._exists(name)
+
+    def _exists(self, name: str) -> KeyExists:
+        return KeyExists(
+            f"a key named {name!r} already exists in this {self.scheme} provider; use rotate_key({name!r})"
+            " (CLI: keybridge keys create --new-version) for a new version of it, or choose another name"
+        )
+
     def _check_name(self, name: str) -> None:
+        if isinstance(name, str):
+            _refuse_pin(name)
         if not isinstance(name, str) or not name or name != name.strip():
             raise InvalidArgument(
                 f"invalid key name {redact_uri(name)!r}: use a non-empty name without surrounding spaces"
@@ -403,6 +441,26 @@ class BaseProvider:
         if not info.is_valid_at():
             raise KeyExpired(f"key {info.ref} is outside its validity window (not before / expires)")
         return info, a
+
+
+def _refuse_pin(name: str) -> None:
+    if mentions_pin(name):
+        raise InvalidArgument(
+            "a key name (not shown) contains a PIN attribute (pin-value=/pin-source=): give the PIN to the"
+            " provider (e.g. pin_source= or $KEYBRIDGE_PKCS11_PIN for PKCS#11), never inside a key name or URI path"
+        )
+
+
+def check_options(scheme: str, given: Iterable[str], allowed: Iterable[str]) -> None:
+    """Refuse provider options that are not in ``allowed`` with one message shape for every
+    backend: the unknown names and the allowed ones (never a value: it may be a PIN)."""
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        # An option name typed by mistake can hold the secret itself (``pin_S3cret=``).
+        shown = ", ".join(repr(n) if "pin" not in n.lower() else "(a name that mentions a PIN)" for n in unknown)
+        raise InvalidArgument(
+            f"unknown option(s) for the {scheme} provider: {shown}; allowed: {', '.join(sorted(allowed))}"
+        )
 
 
 def _bytes(value: object, what: str) -> bytes:

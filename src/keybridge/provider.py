@@ -66,7 +66,7 @@ class KeyProvider(Protocol):
         not_before: _dt.datetime | None = None,
         expires: _dt.datetime | None = None,
     ) -> KeyInfo:
-        """Generate a new key (a new version if the name exists where the backend allows it)."""
+        """Generate a new key; a name in use raises ``KeyExists`` (``rotate_key`` makes a new version)."""
         ...
 
     def import_key(
@@ -80,7 +80,7 @@ class KeyProvider(Protocol):
         not_before: _dt.datetime | None = None,
         expires: _dt.datetime | None = None,
     ) -> KeyInfo:
-        """Store an existing RSA/EC private key or AES key bytes under ``name``."""
+        """Store an existing RSA/EC private key or AES key bytes under ``name`` (a new name)."""
         ...
 
     def import_byok(

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from .. import _crypto
 from .._byok import ByokPackage
-from ..errors import IntegrityError, InvalidArgument, InvalidKeySpec, KeybridgeError
+from ..errors import IntegrityError, InvalidArgument, InvalidKeySpec, KeybridgeError, KeyExists, KeyNotFound
 from ..keys import ES_CURVES, RSA_SIZES, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType, PublicKey, algorithm
 from ..provider import KeyProvider
 from ._export import export, import_package
@@ -75,8 +75,10 @@ def transfer(
     public key, and compare public keys; AES: encrypt or wrap on each side, decrypt or unwrap on
     the other). A KEK created here is deleted at the end unless ``keep_kek``.
 
-    Errors are typed: a refused import raises :class:`~keybridge.InvalidPackage`, a failed proof
-    :class:`~keybridge.IntegrityError`; provider errors pass through unchanged.
+    Errors are typed: a name already in use on the source (``name``) or the target (``target_name``)
+    raises :class:`~keybridge.KeyExists` naming the side, before either side is touched; a refused
+    import raises :class:`~keybridge.InvalidPackage`, a failed proof :class:`~keybridge.IntegrityError`;
+    provider errors pass through unchanged.
     """
     for role, p in (("source", source), ("target", target)):
         if not isinstance(p, KeyProvider):
@@ -88,6 +90,9 @@ def transfer(
         raise InvalidKeySpec("a transferred key cannot be a key-exchange key: leave 'import' out of ops")
     prove = _proof_plan(source, target, spec, key_ops)  # refuse an unprovable transfer before any work
     dest = target_name or name
+    # Before any KEK or key exists: a second run must not leave a KEK, a key or a version behind.
+    _refuse_taken(source, name, "source", "name")
+    _refuse_taken(target, dest, "target", "target_name")
     kek_info, created = _kek(target, dest, kek, kek_size)
     try:
         src = source.create_key(name, spec, ops=key_ops, exportable=True, tags=tags)
@@ -102,6 +107,17 @@ def transfer(
     if created and not keep_kek:
         target.delete_key(kek_info.ref.name)
     return TransferResult(src.ref, tgt.ref, pkg, kek_info.ref, proof)
+
+
+def _refuse_taken(provider: KeyProvider, name: str, side: str, option: str) -> None:
+    try:
+        info = provider.get_key(name)
+    except KeyNotFound:
+        return
+    raise KeyExists(
+        f"the {side} already has a key named {name!r} ({info.ref}); transfer creates a new key on both sides:"
+        f" pass another {option}, or delete the existing key first"
+    )
 
 
 def _kek_id(ref: KeyRef) -> str:

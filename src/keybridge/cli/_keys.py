@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterable
 
 import click
+from click.core import ParameterSource
 from rich.table import Table
 
 from ..errors import InvalidArgument
@@ -54,16 +55,48 @@ def keys() -> None:
 @click.option("--curve", type=click.Choice(["P-256", "P-384", "P-521"]), help="EC curve (default P-256).")
 @click.option("--ops", multiple=True, help="Allowed operations, comma-separated (JWK key_ops names).")
 @click.option("--exportable", is_flag=True, help="Allow the key material to leave the provider.")
+@click.option("--new-version", is_flag=True, help="KEY exists: give it a new version of the same type (rotate).")
 @json_option
+@click.pass_context
 def create(
-    key: str, kty: str, size: int | None, curve: str | None, ops: tuple[str, ...], exportable: bool, as_json: bool
+    ctx: click.Context,
+    key: str,
+    kty: str,
+    size: int | None,
+    curve: str | None,
+    ops: tuple[str, ...],
+    exportable: bool,
+    new_version: bool,
+    as_json: bool,
 ) -> None:
-    """Create KEY (a new version if it exists)."""
+    """Create KEY; an existing KEY is refused unless --new-version (same type, like rotate)."""
     spec = _spec(kty, size, curve)
     uri = cli_uri(key)
     with open_cli_provider(uri, create=True) as provider:
-        info = provider.create_key(provider.ref(uri).name, spec, ops=_ops(ops), exportable=exportable)
-    emit(key_info_dict(info), f"created {_summary(info)}", as_json=as_json)
+        name = provider.ref(uri).name
+        if not new_version:
+            info = provider.create_key(name, spec, ops=_ops(ops), exportable=exportable)
+        else:
+            _check_same_kind(ctx, provider.get_key(name), spec)
+            info = provider.rotate_key(name)
+    verb = "new version" if new_version else "created"
+    emit(key_info_dict(info), f"{verb} {_summary(info)}", as_json=as_json)
+
+
+def _check_same_kind(ctx: click.Context, current: KeyInfo, spec: KeySpec) -> None:
+    """--new-version keeps the key's spec, ops and export policy: refuse options that ask otherwise."""
+    have = {"kty": current.spec.kty, "size": current.spec.size, "curve": current.spec.curve}
+    want = {"kty": spec.kty, "size": spec.size, "curve": spec.curve}
+    given = [p for p in have if ctx.get_parameter_source(p) is not ParameterSource.DEFAULT]
+    if any(have[p] != want[p] for p in given):
+        raise InvalidArgument(
+            f"{current.ref.name!r} is {current.spec}; --new-version keeps the key's type, so leave out"
+            f" --{'/--'.join(given)} or give the same values, or create a key under another name"
+        )
+    if ctx.params["ops"] or ctx.params["exportable"]:
+        raise InvalidArgument(
+            "--new-version keeps the key's operations and export policy: leave out --ops and --exportable"
+        )
 
 
 @keys.command("list")

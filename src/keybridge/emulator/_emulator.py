@@ -200,14 +200,19 @@ class ManagedHsmEmulator:
     # ---- persistence ---------------------------------------------------------------------------
 
     def _open_provider(self) -> KeyProvider:
+        # Key Vault semantics: creating under an existing name adds a version (add_versions).
         if self.state_dir is None:
-            return open_provider("memory:")
+            return open_provider("memory:", add_versions=True)
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         secret = self.state_dir / _PASSPHRASE
         if not secret.exists():
             atomic_write(secret, secrets.token_urlsafe(32).encode("ascii"), mode=0o600)
         return open_provider(
-            "memory:", keystore=self.state_dir / _KEYSTORE, passphrase=secret.read_text("ascii").strip(), create=True
+            "memory:",
+            keystore=self.state_dir / _KEYSTORE,
+            passphrase=secret.read_text("ascii").strip(),
+            create=True,
+            add_versions=True,
         )
 
     def _load_state(self, path: Path) -> None:

@@ -11,9 +11,12 @@ from functools import partial
 
 import pytest
 
+from .. import audit
 from ..errors import (
     IntegrityError,
+    InvalidArgument,
     KeyDisabled,
+    KeyExists,
     KeyExpired,
     KeyNotFound,
     OperationNotPermitted,
@@ -31,6 +34,7 @@ from ._conformance_support import (
     claimed_calls,
     fits,
     make_call,
+    material_for,
     same_public_key,
     sig_hash,
     unique_name,
@@ -65,6 +69,10 @@ def _assert_same_version(a: KeyInfo, b: KeyInfo) -> None:
     )
     if a.public_key is not None or b.public_key is not None:
         assert same_public_key(a.public_key, b.public_key)
+
+
+def _versions(provider: KeyProvider, name: str) -> list[KeyInfo]:
+    return list(provider.list_versions(name))
 
 
 PUBLIC_OPS = frozenset({KeyOp.VERIFY, KeyOp.ENCRYPT, KeyOp.WRAP_KEY})
@@ -159,6 +167,49 @@ class LifecycleChecks(ConformanceBase):
                 sealed = seal(v1.ref, alg, bytes(32))
                 with pytest.raises(IntegrityError):
                     open_(v2.ref.name, alg, sealed)
+
+    def test_creating_under_a_name_in_use_is_refused(
+        self, provider: KeyProvider, new_keys: Keys, kty_spec: KeySpec
+    ) -> None:
+        """create_key and import_key never rotate: a name in use raises KeyExists (pointing to
+        rotate_key), whatever the spec, and the key keeps its one version."""
+        info = new_keys.create(kty_spec)
+        name = info.ref.name
+        other = KeySpec.aes(256) if kty_spec.kty is not KeyType.OCT else KeySpec.ec("P-256")
+        attempts: list[Callable[[], object]] = [
+            partial(provider.create_key, name, kty_spec),
+            partial(provider.create_key, name, other, exportable=True),
+        ]
+        if self.supports_import:
+            attempts.append(partial(provider.import_key, name, material_for(kty_spec)))
+        for attempt in attempts:
+            with pytest.raises(KeyExists) as err:
+                attempt()
+            assert "rotate_key" in str(err.value)
+        assert [v.ref.version for v in provider.list_versions(name)] == [info.ref.version]
+        _assert_same_version(provider.get_key(name), info)
+
+    def test_a_pin_typed_into_a_name_is_refused_and_never_echoed(
+        self, provider: KeyProvider, shared_keys: Keys, kty_spec: KeySpec, audit_events: list[audit.AuditEvent]
+    ) -> None:
+        """A name holding a PIN attribute is InvalidArgument, and the PIN is in no message or event."""
+        name = shared_keys.shared(kty_spec).ref.name
+        secret = f"S3cret{uuid.uuid4().hex[:8]}"
+        texts = []
+        for bad in (f"pin-value={secret}", f"{name};pin-value={secret}", f"pin-source%3D{secret}"):
+            actions: list[Callable[[], object]] = [
+                partial(provider.create_key, bad, kty_spec),
+                partial(provider.get_key, bad),
+                partial(provider.rotate_key, bad),
+                partial(provider.delete_key, bad),
+                partial(_versions, provider, bad),
+            ]
+            for action in actions:
+                with pytest.raises(InvalidArgument) as err:
+                    action()
+                texts += [str(err.value), repr(err.value), repr(err.value.__cause__), repr(err.value.__context__)]
+        texts += [repr(e) for e in audit_events]
+        assert not [t for t in texts if secret in t]
 
     def test_disabled_key_refuses_every_operation_until_enabled(
         self, provider: KeyProvider, new_keys: Keys, kty_spec: KeySpec

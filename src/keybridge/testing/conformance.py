@@ -65,7 +65,9 @@ class ProviderConformance(LifecycleChecks, CryptoChecks, PolicyChecks):
     ``supports_expiry = True``
         ``not_before``/``expires`` are stored and enforced with ``KeyExpired``.
 
-    Always checked: metadata and ``get_key``/``list_keys``/``list_versions``; allowed-ops
+    Always checked: metadata and ``get_key``/``list_keys``/``list_versions``; a name in use refused
+    by ``create_key``/``import_key`` (``KeyExists``); a name holding a PIN attribute refused without
+    echo (``InvalidArgument``); allowed-ops
     restrictions (``OperationNotPermitted``); unknown names and versions (``KeyNotFound``); algorithms
     for another key type or operation, and unknown names (``UnsupportedAlgorithm``); wrong-length
     digests and keys (``InvalidArgument``); aad with RSA (``UnsupportedAlgorithm``); tampered

@@ -13,7 +13,7 @@ from azure.keyvault.keys import JsonWebKey, KeyClient, KeyVaultKey
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..._redact import redact_uri
-from ...base import BaseProvider
+from ...base import BaseProvider, check_options
 from ...errors import (
     IntegrityError,
     InvalidArgument,
@@ -36,6 +36,29 @@ DEFAULT_CLIENT_OPTIONS: Mapping[str, Any] = {
 }
 """Client options keybridge sets unless you pass your own: a dead endpoint fails in seconds."""
 
+CLIENT_OPTIONS = frozenset(
+    {
+        *DEFAULT_CLIENT_OPTIONS,
+        "api_version",
+        "verify_challenge_resource",
+        "transport",
+        "connection_verify",
+        "connection_cert",
+        "proxies",
+        "retry_connect",
+        "retry_read",
+        "retry_status",
+        "retry_mode",
+        "per_call_policies",
+        "per_retry_policies",
+        "logging_enable",
+        "user_agent",
+    }
+)
+"""The azure-core / ``KeyClient`` keyword arguments the provider passes on; anything else is refused
+(a misspelt option would otherwise be ignored, or fail later inside the SDK)."""
+_OPTIONS = frozenset({"credential", "hsm", "cache_ttl", "delete_timeout", "purge_on_delete"}) | CLIENT_OPTIONS
+
 _SYMMETRIC = frozenset(n for n, a in ALGORITHMS.items() if a.kty is KeyType.OCT)
 _NOT_IN_AZURE = frozenset({"RSA-OAEP-384", "RSA-OAEP-512"})  # keybridge/ESDK names Key Vault lacks
 _NO_RELEASE = (
@@ -55,12 +78,13 @@ class AzureKeyVaultProvider(BaseProvider):
     """Keys in Azure Key Vault or Azure Key Vault Managed HSM, through azure-keyvault-keys.
 
     ``credential`` is any azure-core ``TokenCredential``; ``None`` means ``DefaultAzureCredential``,
-    created on first use. Other keyword arguments go to ``KeyClient`` (``retry_total``,
-    ``connection_verify``, ``verify_challenge_resource``, ``transport`` …) on top of
-    :data:`DEFAULT_CLIENT_OPTIONS`. Provider options: ``hsm`` (create ``-HSM`` keys; default True on
-    Managed HSM and non-Azure hosts such as the emulator), ``cache_ttl`` (seconds key metadata is
-    reused, default 30, 0 disables), ``delete_timeout`` (seconds to wait for a soft delete, 60) and
-    ``purge_on_delete`` (also purge the soft-deleted key, default False).
+    created on first use. The azure-core keyword arguments in :data:`CLIENT_OPTIONS` go to
+    ``KeyClient`` (``retry_total``, ``connection_verify``, ``verify_challenge_resource``,
+    ``transport`` …) on top of :data:`DEFAULT_CLIENT_OPTIONS`; any other is ``InvalidArgument``.
+    Provider options: ``hsm`` (create ``-HSM`` keys; default True on Managed HSM and non-Azure
+    hosts such as the emulator), ``cache_ttl`` (seconds key metadata is reused, default 30, 0
+    disables), ``delete_timeout`` (seconds to wait for a soft delete, 60) and ``purge_on_delete``
+    (also purge the soft-deleted key, default False).
     """
 
     scheme = "https"
@@ -76,6 +100,7 @@ class AzureKeyVaultProvider(BaseProvider):
         purge_on_delete: bool = False,
         **client_kwargs: Any,
     ) -> None:
+        check_options("azure", client_kwargs, _OPTIONS)
         url, name, _ = split_key_id(vault_url)
         if name is not None:
             raise InvalidKeyUri(
@@ -168,7 +193,6 @@ class AzureKeyVaultProvider(BaseProvider):
             raise InvalidKeySpec(f"{self.vault_url} is a Key Vault; AES keys need Azure Key Vault Managed HSM")
 
     def _create_key(self, name: str, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
-        self._check_spec(spec)
         common: dict[str, Any] = {
             "key_operations": sorted(op.value for op in attrs.ops),
             "hardware_protected": self.hsm or spec.kty is KeyType.OCT,
@@ -189,7 +213,6 @@ class AzureKeyVaultProvider(BaseProvider):
         return self._info(key, latest=True)
 
     def _import_key(self, name: str, key: PrivateKey | bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
-        self._check_spec(spec)
         hsm = self.hsm or spec.kty is KeyType.OCT
         jwk = _convert.private_jwk(key, _convert.azure_kty(spec, hsm), attrs.ops)
         return self._import(
@@ -199,7 +222,6 @@ class AzureKeyVaultProvider(BaseProvider):
         )  # fmt: skip
 
     def _import_byok(self, name: str, package: bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
-        self._check_spec(spec)
         # The .byok file bytes go in ``t`` as they are; the SDK base64url-encodes them as key_hsm.
         jwk = JsonWebKey(
             kty=_convert.azure_kty(spec, True), crv=spec.curve, t=package, key_ops=sorted(op.value for op in attrs.ops)

@@ -20,7 +20,7 @@ from ... import _crypto
 from ..._byok import ByokPackage, load_unwrapped
 from ..._redact import redact_uri
 from ...audit import audited
-from ...base import BaseProvider
+from ...base import BaseProvider, check_options
 from ...errors import (
     InvalidArgument,
     InvalidKeyUri,
@@ -51,6 +51,7 @@ __all__ = ["InMemoryProvider", "from_uri"]
 SCHEME = "memory"
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,127}")
 _URI = re.compile(r"(?i:memory):(?P<name>[^/]+)(?:/(?P<version>[A-Za-z0-9]+))?")
+_OPTIONS = ("keystore", "passphrase", "create", "add_versions")
 _URI_FORM = "memory:NAME or memory:NAME/VERSION (NAME: letters, digits, '-', '_', '.')"
 # CKM_RSA_AES_KEY_WRAP packages name their KEK by a Key Vault key id: https://HOST/keys/NAME[/VERSION].
 _KID_PATH = re.compile(r"/keys/(?P<name>[^/]+)(?:/(?P<version>[^/]+))?/?")
@@ -73,8 +74,9 @@ class InMemoryProvider(BaseProvider):
     """Keys in process memory, optionally persisted to a passphrase-encrypted keystore file.
 
     ``InMemoryProvider()`` is empty and ephemeral; :meth:`open` binds it to a keystore file and
-    saves after every change. Creating a key under an existing name makes a new version of it, as
-    Key Vault does. Key names use letters, digits, ``-``, ``_`` and ``.``; versions are random hex
+    saves after every change. Creating a key under an existing name raises ``KeyExists`` (use
+    ``rotate_key``); ``add_versions=True`` makes it add a version instead, as Key Vault does (the
+    emulator stores its keys so). Key names use letters, digits, ``-``, ``_`` and ``.``; versions are random hex
     ids. All methods are thread-safe. Several processes may share a keystore file: every change
     (and :meth:`save`) re-reads it under an exclusive lock on ``<keystore>.lock`` first.
     """
@@ -82,21 +84,26 @@ class InMemoryProvider(BaseProvider):
     scheme = SCHEME
     algorithms = frozenset(ALGORITHMS)
 
-    def __init__(self) -> None:
+    def __init__(self, *, add_versions: bool = False) -> None:
+        if not isinstance(add_versions, bool):
+            raise InvalidArgument(f"add_versions must be True or False, got {type(add_versions).__name__}")
+        self._create_adds_version = add_versions
         self._lock = threading.RLock()
         self._keys: dict[str, list[StoredKey]] = {}
         self._path: Path | None = None
         self._sealer: Sealer | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, *, create: bool = False) -> InMemoryProvider:
+    def open(
+        cls, path: str | os.PathLike[str], passphrase: str | bytes, *, create: bool = False, add_versions: bool = False
+    ) -> InMemoryProvider:
         """Load the keystore at ``path`` (``create=True`` makes an empty one if it is missing) and
         save every later change to it. A wrong passphrase raises ``AuthenticationError``, a damaged
         or truncated file ``IntegrityError``, a missing one (without ``create``)
-        ``ProviderUnavailable``."""
+        ``ProviderUnavailable``. ``add_versions`` is as for the constructor."""
         if not isinstance(passphrase, (str, bytes)) or not passphrase:
             raise InvalidArgument("the keystore passphrase must be a non-empty str or bytes")
-        self = cls()
+        self = cls(add_versions=add_versions)
         target = Path(path)
         if create and not target.exists():
             self._sealer = Sealer(passphrase)
@@ -149,7 +156,8 @@ class InMemoryProvider(BaseProvider):
         return m["name"], m["version"]
 
     def _check_name(self, name: str) -> None:
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
+        super()._check_name(name)  # first: it refuses (without echo) a name holding a PIN
+        if not _NAME.fullmatch(name):
             raise InvalidArgument(f"invalid key name {name!r}: use 1-127 letters, digits, '-', '_' or '.'")
 
     # ---- state ---------------------------------------------------------------------------------
@@ -218,6 +226,10 @@ class InMemoryProvider(BaseProvider):
     ) -> KeyInfo:
         info = self._new_info(name, spec, material, attrs, hsm_protected)
         with self._mutation():
+            # Checked again here, after the locked re-read: another thread or process may have
+            # created the name since BaseProvider looked it up.
+            if name in self._keys and not self._create_adds_version:
+                raise self._exists(name)
             self._keys.setdefault(name, []).append(StoredKey(info, material))
         return info
 
@@ -366,19 +378,17 @@ def from_uri(uri: str, **options: Any) -> InMemoryProvider:
     """Registry factory for ``memory:`` URIs.
 
     Options: ``keystore=PATH`` and ``passphrase=...`` open a keystore file (``create=True`` makes
-    it if missing); without ``keystore`` the provider is empty and lives only in this process."""
+    it if missing); without ``keystore`` the provider is empty and lives only in this process.
+    ``add_versions=True``: creating under an existing name adds a version (see the class)."""
     if not isinstance(uri, str) or not uri.lower().startswith(f"{SCHEME}:"):
         raise InvalidKeyUri(f"{redact_uri(uri)!r} is not an in-memory URI; expected {_URI_FORM}")
-    unknown = set(options) - {"keystore", "passphrase", "create"}
-    if unknown:
-        raise InvalidArgument(
-            f"unknown option(s) for the memory provider: {', '.join(sorted(unknown))};"
-            " valid: keystore, passphrase, create"
-        )
+    check_options(SCHEME, options, _OPTIONS)
     keystore = options.get("keystore")
+    add_versions = options.get("add_versions", False)
     if keystore is None:
-        return InMemoryProvider()
+        return InMemoryProvider(add_versions=add_versions)
     passphrase = options.get("passphrase")
     if passphrase is None:
         raise InvalidArgument("a keystore needs a passphrase: pass passphrase=...")
-    return InMemoryProvider.open(keystore, passphrase, create=bool(options.get("create", False)))
+    create = bool(options.get("create", False))
+    return InMemoryProvider.open(keystore, passphrase, create=create, add_versions=add_versions)

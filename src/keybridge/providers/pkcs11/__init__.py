@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ...errors import InvalidArgument, InvalidKeyUri, MissingDependency
+from ...base import check_options
+from ...errors import InvalidKeyUri, MissingDependency
 
 try:
     import pkcs11 as _pkcs11  # noqa: F401
@@ -36,11 +37,7 @@ def from_uri(uri: str, **options: Any) -> Pkcs11Provider:
     and ``cache_seconds``. Without a module path in either, ``$KEYBRIDGE_PKCS11_MODULE`` is used.
     """
     u = parse(uri)
-    unknown = set(options) - set(OPTIONS)
-    if unknown:
-        raise InvalidArgument(
-            f"unknown option(s) for the pkcs11 provider: {', '.join(sorted(unknown))}; accepted: {', '.join(OPTIONS)}"
-        )
+    check_options("pkcs11", options, OPTIONS)
     token = u.path.get("token")
     if not token:
         raise InvalidKeyUri(f"PKCS#11 URI {redact(uri)!r} names no token; add token=LABEL")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -14,18 +16,21 @@ from pkcs11 import Mechanism as M
 from pkcs11 import ObjectClass as OC
 from pkcs11.util.rsa import decode_rsa_public_key
 
-from ...base import BaseProvider
-from ...errors import InvalidArgument, InvalidKeyUri, KeyNotFound, OperationNotPermitted
+from ..._redact import mentions_pin
+from ...base import BaseProvider, check_options
+from ...errors import IntegrityError, InvalidArgument, InvalidKeyUri, KeyNotFound, OperationNotPermitted
 from ...keys import AlgorithmSpec, KeyAttributes, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType, PrivateKey
 from . import _mechanisms as mech
 from . import _objects as obj
 from ._catalog import Catalog, is_meta, version_record
 from ._errors import translated
 from ._pin import resolve_pin
+from ._rejection import ImplicitRejection
 from ._session import Entry, SessionPool
-from ._uri import key_uri, mentions_pin, parse, redact
+from ._uri import key_uri, parse, redact
 
 _GCM_IV = 12
+_OPTIONS = ("module_path", "token_label", "user_pin", "pin_source", "cache_seconds")
 # The token wraps only objects: key bytes come in as a short-lived session object like this.
 _TRANSIENT_SECRET = {
     A.CLASS: OC.SECRET_KEY,
@@ -56,7 +61,10 @@ class Pkcs11Provider(BaseProvider):
         *,
         pin_source: str | None = None,
         cache_seconds: float = 1.0,
+        **unknown: Any,
     ) -> None:
+        # Taken only to be refused with the same InvalidArgument as every provider, not a TypeError.
+        check_options(self.scheme, unknown, _OPTIONS)
         if mentions_pin(token_label) or mentions_pin(module_path):
             raise InvalidArgument(
                 "the token label or module path contains a PIN attribute (pin-value=/pin-source=): a URI"
@@ -65,6 +73,8 @@ class Pkcs11Provider(BaseProvider):
         self.token_label = token_label
         self.module_path = module_path
         self._refs: dict[tuple[str, str | None], KeyRef] = {}
+        self._create_lock = threading.Lock()  # label check + object creation, one at a time
+        self._rejection = ImplicitRejection()
         self._pool = SessionPool(module_path, token_label, resolve_pin(user_pin, pin_source, token_label))
         try:
             lib = self._pool.lib
@@ -129,7 +139,24 @@ class Pkcs11Provider(BaseProvider):
 
     # ---- creating and changing keys ------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _new_label(self, name: str) -> Iterator[None]:
+        """Refuse a label any object on the token has (not only keys keybridge can read), and keep
+        other creates of this provider out until the new objects exist."""
+        with self._create_lock:
+            taken = self._pool.run(
+                lambda e: bool(list(e.session.get_objects({A.LABEL: name}))), "looking up label", repr(name)
+            )
+            if taken:
+                raise self._exists(name)
+            yield
+
     def _create_key(self, name: str, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
+        with self._new_label(name):
+            return self._generate(name, spec, attrs)
+
+    def _generate(self, name: str, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
+        """A new version (objects with a fresh CKA_ID) under label ``name``."""
         ops, exportable = attrs.ops, attrs.exportable
         id_bytes = obj.new_id()
         common = {A.TOKEN: True, A.LABEL: name, A.ID: id_bytes}
@@ -153,6 +180,10 @@ class Pkcs11Provider(BaseProvider):
         return self._record(name, id_bytes, spec, attrs)
 
     def _import_key(self, name: str, key: PrivateKey | bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
+        with self._new_label(name):
+            return self._import_objects(name, key, spec, attrs)
+
+    def _import_objects(self, name: str, key: PrivateKey | bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
         ops, exportable = attrs.ops, attrs.exportable
         id_bytes = obj.new_id()
         common = {A.TOKEN: True, A.LABEL: name, A.ID: id_bytes}
@@ -186,7 +217,7 @@ class Pkcs11Provider(BaseProvider):
 
     def _rotate_key(self, name: str) -> KeyInfo:
         cur = self._catalog.versions(name, fresh=True)[-1]
-        return self._create_key(name, cur.spec, KeyAttributes.of(cur))
+        return self._generate(name, cur.spec, KeyAttributes.of(cur))
 
     def _set_enabled(self, info: KeyInfo, enabled: bool) -> KeyInfo:
         # Disabling also clears the usage flags on the token, so other tools cannot use the key
@@ -262,13 +293,32 @@ class Pkcs11Provider(BaseProvider):
             mechanism, param, data = M.AES_GCM, mech.gcm(data[:_GCM_IV], aad), data[_GCM_IV:]
         else:
             mechanism, param = mech.rsa_decryption(alg)
-        pt = self._pool.run(
-            lambda e: e.key(info).decrypt(data, mechanism=mechanism, mechanism_param=param),
-            f"decrypting with {alg.name} and key",
-            info.ref,
-            integrity=True,
+        return self._rejecting(
+            info,
+            alg,
+            data,
+            lambda: bytes(
+                self._pool.run(
+                    lambda e: e.key(info).decrypt(data, mechanism=mechanism, mechanism_param=param),
+                    f"decrypting with {alg.name} and key",
+                    info.ref,
+                    integrity=True,
+                )
+            ),
         )
-        return bytes(pt)
+
+    def _rejecting(self, info: KeyInfo, alg: AlgorithmSpec, data: bytes, attempt: Callable[[], bytes]) -> bytes:
+        """RSA1_5 with implicit rejection: the token's padding failure becomes synthetic bytes, as
+        OpenSSL does, so that error-or-bytes is no padding oracle (see _rejection.py)."""
+        if alg.name != "RSA1_5":
+            return attempt()
+        try:
+            return attempt()
+        except IntegrityError:
+            k = (info.spec.size + 7) // 8
+            if len(data) != k:
+                raise  # not a ciphertext for this key at all, no padding was looked at
+            return self._rejection.synthetic(str(info.ref), k, data)
 
     def _aes_wrap_mechanism(self, alg: AlgorithmSpec) -> Any:
         if alg.name == "CKM_AES_KEY_WRAP_PAD":
@@ -326,7 +376,12 @@ class Pkcs11Provider(BaseProvider):
             finally:
                 tmp.destroy()
 
-        return self._pool.run(unwrap, f"unwrapping with {alg.name} and key", info.ref, integrity=True)
+        return self._rejecting(
+            info,
+            alg,
+            wrapped,
+            lambda: self._pool.run(unwrap, f"unwrapping with {alg.name} and key", info.ref, integrity=True),
+        )
 
     @property
     def wrapped_export_mechanism(self) -> str | None:

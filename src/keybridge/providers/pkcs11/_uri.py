@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import quote, unquote, unquote_to_bytes
 
-from ..._redact import redact_uri
+from ..._redact import mentions_pin, redact_uri
 from ...errors import InvalidKeyUri
 
 _PATH_ATTRS = frozenset(
@@ -35,17 +35,11 @@ _PCT_OK = re.compile(r"^(?:[^%]|%[0-9A-Fa-f]{2})*$")
 # ``token=t&pin-value=S`` or ``module-path=/x.so;pin-value=S``: the other part's separator inside a
 # value means an attribute (often the PIN) was glued onto the previous value.
 _GLUED = re.compile(r"[&;]\s*[A-Za-z][A-Za-z0-9-]*\s*=")
-_PIN_ATTR = re.compile(r"pin[-_ ]?(?:value|source)", re.IGNORECASE)
 _SEPARATORS = (
     "path attributes (token, object, id, ...) are separated by ';', then '?' starts the query"
     " (pin-value, pin-source, module-path, ...) whose attributes are separated by '&';"
     " percent-encode a literal '&' as %26 and ';' as %3B"
 )
-
-
-def mentions_pin(text: str) -> bool:
-    """Whether ``text`` (a label, name or path) contains what looks like a PIN attribute."""
-    return bool(_PIN_ATTR.search(unquote(text)))
 
 
 def shown(text: str) -> str:
