@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from keybridge import InvalidArgument
-from keybridge.emulator import ManagedHsmEmulator
+from keybridge.emulator import Faults, ManagedHsmEmulator
 
 DEADLINE = 1.5
 MAX_CONNECTIONS = 16
@@ -171,3 +171,28 @@ def test_hundreds_of_slow_clients_cannot_exhaust_the_emulator(emulator: ManagedH
 def test_bad_limits_are_invalid_arguments(options: dict[str, object], words: str) -> None:
     with pytest.raises(InvalidArgument, match=words):
         ManagedHsmEmulator(**options)  # type: ignore[arg-type]
+
+
+def test_beyond_the_limit_with_every_worker_busy_a_client_gets_a_json_503() -> None:
+    with ManagedHsmEmulator(max_connections=2, faults=Faults(latency=2.0)) as hsm:
+        busy = [threading.Thread(target=_normal_request, args=(hsm,)) for _ in range(2)]
+        for t in busy:
+            t.start()
+        time.sleep(0.7)  # both requests are in: the workers sleep the injected latency
+        ctx = ssl.create_default_context(cafile=hsm.ca_file)
+        conn = http.client.HTTPSConnection("127.0.0.1", hsm.port, context=ctx, timeout=30)
+        start = time.monotonic()
+        try:
+            conn.request("POST", "/rng?api-version=7.6", body=b'{"count": 4}')
+            resp = conn.getresponse()
+            body = json.loads(resp.read())
+        finally:
+            conn.close()
+        assert time.monotonic() - start < 1.5  # not after the busy requests' latency
+        assert resp.status == 503
+        assert resp.getheader("Retry-After") == "1"
+        assert body["error"]["code"] == "ServiceUnavailable"
+        for t in busy:
+            t.join(30)
+        status, _ = _normal_request(hsm)  # once they are done, the next client is served
+        assert status == 200

@@ -9,8 +9,8 @@ Slow clients are bounded twice. Each request (TLS handshake, headers and body) m
 ``request_timeout`` seconds of the connection opening or of its first byte, whatever the pace: the
 socket timeout alone lets a client trickle a byte every few seconds forever. And at most
 ``max_connections`` connections (one thread each) are open: a new one beyond that evicts the
-connection that has waited longest for its request, or is closed at once if every worker is
-answering a request. Both run in the accept loop, so they cost no thread of their own.
+connection that has waited longest for its request or, if every worker is answering a request,
+gets a 503 from one of a few short-lived threads. Both checks run in the accept loop.
 """
 
 from __future__ import annotations
@@ -44,6 +44,15 @@ _MAX_DRAIN = 16 * MAX_BODY
 REQUEST_TIMEOUT = 10.0
 MAX_CONNECTIONS = 64
 _IDLE_TIMEOUT = 30  # a keep-alive connection may wait this long for its next request's first byte
+_REFUSERS = 4  # threads that may answer 503 to connections beyond max_connections at one time
+_REFUSE_TIMEOUT = 2.0
+_BUSY_BODY = json.dumps(
+    ApiError(503, "ServiceUnavailable", "the emulator is answering as many requests as it allows; retry").body()
+).encode()
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(_BUSY_BODY)
+) + _BUSY_BODY
 _LOCAL_HOST = re.compile(r"(?:127\.0\.0\.1|localhost|[A-Za-z0-9-]+\.localhost):\d{1,5}")
 _THROTTLE = {
     429: "Throttled",
@@ -93,6 +102,7 @@ class EmulatorServer(ThreadingHTTPServer):
         self.rbac: Rbac | None = None  # set by the emulator; None: any accepted token may do anything
         self.vault_url = f"https://127.0.0.1:{self.server_address[1]}"
         self._open: dict[Any, _Conn] = {}  # connection -> its worker and state
+        self._refusers = threading.BoundedSemaphore(_REFUSERS)
         self._open_lock = threading.Lock()
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -103,7 +113,7 @@ class EmulatorServer(ThreadingHTTPServer):
         if full:
             if not waiting:  # every worker is answering a request: this client must come back later
                 log.debug("refused a connection from %s: %d busy", client_address, self.max_connections)
-                self.shutdown_request(request)
+                self._refuse(request)
                 return
             _, _, sock, victim = min(waiting)
             self._cut(sock, victim)
@@ -115,6 +125,30 @@ class EmulatorServer(ThreadingHTTPServer):
         with self._open_lock:
             self._open[request] = _Conn(worker)
         worker.start()
+
+    def _refuse(self, request: Any) -> None:
+        """Answer 503 with ``Retry-After`` from a short-lived thread (at most :data:`_REFUSERS` at
+        once, each bounded by :data:`_REFUSE_TIMEOUT`), or beyond that just close."""
+        if not self._refusers.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+
+        def answer() -> None:
+            try:
+                request.settimeout(_REFUSE_TIMEOUT)
+                request.do_handshake()
+                # Read what the client sent first: closing on unread data would reset the
+                # connection, and the client might lose the answer before reading it.
+                with contextlib.suppress(OSError):
+                    request.recv(65536)
+                request.sendall(_BUSY)
+            except OSError:
+                log.debug("a refused client went away before its 503", exc_info=True)
+            finally:
+                self.shutdown_request(request)
+                self._refusers.release()
+
+        threading.Thread(target=answer, name="keybridge-emulator-refuse", daemon=True).start()
 
     def service_actions(self) -> None:
         # Called by serve_forever between polls (every poll_interval): the request deadline.
@@ -243,9 +277,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         try:
+            raw = self._read_body()  # first, so the request deadline never includes injected latency
             if self._fault():
                 return
-            raw = self._read_body()
             # with RBAC on, _authorized authenticates each principal's own token instead
             if self.server.rbac is None and not token_ok(self.headers.get("Authorization"), self.server.token):
                 raise ApiError(401, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.")
@@ -287,13 +321,11 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         if injector.faults.latency:
             time.sleep(injector.faults.latency)
-            self.server.set_state(self.request, "reading")  # the injected delay is not the client's
         decision = injector.decide()
         if decision.drop:
             self.close_connection = True
             return True
         if decision.status is not None:
-            self._read_body()
             err = ApiError(decision.status, _THROTTLE[decision.status], "injected fault: try again")
             self._send(decision.status, err.body(), {"Retry-After": str(injector.faults.retry_after)})
             return True
