@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -20,6 +22,7 @@ from cryptography.exceptions import UnsupportedAlgorithm as _CryptoUnsupported
 from cryptography.hazmat.primitives import serialization
 
 from ._files import atomic_write
+from ._redact import redact_uri
 from .errors import InvalidKeySpec, InvalidPackage
 from .keys import KeySpec, KeyType, PrivateKey
 
@@ -29,6 +32,14 @@ SCHEMA_VERSION = "1.0.0"
 ALG = "dir"
 ENC = "CKM_RSA_AES_KEY_WRAP"
 MAX_PACKAGE = 64 * 1024
+# A .byok document nests two levels; the decoder recurses per level (RecursionError near 1,000).
+MAX_DEPTH = 32
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(rb"[][{}]")
+# Printable ASCII without spaces: a kid is echoed in messages and by `byok inspect`, so no control
+# characters (urlsplit silently drops tabs and newlines, which would hide them).
+_KID_CHARS = re.compile(r"[!-~]{1,2048}")
+_DNS_NAME = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 # Raw AES keys are the only plaintexts this short: the smallest PKCS#8 EC key (P-256) is 67 bytes.
 _AES_LENGTHS = frozenset({16, 24, 32})
 # RFC 5649 pads to 8 bytes, so a buggy wrapper (SoftHSM 2.6.1) can add at most 7 zero bytes.
@@ -38,18 +49,35 @@ _MAX_ZERO_PAD = 7  # an RSA-4096 target under a 4096-bit KEK is ~3 KiB of JSON
 def is_full_key_id(kid: object) -> TypeGuard[str]:
     """True for ``https://HOST/keys/NAME/VERSION`` with nothing after it: the only KEK reference
     Azure can resolve (a versionless id would silently follow a KEK rotation)."""
-    if not isinstance(kid, str):
+    if not isinstance(kid, str) or not _KID_CHARS.fullmatch(kid):
         return False
-    parts = urlsplit(kid)
+    try:
+        parts = urlsplit(kid)
+        _ = parts.port  # parsing the port raises on garbage such as ":x"
+    except ValueError:
+        return False
     segments = parts.path.strip("/").split("/")
     return (
         parts.scheme == "https"
-        and bool(parts.hostname)
+        and _host_ok(parts.hostname, parts.netloc)
         and not (parts.query or parts.fragment or parts.path.endswith("/"))
         and len(segments) == 3
         and segments[0] == "keys"
         and all(segments)
     )
+
+
+def _host_ok(host: str | None, netloc: str) -> bool:
+    """A DNS name, an IPv4 address or a bracketed IPv6 address, with no userinfo before it."""
+    if not host or "@" in netloc:
+        return False
+    if netloc.startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    return bool(_DNS_NAME.fullmatch(host))
 
 
 def b64url_encode(data: bytes) -> str:
@@ -66,6 +94,26 @@ def b64url_decode(text: str, what: str = "value") -> bytes:
         return base64.b64decode(s + "=" * (-len(s) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidPackage(f"{what} is not valid base64url") from exc
+
+
+def _too_deep(data: bytes) -> bool:
+    """True if ``[``/``{`` nest more than :data:`MAX_DEPTH` deep outside JSON strings: a linear
+    scan, so hostile input is refused before the recursive decoder sees it (an unterminated
+    string only makes the count larger)."""
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:  # every real package: no scan needed
+        return False
+    depth = 0
+    for bracket in _BRACKET.findall(_STRING.sub(b'""', data)):
+        depth += 1 if bracket in b"[{" else -1
+        if depth > MAX_DEPTH:
+            return True
+    return False
+
+
+def _shown(value: object, limit: int = 120) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for quoting a field in a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -100,6 +148,11 @@ class ByokPackage:
             raise InvalidPackage(f"a .byok package is JSON text or bytes, got {type(data).__name__}")
         if len(data) > MAX_PACKAGE:
             raise InvalidPackage(f"package is {len(data)} bytes; a .byok file is at most {MAX_PACKAGE}")
+        raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+        if _too_deep(raw):
+            raise InvalidPackage(
+                f"not a .byok package: JSON nested more than {MAX_DEPTH} levels deep (a .byok file nests two)"
+            )
         try:
             doc: Any = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -110,15 +163,16 @@ class ByokPackage:
         if not isinstance(header, dict):
             raise InvalidPackage("not a .byok package: 'header' object is missing")
         if doc.get("schema_version") != SCHEMA_VERSION:
-            raise InvalidPackage(f"schema_version {doc.get('schema_version')!r} is not {SCHEMA_VERSION!r}")
+            raise InvalidPackage(f"schema_version {_shown(doc.get('schema_version'))} is not {SCHEMA_VERSION!r}")
         if header.get("alg") != ALG:
-            raise InvalidPackage(f"header alg {header.get('alg')!r} is not supported; Azure BYOK uses {ALG!r}")
+            raise InvalidPackage(f"header alg {_shown(header.get('alg'))} is not supported; Azure BYOK uses {ALG!r}")
         if header.get("enc") != ENC:
-            raise InvalidPackage(f"header enc {header.get('enc')!r} is not supported; Azure BYOK uses {ENC!r}")
+            raise InvalidPackage(f"header enc {_shown(header.get('enc'))} is not supported; Azure BYOK uses {ENC!r}")
         kid = header.get("kid")
         if not is_full_key_id(kid):
             raise InvalidPackage(
-                f"header kid {kid!r} is not a full key identifier with version (https://HOST/keys/NAME/VERSION)"
+                f"header kid {_shown(redact_uri(kid))} is not a full key identifier with version"
+                " (https://HOST/keys/NAME/VERSION, printable ASCII)"
             )
         ciphertext = b64url_decode(doc.get("ciphertext"), "ciphertext")  # type: ignore[arg-type]
         # 256 bytes is the smallest KEK modulus (RSA-2048); 24 the smallest RFC 5649 output.
@@ -127,7 +181,9 @@ class ByokPackage:
                 f"ciphertext is {len(ciphertext)} bytes, shorter than an RSA-2048 KEK block plus a wrapped key"
             )
         generator = doc.get("generator", "")
-        return cls(kid=kid, ciphertext=ciphertext, generator=str(generator))
+        if not isinstance(generator, str):
+            raise InvalidPackage(f"generator must be a string, got {type(generator).__name__}")
+        return cls(kid=kid, ciphertext=ciphertext, generator=generator)
 
     def write(self, path: str | os.PathLike[str]) -> None:
         """Write the package atomically (temp file + rename)."""
@@ -137,7 +193,8 @@ class ByokPackage:
     def read(cls, path: str | os.PathLike[str]) -> ByokPackage:
         """Read and validate a .byok file."""
         try:
-            data = Path(path).read_bytes()
+            with Path(path).open("rb") as f:
+                data = f.read(MAX_PACKAGE + 1)  # a bound, so a huge file or /dev/zero is not read whole
         except OSError as exc:
             raise InvalidPackage(f"cannot read package {os.fspath(path)!r}: {exc.strerror}") from exc
         return cls.from_json(data)

@@ -12,7 +12,9 @@ from urllib.parse import unquote
 
 __all__ = ["mentions_pin", "redact_uri"]
 
-_USERINFO = re.compile(r"//[^/@?#]*@")
+# Through the last "@": a mistyped password may hold an unencoded "@", "/", "?" or "#", so the
+# end of the userinfo cannot be trusted; hiding a little too much beats showing a secret.
+_USERINFO = re.compile(r"//.*@", re.DOTALL)
 _PIN_ATTR = re.compile(r"pin[-_ ]?(?:value|source)", re.IGNORECASE)
 
 
@@ -23,9 +25,11 @@ def mentions_pin(text: str) -> bool:
 
 
 def redact_uri(text: object) -> str:
-    """``text`` with any query replaced by ``?…``, URL userinfo by ``***@``, and every ``;``-separated
-    attribute that mentions a PIN (even misspelt or percent-encoded) by ``***``."""
+    """``text`` with any query replaced by ``?…``, any fragment by ``#…`` (SAS-style signatures and
+    tokens travel in both), URL userinfo by ``***@``, and every ``;``-separated attribute that
+    mentions a PIN (even misspelt or percent-encoded) by ``***``."""
     s = _USERINFO.sub("//***@", str(text))
-    path, sep, _query = s.partition("?")
+    cut = min((i for i in (s.find("?"), s.find("#")) if i >= 0), default=len(s))
+    path, rest = s[:cut], s[cut:]
     parts = ["***" if "pin" in unquote(p).lower() else p for p in path.split(";")]
-    return ";".join(parts) + ("?…" if sep else "")
+    return ";".join(parts) + (rest[0] + "…" if rest else "")

@@ -289,12 +289,18 @@ def inspect_cmd(byok_file: str, as_json: bool) -> None:
         [
             f"{byok_file}: valid .byok package (schema {p.schema_version}, alg {p.alg}, enc {p.enc})",
             f"KEK id:     {p.kid}",
-            f"generator:  {p.generator}",
+            f"generator:  {_printable(p.generator)}",
             f"ciphertext: {len(p.ciphertext)} bytes",
             f"sizes fit:  {guess or 'an EC key (the curve does not show in the length)'}",
         ]
     )
     emit(data, human, as_json=as_json)
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: a package's free-text field must not be able to
+    move the cursor or recolour the terminal of whoever inspects it."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 # ---- keybridge demo ----------------------------------------------------------------------------

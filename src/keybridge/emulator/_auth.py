@@ -21,10 +21,14 @@ _LIFETIME = 3600
 
 
 class AccessToken(NamedTuple):
-    """Shape-compatible with ``azure.core.credentials.AccessToken``."""
+    """Shape-compatible with ``azure.core.credentials.AccessToken``; its repr (and so ``str``,
+    f-strings and ``%r`` in logs) hides the token."""
 
     token: str
     expires_on: int
+
+    def __repr__(self) -> str:
+        return f"AccessToken(token=<hidden>, expires_on={self.expires_on})"
 
 
 class AccessTokenInfo:

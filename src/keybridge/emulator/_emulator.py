@@ -22,7 +22,7 @@ from ._faults import FaultInjector, Faults
 from ._rbac import Rbac
 from ._records import RETENTION_DAYS
 from ._routes import Router
-from ._server import EmulatorServer
+from ._server import MAX_CONNECTIONS, REQUEST_TIMEOUT, EmulatorServer
 from ._tls import make_server_context
 from ._vault import Vault
 
@@ -46,7 +46,10 @@ class ManagedHsmEmulator:
     accepts any bearer token, for clients that cannot use :meth:`credential`. Requests are
     checked against Managed HSM local RBAC (``hsm.rbac``): every key route needs its data action
     at ``/``, ``/keys`` or ``/keys/<name>``; ``rbac="strict"`` leaves the first principal without
-    Crypto User, so key use must be granted explicitly.
+    Crypto User, so key use must be granted explicitly. Slow or many clients are bounded:
+    each request must arrive (TLS handshake, headers and body) within ``request_timeout``
+    seconds, and at most ``max_connections`` connections are open at once (beyond that the one
+    waiting longest for its request is closed; see "Fidelity limits" in docs/emulator.md).
 
     Time is the emulator's own: :meth:`advance` moves it forward, and what has come due then
     happens as in the service: rotation policies make new versions, and soft-deleted keys are
@@ -62,6 +65,8 @@ class ManagedHsmEmulator:
         require_token: bool = True,
         rbac: str = "default",
         retention_days: int = RETENTION_DAYS,
+        request_timeout: float = REQUEST_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise InvalidArgument(f"port must be 0 (any free port) or 1-65535, got {port!r}")
@@ -73,6 +78,14 @@ class ManagedHsmEmulator:
             raise InvalidArgument(
                 f"retention_days must be an integer from 7 to 90 (as in Managed HSM), got {retention_days!r}"
             )
+        if isinstance(request_timeout, bool) or not isinstance(request_timeout, (int, float)):
+            raise InvalidArgument(f"request_timeout must be a number of seconds, got {type(request_timeout).__name__}")
+        if not 0 < request_timeout <= 3600:
+            raise InvalidArgument(f"request_timeout must be above 0 and at most 3600 seconds, got {request_timeout!r}")
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+            raise InvalidArgument(f"max_connections must be a whole number of at least 1, got {max_connections!r}")
+        self._request_timeout = float(request_timeout)
+        self._max_connections = max_connections
         self.faults = Faults.parse(faults) if isinstance(faults, str) else faults
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self._port = port
@@ -103,7 +116,15 @@ class ManagedHsmEmulator:
         injector = FaultInjector(self.faults) if self.faults else None
         token = self._credential.get_token().token if self._require_token else None
         try:
-            self._server = EmulatorServer(ctx, self._port, Router(self._vault), token, injector)
+            self._server = EmulatorServer(
+                ctx,
+                self._port,
+                Router(self._vault),
+                token,
+                injector,
+                request_timeout=self._request_timeout,
+                max_connections=self._max_connections,
+            )
             self._server.rbac = self.rbac
         except OSError as exc:
             shutil.rmtree(self._tmp, ignore_errors=True)

@@ -28,8 +28,21 @@ _KEY_VAULT_SUFFIXES = (
 _MANAGED_HSM_SUFFIXES = (".managedhsm.azure.net", ".managedhsm.azure.cn", ".managedhsm.usgovcloudapi.net")
 
 
+def _shown(uri: object) -> str:
+    """``uri`` cut to scheme, host, port and path: userinfo, query and fragment become markers
+    (see :func:`redact_uri`), and so does a port that is not a number, which may be a password
+    typed without a user name."""
+    text = redact_uri(uri)
+    scheme, sep, rest = text.partition("://")
+    authority, slash, path = rest.partition("/")
+    host, colon, port = authority.rpartition(":")
+    if not (sep and colon and port) or "]" in port or (port.isascii() and port.isdigit()):
+        return text
+    return f"{scheme}://{host}:…{slash}{path}"
+
+
 def _bad(uri: object, why: str) -> InvalidKeyUri:
-    return InvalidKeyUri(f"{redact_uri(uri)!r} is not an Azure Key Vault URL or key id ({why}); expected {EXPECTED}")
+    return InvalidKeyUri(f"{_shown(uri)!r} is not an Azure Key Vault URL or key id ({why}); expected {EXPECTED}")
 
 
 def split_key_id(uri: str) -> tuple[str, str | None, str | None]:
@@ -40,8 +53,9 @@ def split_key_id(uri: str) -> tuple[str, str | None, str | None]:
     try:
         parts = urlsplit(uri.strip())
         port = parts.port
-    except ValueError as exc:
-        raise _bad(uri, str(exc)) from None
+    except ValueError:
+        # urlsplit's own message quotes parts of the input (the port text, say): keep it out
+        raise _bad(uri, "the host or port is malformed") from None
     if parts.scheme.lower() != "https":
         raise _bad(uri, "the scheme must be https")
     host = (parts.hostname or "").lower()
