@@ -175,6 +175,12 @@ def test_bad_keys_and_principals_are_typed(admin) -> None:  # type: ignore[no-un
         admin.access.grant("/keys", "", "Crypto User")
     assert admin.access.scope("//keys") == "/keys"
     assert admin.access.scope("/") == "/"
+    # a bare word is a key name: neither "keys" nor "" may widen a grant to the whole HSM
+    assert admin.access.scope("keys") == "/keys/keys"
+    assert admin.access.scope("/keys/k1") == "/keys/k1"
+    for bad in ("", "/keys/a/b", "/keys/bad name", "a b"):
+        with pytest.raises(InvalidArgument, match="is not a key of"):
+            admin.access.scope(bad)
 
 
 def test_a_principal_without_role_rights_is_told_the_missing_action(hsm, admin) -> None:  # type: ignore[no-untyped-def]

@@ -74,7 +74,7 @@ def test_grant_makes_one_scoped_assignment_and_the_principal_signs(hsm, sdk, tar
     assert [(a.principal, a.scope, a.role.id) for a in result.assignments] == [(app, f"/keys/{name}", CRYPTO_USER)]
     assert assignments_of(sdk, target, app) == [(f"/keys/{name}", CRYPTO_USER)]  # exactly one, nothing HSM-wide
     assert result.proof.method == "signature"
-    assert result.proof.checks[-1] == f"the target side ran as {app} (Managed HSM Crypto User)"
+    assert result.proof.checks[-1] == f"the target side ran as {app}"
 
     with target.with_credential(hsm.credential(app)) as as_app:
         digest = os.urandom(32)
@@ -140,3 +140,26 @@ def test_the_docs_recipe_sign_only_custom_role(hsm, sdk, target) -> None:  # typ
     assert result.proof.algorithm == "ES384"
     assert target.access.who_can(name)[app] == {"read", "sign"}
     assert len(assignments_of(sdk, target, app)) == 1
+
+
+def test_two_roles_for_one_principal_add_up_before_the_proof(hsm, sdk, target) -> None:  # type: ignore[no-untyped-def]
+    # Auditor alone cannot sign; the proof runs only after both grants exist, so this passes.
+    app, name = str(uuid.uuid4()), unique("two")
+    result = transfer(
+        InMemoryProvider(), target, name, KeySpec.ec("P-256"), kek_size=2048,
+        grant=[(app, "Crypto Auditor"), (app, "Crypto User")], grant_credential=hsm.credential,
+    )  # fmt: skip
+    roles = {BUILTIN_ROLES[f"Managed HSM {r}"][0] for r in ("Crypto Auditor", "Crypto User")}
+    assert sorted(assignments_of(sdk, target, app)) == sorted((f"/keys/{name}", r) for r in roles)
+    assert len(result.assignments) == 2
+
+
+def test_a_failed_transfer_keeps_an_assignment_it_did_not_make(hsm, sdk, target) -> None:  # type: ignore[no-untyped-def]
+    auditor, name = str(uuid.uuid4()), unique("older")
+    older = target.access.grant(f"/keys/{name}", auditor, "Crypto Auditor")  # before the key exists
+    with pytest.raises(OperationNotPermitted):
+        transfer(
+            InMemoryProvider(), target, name, KeySpec.ec("P-256"), kek_size=2048,
+            grant=[(auditor, "Crypto Auditor")], grant_credential=hsm.credential,
+        )  # fmt: skip
+    assert [a.name for a in sdk.list_role_assignments(f"/keys/{name}")] == [older.name]

@@ -89,11 +89,11 @@ def transfer(
 
     ``grant`` (Azure Managed HSM targets) ends the transfer with least privilege: a list of
     ``(principal, role)`` pairs, each becoming exactly one role assignment scoped to the imported
-    key (``/keys/NAME``), and the target half of the proof then runs *as each principal*, with the
-    credential ``grant_credential`` gives for it (a callable or mapping principal -> credential).
-    So a role that cannot do the proof's operation fails the transfer (with
-    :class:`~keybridge.OperationNotPermitted` naming the missing data action), and the assignments
-    made are revoked again on any failure.
+    key (``/keys/NAME``); once all exist, the target half of the proof runs *as each principal*,
+    with the credential ``grant_credential`` gives for it (a callable or mapping principal ->
+    credential). So a role that cannot do the proof's operation fails the transfer (with
+    :class:`~keybridge.OperationNotPermitted` naming the missing data action), and on any failure
+    the assignments this call created are removed again.
 
     Errors are typed: a refused import raises :class:`~keybridge.InvalidPackage`, a failed proof
     :class:`~keybridge.IntegrityError`; provider errors pass through unchanged.
@@ -112,6 +112,7 @@ def transfer(
     dest = target_name or name
     kek_info, created = _kek(target, dest, kek, kek_size)
     made: list[Assignment] = []
+    assignments: list[Assignment] = []
     try:
         src = source.create_key(name, spec, ops=key_ops, exportable=True, tags=tags)
         assert kek_info.public_key is not None
@@ -119,26 +120,32 @@ def transfer(
         tgt = import_package(target, dest, pkg, spec, ops=key_ops, tags=tags)
         if not grants:
             proof = prove(source, src, target, tgt)
-        for principal, granted, credential in grants:
-            made.append(hsm.access.grant(tgt.ref, principal, granted))
+        for principal, granted, _ in grants:
+            held = {a.name for a in hsm.access.list(tgt.ref, principal=principal)}
+            assignment = hsm.access.grant(tgt.ref, principal, granted)
+            assignments.append(assignment)
+            if assignment.name not in held:
+                made.append(assignment)
+        # Every grant is in place before any proof: a principal's roles add up, whatever the order.
+        for credential in {p: c for p, _, c in grants}.values():
             as_principal = hsm.with_credential(credential)
             try:
                 proof = prove(source, src, as_principal, tgt)  # the same checks for every principal
             finally:
                 as_principal.close()
         if grants:
-            ran_as = ", ".join(f"{p} ({r.name})" for p, r, _ in grants)
+            ran_as = ", ".join(dict.fromkeys(p for p, _, _ in grants))
             proof = Proof(proof.method, proof.algorithm, (*proof.checks, f"the target side ran as {ran_as}"))
     except BaseException:
-        for assignment in made:
+        for assignment in made:  # only what this transfer created; an older identical one stays
             with contextlib.suppress(KeybridgeError):
-                hsm.access.revoke(tgt.ref, assignment.principal, assignment.role)
+                hsm.access.remove(assignment)
         if created and not keep_kek:
             _delete_quietly(target, kek_info.ref)
         raise
     if created and not keep_kek:
         target.delete_key(kek_info.ref.name)
-    return TransferResult(src.ref, tgt.ref, pkg, kek_info.ref, proof, tuple(made))
+    return TransferResult(src.ref, tgt.ref, pkg, kek_info.ref, proof, tuple(assignments))
 
 
 def _grants(

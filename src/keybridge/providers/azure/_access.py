@@ -165,20 +165,20 @@ class AccessControl:
             key = key.uri or key.name
         if not isinstance(key, str):
             raise InvalidArgument(f"a key must be a name, key id or KeyRef, got {type(key).__name__}")
-        if _norm_scope(key) in _HSM_WIDE and not key.startswith("https:"):
-            return _norm_scope(key)
         if key.lower().startswith("https:"):
             name, _ = self._provider._parse_uri(key)
-        elif key.startswith("/keys/") and NAME_RE.fullmatch(key[6:]):
-            name = key[6:]
+            return f"/keys/{name}"
+        if key.startswith("/"):
+            scope = _norm_scope(key)  # "//keys" is how the JS SDK writes "/keys"
+            if scope in _HSM_WIDE or (scope.startswith("/keys/") and NAME_RE.fullmatch(scope[6:])):
+                return scope
         elif NAME_RE.fullmatch(key):
-            name = key
-        else:
-            raise InvalidArgument(
-                f"{key!r} is not a key of {self._provider.vault_url}: give a key name, its key id, or the"
-                " HSM-wide scope '/' or '/keys'"
-            )
-        return f"/keys/{name}"
+            # A bare word is a key name, never a scope: a key called "keys" must not mean every key.
+            return f"/keys/{key}"
+        raise InvalidArgument(
+            f"{key!r} is not a key of {self._provider.vault_url}: give a key name, its key id, or the"
+            " HSM-wide scope '/' or '/keys'"
+        )
 
     def roles(self) -> list[Role]:
         """Every role definition of the HSM, built-in and custom."""
@@ -267,9 +267,13 @@ class AccessControl:
             if a.principal == principal and only in (None, a.role.id.lower())
         ]
         for a in doomed:
-            with mapped(f"revoke {a.role.name!r} at {scope} of {self._provider.vault_url}"):
-                self.client.delete_role_assignment(scope, a.name)
+            self.remove(a)
         return doomed
+
+    def remove(self, assignment: Assignment) -> None:
+        """Delete exactly this assignment (by its name), whatever else the principal holds."""
+        with mapped(f"remove role assignment {assignment.name} at {assignment.scope} of {self._provider.vault_url}"):
+            self.client.delete_role_assignment(assignment.scope, assignment.name)
 
     def who_can(self, key: str | KeyRef | KeyInfo) -> dict[str, set[str]]:
         """principal -> the keybridge operations (:data:`OPERATIONS`) it may perform on ``key``,
