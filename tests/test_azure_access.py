@@ -195,3 +195,44 @@ def test_key_vault_has_no_local_rbac() -> None:
     provider = AzureKeyVaultProvider("https://example.vault.azure.net")
     with pytest.raises(UnsupportedAlgorithm, match=r"only Managed HSM has provider\.access"):
         _ = provider.access
+
+
+@pytest.mark.parametrize(
+    ("data", "not_data", "expected"),
+    [
+        (["*"], [], set(OPERATIONS)),
+        (
+            ["Microsoft.KeyVault/managedHsm/*"],
+            ["Microsoft.KeyVault/managedHsm/keys/*/action"],
+            {"create", "delete", "purge"},
+        ),
+        (["microsoft.keyvault/MANAGEDHSM/keys/sign/action"], [], {"sign"}),  # actions ignore case
+        (
+            ["Microsoft.KeyVault/managedHsm/keys/*/action"],
+            ["*/deletedKeys/*"],
+            set(OPERATIONS) - {"create", "delete", "purge", "recover"},
+        ),
+        (["Microsoft.KeyVault/managedHsm/keys/sign"], [], set()),  # no "/action": not the sign action
+        (["Microsoft.KeyVault/managedHsm/roleAssignments/*"], [], set()),
+    ],
+)
+def test_data_actions_fold_into_operations(data: list[str], not_data: list[str], expected: set[str]) -> None:
+    from azure.keyvault.administration import KeyVaultRoleDefinition
+
+    from keybridge.providers.azure._access import operations_of
+
+    perm = KeyVaultPermission(data_actions=data, not_data_actions=not_data)
+    assert operations_of(KeyVaultRoleDefinition(permissions=[perm])) == expected
+
+
+def test_separate_permissions_do_not_exclude_each_other() -> None:
+    from azure.keyvault.administration import KeyVaultRoleDefinition
+
+    from keybridge.providers.azure._access import operations_of
+
+    # a notDataAction applies within its own permission, as in Azure RBAC
+    perms = [
+        KeyVaultPermission(data_actions=["Microsoft.KeyVault/managedHsm/keys/sign/action"]),
+        KeyVaultPermission(data_actions=["Microsoft.KeyVault/managedHsm/keys/verify/action"], not_data_actions=["*"]),
+    ]
+    assert operations_of(KeyVaultRoleDefinition(permissions=perms)) == {"sign"}
