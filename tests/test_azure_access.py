@@ -236,3 +236,23 @@ def test_separate_permissions_do_not_exclude_each_other() -> None:
         KeyVaultPermission(data_actions=["Microsoft.KeyVault/managedHsm/keys/verify/action"], not_data_actions=["*"]),
     ]
     assert operations_of(KeyVaultRoleDefinition(permissions=perms)) == {"sign"}
+
+
+def test_role_lookup_prefers_an_exact_name() -> None:
+    from keybridge.providers.azure import AccessControl, Role
+
+    builtin = Role(CRYPTO_USER, "Managed HSM Crypto User", "x", frozenset(), custom=False)
+    custom = Role(str(uuid.uuid4()), "Crypto User", "y", frozenset(), custom=True)
+    for order in ([builtin, custom], [custom, builtin]):
+        assert AccessControl._find("crypto user", order) is custom
+        assert AccessControl._find("Managed HSM Crypto User", order) is builtin
+        assert AccessControl._find(CRYPTO_USER.upper(), order) is builtin
+
+
+def test_principals_compare_without_case(hsm, admin, deployer) -> None:  # type: ignore[no-untyped-def]
+    a = ec_key(deployer, unique("case"))
+    user = str(uuid.uuid4())
+    first = admin.access.grant(a.ref, user, "Crypto Auditor")
+    assert admin.access.grant(a.ref, user.upper(), "Crypto Auditor").name == first.name
+    assert admin.access.check(a.ref, user.upper()) == {"read"}
+    assert [x.name for x in admin.access.revoke(a.ref, f" {user.upper()} ")] == [first.name]

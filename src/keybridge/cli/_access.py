@@ -114,24 +114,19 @@ def list_(uri: str, principal: str | None, as_json: bool) -> None:
 def check(key_uri: str, principal: str | None, ops: tuple[str, ...], as_json: bool) -> None:
     """Who can do what with KEY_URI. With --principal, only its operations; exit status 1 if it may
     do none, or not every --op."""
-    with _access(key_uri) as (acl, key):
-        assert key is not None
-        who_can = acl.who_can(key)
     if principal is None:
         if ops:
             raise click.UsageError("--op needs --principal")
-        table = Table("principal", "operations")
-        for who, allowed in sorted(who_can.items()):
-            table.add_row(who, ", ".join(sorted(allowed)) or "none")
-        data: dict[str, Any] = {"key": key, "principals": {w: sorted(o) for w, o in who_can.items()}}
-        emit(data, table if who_can else "nobody has a role on this key", as_json=as_json)
+        _everyone(key_uri, as_json)
         return
     from ..providers.azure import OPERATIONS
 
     unknown = sorted(set(ops) - set(OPERATIONS))
     if unknown:
         raise InvalidArgument(f"unknown --op {', '.join(unknown)}; use one of: {', '.join(OPERATIONS)}")
-    allowed = who_can.get(principal.strip(), set())
+    with _access(key_uri) as (acl, key):
+        assert key is not None
+        allowed = acl.check(key, principal)
     missing = sorted(set(ops) - allowed)
     ok = not missing if ops else bool(allowed)
     human = f"{principal}: {', '.join(sorted(allowed)) or 'no operations'} on {key}"
@@ -141,3 +136,14 @@ def check(key_uri: str, principal: str | None, ops: tuple[str, ...], as_json: bo
     emit(result, human, as_json=as_json)
     if not ok:
         raise click.exceptions.Exit(1)
+
+
+def _everyone(key_uri: str, as_json: bool) -> None:
+    with _access(key_uri) as (acl, key):
+        assert key is not None
+        who_can = acl.who_can(key)
+    table = Table("principal", "operations")
+    for who, allowed in sorted(who_can.items()):
+        table.add_row(who, ", ".join(sorted(allowed)) or "none")
+    data: dict[str, Any] = {"key": key, "principals": {w: sorted(o) for w, o in who_can.items()}}
+    emit(data, table if who_can else "nobody has a role on this key", as_json=as_json)

@@ -197,9 +197,11 @@ class AccessControl:
     def _find(role: str, roles: Iterable[Role]) -> Role:
         wanted = role.strip().lower()
         known = list(roles)
-        for r in known:
-            if wanted == r.id.lower() or r.name.lower() in (wanted, "managed hsm " + wanted):
-                return r
+        # An exact GUID or name first, so a custom role called "Crypto User" beats the built-in one.
+        for candidate in (wanted, "managed hsm " + wanted):
+            for r in known:
+                if candidate in (r.id.lower(), r.name.lower()):
+                    return r
         names = ", ".join(sorted(r.name for r in known))
         hint = "no role definition has this GUID" if _GUID.fullmatch(role.strip()) else "no role has this name"
         raise InvalidArgument(f"unknown Managed HSM role {role!r} ({hint}); use one of: {names}")
@@ -235,7 +237,7 @@ class AccessControl:
         if given."""
         roles = {r.id.lower(): r for r in self.roles()}
         out = [a for s in self._scopes(key) for a in self._at(s, roles)]
-        return [a for a in out if principal is None or a.principal == principal]
+        return out if principal is None else [a for a in out if _same(a.principal, principal)]
 
     def grant(self, key: str | KeyRef | KeyInfo, principal: str, role: str | Role) -> Assignment:
         """Give ``principal`` the ``role`` at ``key``'s scope; an identical assignment that already
@@ -246,7 +248,7 @@ class AccessControl:
         wanted = role if isinstance(role, Role) else self._find(role, roles)
         by_id = {r.id.lower(): r for r in roles}
         for existing in self._at(scope, by_id):
-            if existing.principal == principal and existing.role.id.lower() == wanted.id.lower():
+            if _same(existing.principal, principal) and existing.role.id.lower() == wanted.id.lower():
                 return existing
         with mapped(f"grant {wanted.name!r} at {scope} of {self._provider.vault_url}"):
             made = self.client.create_role_assignment(scope, wanted.definition_id, principal)
@@ -264,7 +266,7 @@ class AccessControl:
         doomed = [
             a
             for a in self._at(scope, {r.id.lower(): r for r in roles})
-            if a.principal == principal and only in (None, a.role.id.lower())
+            if _same(a.principal, principal) and only in (None, a.role.id.lower())
         ]
         for a in doomed:
             self.remove(a)
@@ -285,10 +287,16 @@ class AccessControl:
 
     def check(self, key: str | KeyRef | KeyInfo, principal: str) -> set[str]:
         """The operations ``principal`` may perform on ``key`` (empty if none)."""
-        return self.who_can(key).get(_principal(principal), set())
+        wanted = _principal(principal)
+        return {op for who, ops in self.who_can(key).items() if _same(who, wanted) for op in ops}
 
 
 def _principal(principal: object) -> str:
     if not isinstance(principal, str) or not principal.strip() or any(c.isspace() for c in principal.strip()):
         raise InvalidArgument(f"a principal must be an Entra object id (a GUID string), got {principal!r}")
     return principal.strip()
+
+
+def _same(a: str, b: str) -> bool:
+    # Entra object ids are GUIDs, which the service compares without regard to case.
+    return a.strip().lower() == b.strip().lower()
