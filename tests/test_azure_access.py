@@ -256,3 +256,17 @@ def test_principals_compare_without_case(hsm, admin, deployer) -> None:  # type:
     assert admin.access.grant(a.ref, user.upper(), "Crypto Auditor").name == first.name
     assert admin.access.check(a.ref, user.upper()) == {"read"}
     assert [x.name for x in admin.access.revoke(a.ref, f" {user.upper()} ")] == [first.name]
+
+
+def test_a_copy_with_another_credential_shares_but_does_not_close_a_transport(hsm, admin, deployer) -> None:  # type: ignore[no-untyped-def]
+    from azure.core.pipeline.transport import RequestsTransport
+
+    a = ec_key(deployer, unique("transport"))
+    user = str(uuid.uuid4())
+    admin.access.grant(a.ref, user, "Crypto Auditor")
+    transport = RequestsTransport(connection_verify=hsm.ca_file)
+    options = {**hsm.provider_options(), "credential": deployer.credential}
+    with AzureKeyVaultProvider(hsm.vault_url, transport=transport, **options) as owner:
+        with owner.with_credential(hsm.credential(user)) as copy:
+            assert copy.get_key(a.ref.name).ref.name == a.ref.name
+        assert owner.get_key(a.ref.name).ref.name == a.ref.name  # still open after the copy closed

@@ -94,6 +94,7 @@ class AzureKeyVaultProvider(BaseProvider):
         self._purge_on_delete = purge_on_delete
         self._client: KeyClient | None = None
         self._access: AccessControl | None = None
+        self._borrowed_transport = False  # closing a client closes its transport: not ours to close
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str | None], tuple[float, KeyInfo]] = {}
 
@@ -146,8 +147,9 @@ class AzureKeyVaultProvider(BaseProvider):
 
     def with_credential(self, credential: TokenCredential) -> AzureKeyVaultProvider:
         """A provider for the same vault with the same options that calls it as ``credential``
-        (another identity), e.g. to prove that a role assignment works."""
-        return AzureKeyVaultProvider(
+        (another identity), e.g. to prove that a role assignment works. A ``transport`` you passed
+        is shared, and closing the copy leaves it open for this provider."""
+        copy = AzureKeyVaultProvider(
             self.vault_url,
             credential,
             hsm=self.hsm,
@@ -156,6 +158,8 @@ class AzureKeyVaultProvider(BaseProvider):
             purge_on_delete=self._purge_on_delete,
             **self._client_kwargs,
         )
+        copy._borrowed_transport = "transport" in self._client_kwargs
+        return copy
 
     def _make_ref(self, name: str, version: str | None) -> KeyRef:
         uri = f"{self.vault_url}/keys/{name}" + (f"/{version}" if version else "")
@@ -200,6 +204,8 @@ class AzureKeyVaultProvider(BaseProvider):
             client, self._client = self._client, None
             access, self._access = self._access, None
             self._cache.clear()
+        if self._borrowed_transport:
+            return
         if client is not None:
             client.close()
         if access is not None:
