@@ -10,8 +10,9 @@ import contextlib
 import hmac
 import os
 import secrets
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from cryptography.hazmat.primitives import serialization
 
@@ -23,7 +24,15 @@ from ..provider import KeyProvider
 from ._export import export, import_package
 from ._wrap import check_kek_id
 
-__all__ = ["Proof", "TransferResult", "transfer"]
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+    from ..providers.azure import Assignment, AzureKeyVaultProvider, Role
+
+GrantCredential = Callable[[str], "TokenCredential"] | Mapping[str, "TokenCredential"]
+"""principal -> the credential that authenticates as it (``transfer(grant_credential=)``)."""
+
+__all__ = ["GrantCredential", "Proof", "TransferResult", "transfer"]
 
 
 @dataclass(frozen=True)
@@ -43,13 +52,14 @@ class Proof:
 class TransferResult:
     """What :func:`transfer` did: the key in the source and in the target, the package that
     carried it, the KEK used (deleted afterwards if transfer created it and ``keep_kek`` was
-    false), and the proof."""
+    false), the proof, and the role assignments ``grant=`` made on the imported key."""
 
     source_ref: KeyRef
     target_ref: KeyRef
     package: ByokPackage
     kek_ref: KeyRef
     proof: Proof
+    assignments: tuple[Assignment, ...] = ()
 
 
 def transfer(
@@ -64,6 +74,8 @@ def transfer(
     target_name: str | None = None,
     kek_size: int = 4096,
     tags: Mapping[str, str] | None = None,
+    grant: Sequence[tuple[str, str]] | None = None,
+    grant_credential: GrantCredential | None = None,
 ) -> TransferResult:
     """Generate ``name`` in ``source``, move it into ``target`` with BYOK, and prove it arrived.
 
@@ -74,6 +86,14 @@ def transfer(
     prove both sides hold the same key (RSA/EC: sign on each side, verify with the other side's
     public key, and compare public keys; AES: encrypt or wrap on each side, decrypt or unwrap on
     the other). A KEK created here is deleted at the end unless ``keep_kek``.
+
+    ``grant`` (Azure Managed HSM targets) ends the transfer with least privilege: a list of
+    ``(principal, role)`` pairs, each becoming exactly one role assignment scoped to the imported
+    key (``/keys/NAME``); once all exist, the target half of the proof runs *as each principal*,
+    with the credential ``grant_credential`` gives for it (a callable or mapping principal ->
+    credential). So a role that cannot do the proof's operation fails the transfer (with
+    :class:`~keybridge.OperationNotPermitted` naming the missing data action), and on any failure
+    the assignments this call created are removed again.
 
     Errors are typed: a name already in use on the source (``name``) or the target (``target_name``)
     raises :class:`~keybridge.KeyExists` naming the side, before either side is touched; a refused
@@ -89,24 +109,82 @@ def transfer(
     if KeyOp.IMPORT in key_ops:
         raise InvalidKeySpec("a transferred key cannot be a key-exchange key: leave 'import' out of ops")
     prove = _proof_plan(source, target, spec, key_ops)  # refuse an unprovable transfer before any work
+    grants = _grants(target, grant, grant_credential)  # unknown roles, too
+    hsm = cast("AzureKeyVaultProvider", target)  # only used when there are grants, which checked it
     dest = target_name or name
     # Before any KEK or key exists: a second run must not leave a KEK, a key or a version behind.
     _refuse_taken(source, name, "source", "name")
     _refuse_taken(target, dest, "target", "target_name")
     kek_info, created = _kek(target, dest, kek, kek_size)
+    made: list[Assignment] = []
+    assignments: list[Assignment] = []
     try:
         src = source.create_key(name, spec, ops=key_ops, exportable=True, tags=tags)
         assert kek_info.public_key is not None
         pkg = export(source, src.ref, kek_info.public_key, _kek_id(kek_info.ref))  # type: ignore[arg-type]
         tgt = import_package(target, dest, pkg, spec, ops=key_ops, tags=tags)
-        proof = prove(source, src, target, tgt)
+        if not grants:
+            proof = prove(source, src, target, tgt)
+        for principal, granted, _ in grants:
+            held = {a.name for a in hsm.access.list(tgt.ref, principal=principal)}
+            assignment = hsm.access.grant(tgt.ref, principal, granted)
+            assignments.append(assignment)
+            if assignment.name not in held:
+                made.append(assignment)
+        # Every grant is in place before any proof: a principal's roles add up, whatever the order.
+        for credential in {p: c for p, _, c in grants}.values():
+            as_principal = hsm.with_credential(credential)
+            try:
+                proof = prove(source, src, as_principal, tgt)  # the same checks for every principal
+            finally:
+                as_principal.close()
+        if grants:
+            ran_as = ", ".join(dict.fromkeys(p for p, _, _ in grants))
+            proof = Proof(proof.method, proof.algorithm, (*proof.checks, f"the target side ran as {ran_as}"))
     except BaseException:
+        for assignment in made:  # only what this transfer created; an older identical one stays
+            with contextlib.suppress(KeybridgeError):
+                hsm.access.remove(assignment)
         if created and not keep_kek:
             _delete_quietly(target, kek_info.ref)
         raise
     if created and not keep_kek:
         target.delete_key(kek_info.ref.name)
-    return TransferResult(src.ref, tgt.ref, pkg, kek_info.ref, proof)
+    return TransferResult(src.ref, tgt.ref, pkg, kek_info.ref, proof, tuple(assignments))
+
+
+def _grants(
+    target: KeyProvider, grant: Sequence[tuple[str, str]] | None, credentials: GrantCredential | None
+) -> list[tuple[str, Role, TokenCredential]]:
+    """Check ``grant=`` before any work: an Azure Managed HSM target, known roles, a credential
+    for every principal."""
+    if not grant:
+        return []
+    from ..providers.azure import AzureKeyVaultProvider
+
+    if not isinstance(target, AzureKeyVaultProvider):
+        raise InvalidArgument(f"grant= needs an Azure Managed HSM target, not {type(target).__name__}")
+    if credentials is None:
+        raise InvalidArgument(
+            "grant= needs grant_credential= (principal -> credential): the proof runs as each granted principal"
+        )
+    out: list[tuple[str, Role, TokenCredential]] = []
+    for item in grant:
+        if not (isinstance(item, tuple) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+            raise InvalidArgument(f"each grant must be a (principal, role) pair of strings, got {item!r}")
+        principal, role = item
+        out.append((principal, target.access.role(role), _credential_for(credentials, principal)))
+    return out
+
+
+def _credential_for(credentials: GrantCredential, principal: str) -> TokenCredential:
+    if isinstance(credentials, Mapping):
+        if principal not in credentials:
+            raise InvalidArgument(f"grant_credential has no credential for principal {principal!r}")
+        return credentials[principal]
+    if not callable(credentials):
+        raise InvalidArgument(f"grant_credential must be a callable or a mapping, got {type(credentials).__name__}")
+    return credentials(principal)
 
 
 def _refuse_taken(provider: KeyProvider, name: str, side: str, option: str) -> None:

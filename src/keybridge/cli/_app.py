@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from ._access import access
 from ._byok import byok, demo
 from ._emulator import emulator
 from ._envelope import decrypt, encrypt, rewrap
@@ -18,5 +19,5 @@ def app() -> None:
     """Use keys you hold yourself: PKCS#11 HSMs, Azure Key Vault / Managed HSM, software."""
 
 
-for command in (keys, byok, demo, emulator, encrypt, decrypt, rewrap, sign):
+for command in (keys, byok, demo, emulator, encrypt, decrypt, rewrap, sign, access):
     app.add_command(command)

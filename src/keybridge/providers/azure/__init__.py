@@ -14,6 +14,16 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in an environment without the extra
     raise MissingDependency("the Azure Key Vault provider", "azure") from exc
 
+from ._access import OPERATIONS, AccessControl, Assignment, Role
 from ._provider import CLIENT_OPTIONS, DEFAULT_CLIENT_OPTIONS, AzureKeyVaultProvider, from_uri
 
-__all__ = ["CLIENT_OPTIONS", "DEFAULT_CLIENT_OPTIONS", "AzureKeyVaultProvider", "from_uri"]
+__all__ = [
+    "CLIENT_OPTIONS",
+    "DEFAULT_CLIENT_OPTIONS",
+    "OPERATIONS",
+    "AccessControl",
+    "Assignment",
+    "AzureKeyVaultProvider",
+    "Role",
+    "from_uri",
+]

@@ -33,6 +33,8 @@ from ...errors import (
 
 _SECRETS = re.compile(r"(?i)bearer\s+[\w.~+/=-]+|eyJ[\w-]+\.[\w-]+\.[\w-]*")
 _MAX_DETAIL = 300
+# Managed HSM local RBAC names the data action it wanted: "Not authorized to access A on '/keys/x'".
+_RBAC_DENIED = re.compile(r"Not authorized to access (\S+) on '?(/[^'\s]*)")
 
 
 def redact(text: str) -> str:
@@ -77,6 +79,11 @@ def translate(exc: Exception, action: str, *, bad_request: type[KeybridgeError] 
     detail = redact(f"{code or status}{'/' + inner if inner else ''}: {message or exc.reason or ''}".rstrip(": "))
     if isinstance(exc, ClientAuthenticationError) or status == 401:
         return AuthenticationError(f"{action}: the credential was rejected or could not get a token ({detail})")
+    if status == 403 and (denied := _RBAC_DENIED.search(message)):
+        return OperationNotPermitted(
+            f"{action}: the caller's Managed HSM role assignments do not grant {denied[1]} on {denied[2]};"
+            f" grant a role that includes it at that scope (keybridge access grant) ({detail})"
+        )
     if status == 403:
         return OperationNotPermitted(f"{action}: forbidden by the key's operations or your access policy ({detail})")
     if status == 404:

@@ -24,6 +24,7 @@ from ...errors import (
 )
 from ...keys import ALGORITHMS, AlgorithmSpec, KeyAttributes, KeyInfo, KeyRef, KeySpec, KeyType, PrivateKey
 from . import _convert, _rest
+from ._access import AccessControl
 from ._errors import mapped
 from ._uri import NAME_RE, is_key_vault_host, split_key_id
 
@@ -120,6 +121,8 @@ class AzureKeyVaultProvider(BaseProvider):
         self._delete_timeout = _seconds("delete_timeout", delete_timeout)
         self._purge_on_delete = purge_on_delete
         self._client: KeyClient | None = None
+        self._access: AccessControl | None = None
+        self._borrowed_transport = False  # closing a client closes its transport: not ours to close
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str | None], tuple[float, KeyInfo]] = {}
 
@@ -129,17 +132,62 @@ class AzureKeyVaultProvider(BaseProvider):
     # ---- plumbing -------------------------------------------------------------------------------
 
     @property
+    def credential(self) -> TokenCredential:
+        """The credential every client of this provider uses (``DefaultAzureCredential`` is
+        created here, on first use, when none was given)."""
+        with self._lock:
+            if self._credential is None:
+                from azure.identity import DefaultAzureCredential
+
+                self._credential = DefaultAzureCredential()
+            return self._credential
+
+    @property
+    def client_options(self) -> dict[str, Any]:
+        """Transport options (TLS, retries, timeouts, ``transport`` …) shared by this provider's
+        clients; ``api_version`` is left out because it differs between the keys and RBAC APIs."""
+        return {k: v for k, v in self._client_kwargs.items() if k != "api_version"}
+
+    @property
     def client(self) -> KeyClient:
         """The underlying ``KeyClient`` (created, with its credential, on first use)."""
+        credential = self.credential
         with self._lock:
             if self._client is None:
-                credential = self._credential
-                if credential is None:
-                    from azure.identity import DefaultAzureCredential
-
-                    credential = DefaultAzureCredential()
                 self._client = KeyClient(self.vault_url, credential, **self._client_kwargs)
             return self._client
+
+    @property
+    def access(self) -> AccessControl:
+        """Managed HSM local RBAC of this HSM: grant, revoke, list and check role assignments
+        (see :class:`~keybridge.providers.azure.AccessControl` and docs/access-control.md).
+        Key Vault proper has no data-plane RBAC (it uses Azure RBAC through ARM), so there it
+        raises :class:`~keybridge.UnsupportedAlgorithm`."""
+        if not self.managed_hsm:
+            raise self._unsupported(
+                f"local RBAC on {self.vault_url}: Key Vault access is managed with Azure RBAC or access"
+                " policies (az role assignment create); only Managed HSM has provider.access"
+            )
+        with self._lock:
+            if self._access is None:
+                self._access = AccessControl(self)
+            return self._access
+
+    def with_credential(self, credential: TokenCredential) -> AzureKeyVaultProvider:
+        """A provider for the same vault with the same options that calls it as ``credential``
+        (another identity), e.g. to prove that a role assignment works. A ``transport`` you passed
+        is shared, and closing the copy leaves it open for this provider."""
+        copy = AzureKeyVaultProvider(
+            self.vault_url,
+            credential,
+            hsm=self.hsm,
+            cache_ttl=self._cache_ttl,
+            delete_timeout=self._delete_timeout,
+            purge_on_delete=self._purge_on_delete,
+            **self._client_kwargs,
+        )
+        copy._borrowed_transport = "transport" in self._client_kwargs
+        return copy
 
     def _make_ref(self, name: str, version: str | None) -> KeyRef:
         uri = f"{self.vault_url}/keys/{name}" + (f"/{version}" if version else "")
@@ -182,9 +230,14 @@ class AzureKeyVaultProvider(BaseProvider):
     def _close(self) -> None:
         with self._lock:
             client, self._client = self._client, None
+            access, self._access = self._access, None
             self._cache.clear()
+        if self._borrowed_transport:
+            return
         if client is not None:
             client.close()
+        if access is not None:
+            access.close()
 
     # ---- management -----------------------------------------------------------------------------
 
