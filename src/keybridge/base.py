@@ -379,6 +379,10 @@ class BaseProvider:
             self._get_key(name, None)
         except KeyNotFound:
             return
+        except OperationNotPermitted:
+            # A caller allowed to create but not to read (a narrow RBAC role) cannot look first;
+            # the backend's own answer to the create is then the truthful one.
+            return
         raise self._exists(name)
 
     def _exists(self, name: str) -> KeyExists:
