@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
         app = _cli()
         app.main(args=argv, prog_name="keybridge", standalone_mode=False)
     except KeybridgeError as exc:
-        print(f"keybridge: error: {exc}", file=sys.stderr)
+        from ._messages import cli_message  # library hints name Python parameters; say flags instead
+
+        print(f"keybridge: error: {cli_message(exc)}", file=sys.stderr)
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
         print("keybridge: interrupted", file=sys.stderr)

@@ -23,6 +23,7 @@ from .._files import atomic_output
 from ..errors import InvalidArgument
 from ..provider import KeyHandle, KeyProvider
 from ._common import cli_uri, emit, json_option, open_cli_provider
+from ._messages import RecipientWitness
 
 __all__ = ["decrypt", "encrypt", "rewrap"]
 
@@ -212,7 +213,7 @@ def decrypt(
     from .. import envelope
 
     expected = _context(context) or None
-    recipients = _keys(keys)
+    recipients = RecipientWitness(_keys(keys), flag="--key")
     with (
         _input(input_path) as (src, size),
         _output(output) as dst,
@@ -238,7 +239,7 @@ def rewrap(
     """Replace the recipients of a message without re-encrypting its body (the body is copied)."""
     from .. import envelope
 
-    old, new = _keys(unwrap_with), _keys(wrap_for)
+    old, new = RecipientWitness(_keys(unwrap_with), flag="--unwrap-with"), _keys(wrap_for)
     with _input(input_path) as (src, size), _output(output) as raw:
         dst = _Counter(raw)
         info = envelope.rewrap(src, dst, unwrap_with=old, wrap_for=new)
