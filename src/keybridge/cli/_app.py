@@ -9,11 +9,13 @@ from ._byok import byok, demo
 from ._emulator import emulator
 from ._envelope import decrypt, encrypt, rewrap
 from ._keys import keys
+from ._progress import progress_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="keybridge")
-def app() -> None:
+@progress_option
+def app(progress: bool | None) -> None:
     """Use keys you hold yourself: PKCS#11 HSMs, Azure Key Vault / Managed HSM, software."""
 
 

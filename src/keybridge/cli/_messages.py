@@ -43,7 +43,7 @@ _PHRASES: tuple[tuple[str, str], ...] = (
         "the keystore needs a passphrase: set KEYBRIDGE_PASSPHRASE",
     ),
     (r"open it with create=True \(the CLI does\) to make a new one", "create a key first (keybridge keys create)"),
-    (r"more than max_encrypted_data_keys", "more than the 16 the command line accepts"),
+    (r"more than max_encrypted_data_keys", "more than the limit (16 by default)"),
     # The CLI declares a regular file's size up front; a mismatch means the file changed meanwhile.
     (r"more plaintext than the declared plaintext_length=(\d+)", r"the input grew while it was read (it had \1 bytes)"),
     (r"declared plaintext_length=(\d+)", r"but the input had \1 bytes when encryption started (it changed meanwhile)"),
