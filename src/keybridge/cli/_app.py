@@ -7,6 +7,7 @@ import click
 from .. import __version__
 from ._byok import byok, demo
 from ._common import keystore_option
+from ._doctor import doctor
 from ._emulator import emulator
 from ._envelope import decrypt, encrypt, rewrap
 from ._keys import keys
@@ -28,5 +29,5 @@ def app(keystore: str | None, progress: bool | None) -> None:
     """
 
 
-for command in (keys, byok, demo, emulator, encrypt, decrypt, rewrap):
+for command in (keys, byok, demo, emulator, encrypt, decrypt, rewrap, doctor):
     app.add_command(command)
