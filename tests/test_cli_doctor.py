@@ -123,3 +123,10 @@ def test_a_chosen_keystore_that_is_missing_fails_a_default_one_warns(tmp_path: P
     assert check["status"] == "fail"
     assert "check --keystore / KEYBRIDGE_KEYSTORE" in check["detail"]
     assert not (tmp_path / "typo.kbks").exists()
+
+
+def test_doctor_reads_the_variables_the_pkcs11_provider_reads() -> None:
+    from keybridge.cli import _doctor
+    from keybridge.providers import pkcs11
+
+    assert (_doctor.PKCS11_MODULE_ENV, _doctor.PKCS11_PIN_ENV) == (pkcs11.MODULE_ENV, pkcs11.PIN_ENV)

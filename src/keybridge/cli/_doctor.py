@@ -34,6 +34,8 @@ from ._messages import cli_message
 
 __all__ = ["doctor"]
 
+# providers.pkcs11's MODULE_ENV / PIN_ENV (a test keeps them equal): importing that package needs
+# the pkcs11 extra, and a missing extra is one of the things this command reports.
 PKCS11_MODULE_ENV = "KEYBRIDGE_PKCS11_MODULE"
 PKCS11_PIN_ENV = "KEYBRIDGE_PKCS11_PIN"
 # What DefaultAzureCredential reads; shown only as set / not set.
@@ -131,9 +133,13 @@ def _token_line(token: Any) -> str:
 
 def check_pkcs11(uri: str | None) -> list[Check]:
     """The PKCS#11 module and its tokens, when configured by ``--pkcs11 URI`` or the environment."""
+    module = os.environ.get(PKCS11_MODULE_ENV)
+    if not module and uri is None:
+        return [Check("pkcs11", "ok", f"not configured (give --pkcs11 URI or set {PKCS11_MODULE_ENV})")]
+    if not _present("pkcs11"):
+        return [Check("pkcs11", "fail", f"PKCS#11 is configured but the extra is missing: {pip_install('pkcs11')}")]
     from ..providers.pkcs11._uri import parse, redact
 
-    module = os.environ.get(PKCS11_MODULE_ENV)
     token_label = None
     if uri is not None:
         try:
@@ -143,11 +149,9 @@ def check_pkcs11(uri: str | None) -> list[Check]:
         module = parsed.query.get("module-path") or module
         token_label = parsed.path.get("token")
     if not module:
-        return [Check("pkcs11", "ok", f"not configured (give --pkcs11 URI or set {PKCS11_MODULE_ENV})")]
+        return [Check("pkcs11", "fail", f"the URI names no module: add ?module-path=... or set {PKCS11_MODULE_ENV}")]
     if not os.path.isfile(module):
         return [Check("pkcs11", "fail", f"module {module} does not exist; check module-path= or {PKCS11_MODULE_ENV}")]
-    if not _present("pkcs11"):
-        return [Check("pkcs11", "fail", f"module {module} is set but the extra is missing: {pip_install('pkcs11')}")]
     import pkcs11
 
     try:
