@@ -19,6 +19,7 @@ import click
 from ..emulator import Faults, ManagedHsmEmulator
 from ..errors import KeybridgeError
 from ._common import AZURE_CA_ENV, AZURE_CHALLENGE_ENV, AZURE_TOKEN_ENV
+from ._messages import cli_message
 
 __all__ = ["emulator", "EMULATOR_PID_ENV", "EMULATOR_URL_ENV"]
 
@@ -81,7 +82,7 @@ def emulator(port: int, state_dir: str | None, faults: str | None, as_json: bool
         spec = Faults.parse(faults) if faults else None
         hsm = ManagedHsmEmulator(port=port, faults=spec, state_dir=state_dir, require_token=False).start()
     except KeybridgeError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(cli_message(exc)) from None
     stop = threading.Event()
     # SIGTERM (kill, a service manager, CI teardown) shuts down as cleanly as Ctrl-C does; the
     # handler is in place before the emulator announces itself, so no signal can beat it.
