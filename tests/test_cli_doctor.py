@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from keybridge import InMemoryProvider, KeySpec
-from keybridge._softhsm import find_softhsm_module, throwaway_token
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 PASSPHRASE = "doctor-passphrase-never-shown"
@@ -48,26 +48,24 @@ def _by_area(report: dict) -> dict[str, list[dict]]:
     return out
 
 
-def test_healthy_setup_exits_0_and_shows_no_secret(tmp_path: Path, keystore: Path) -> None:
-    if find_softhsm_module() is None:
-        pytest.skip("SoftHSM2 is not installed")
+def test_healthy_setup_exits_0_and_shows_no_secret(tmp_path: Path, keystore: Path, softhsm_token) -> None:
+    token = softhsm_token
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
-    (tmp_path / "hsm").mkdir()
-    with throwaway_token(tmp_path / "hsm", "doctor-tok") as token:
-        env = {
-            **_clean_env(tmp_path),
-            "SOFTHSM2_CONF": token.conf_path,
-            "KEYBRIDGE_KEYSTORE": str(keystore),
-            "KEYBRIDGE_PASSPHRASE": PASSPHRASE,
-            "KEYBRIDGE_PKCS11_PIN": token.user_pin,
-            "KEYBRIDGE_AZURE_CA_FILE": str(ca),
-            "KEYBRIDGE_AZURE_ACCESS_TOKEN": TOKEN,
-            "AZURE_CLIENT_SECRET": CLIENT_SECRET,
-        }
-        uri = f"pkcs11:token=doctor-tok?module-path={token.module_path}"
-        human = _doctor("--pkcs11", uri, env=env)
-        done = _doctor("--pkcs11", uri, "--json", env=env)
+    # The session's token, in a directory of its own: the doctor sees only it.
+    env = {
+        **_clean_env(tmp_path),
+        "SOFTHSM2_CONF": token.conf_path,
+        "KEYBRIDGE_KEYSTORE": str(keystore),
+        "KEYBRIDGE_PASSPHRASE": PASSPHRASE,
+        "KEYBRIDGE_PKCS11_PIN": token.user_pin,
+        "KEYBRIDGE_AZURE_CA_FILE": str(ca),
+        "KEYBRIDGE_AZURE_ACCESS_TOKEN": TOKEN,
+        "AZURE_CLIENT_SECRET": CLIENT_SECRET,
+    }
+    uri = f"pkcs11:token={token.token_label}?module-path={token.module_path}"
+    human = _doctor("--pkcs11", uri, env=env)
+    done = _doctor("--pkcs11", uri, "--json", env=env)
     for out in (human, done):
         assert out.returncode == 0, out.stdout + out.stderr
         for secret in (PASSPHRASE, TOKEN, CLIENT_SECRET, token.user_pin, token.so_pin):
@@ -81,8 +79,8 @@ def test_healthy_setup_exits_0_and_shows_no_secret(tmp_path: Path, keystore: Pat
     assert "2 key(s)" in details
     pkcs11 = " | ".join(c["detail"] for c in areas["pkcs11"])
     assert token.module_path in pkcs11
-    assert "token 'doctor-tok' (SoftHSM project SoftHSM v2)" in pkcs11
-    assert "logged in to 'doctor-tok': 0 key(s)" in pkcs11
+    assert f"token {token.token_label!r} (SoftHSM project SoftHSM v2)" in pkcs11
+    assert re.search(rf"logged in to {token.token_label!r}: \d+ key\(s\)", pkcs11)
     azure = " | ".join(c["detail"] for c in areas["azure"])
     assert "KEYBRIDGE_AZURE_ACCESS_TOKEN set" in azure
     assert "AZURE_CLIENT_SECRET set" in azure
