@@ -318,7 +318,7 @@ def test_missing_azure_packages_name_the_extra_to_install() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
     assert out.startswith("MISSING ")
-    assert 'pip install "keybridge[azure]"' in out
+    assert 'pip install "keybridge-sdk[azure]"' in out
 
 
 @pytest.mark.parametrize("option", ["cache_ttl", "delete_timeout"])

@@ -159,7 +159,8 @@ def test_real_subprocess_round_trip_and_one_line_errors(env: dict[str, str]) -> 
 
     missing = cli("show", "nope")
     assert missing.returncode == 1
-    assert missing.stderr.splitlines() == ["keybridge: error: no key named 'nope' in this in-memory provider"]
+    keystore = env["KEYBRIDGE_KEYSTORE"]
+    assert missing.stderr.splitlines() == [f"keybridge: error: no key named 'nope' in the keystore {keystore!r}"]
     assert missing.stdout == ""
 
     wrong = subprocess.run(

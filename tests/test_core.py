@@ -246,9 +246,9 @@ def test_missing_extras_name_the_pip_install_command() -> None:
     assert lines[0] == "core ok", run.stderr
     assert len(lines) >= 5, run.stdout + run.stderr
     for line, extra in zip(lines[1:5], ["pkcs11", "pkcs11", "azure", "azure"], strict=True):
-        assert f'pip install "keybridge[{extra}]"' in line, line
+        assert f'pip install "keybridge-sdk[{extra}]"' in line, line
     assert run.returncode == 1
-    assert 'pip install "keybridge[cli]"' in run.stderr
+    assert 'pip install "keybridge-sdk[cli]"' in run.stderr
     assert "Traceback" not in run.stderr
 
 

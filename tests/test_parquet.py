@@ -137,7 +137,7 @@ def test_one_kms_call_per_master_key_across_files(tmp_path: Path, store: Path) -
 
 def test_without_pyarrow_a_typed_error_names_the_extra(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pyarrow.parquet.encryption", None)  # makes the import fail
-    with pytest.raises(MissingDependency, match=r"keybridge\[parquet\]"):
+    with pytest.raises(MissingDependency, match=r"keybridge-sdk\[parquet\]"):
         crypto_factory(_spec(store, "footer"))
 
 

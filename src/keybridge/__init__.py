@@ -2,7 +2,8 @@
 through one protocol, move them into Azure with BYOK, and encrypt data under them.
 
 ``import keybridge`` needs only ``cryptography``; backends that need extras are imported on first
-use and say which ``pip install "keybridge[...]"`` is missing.
+use and say which ``pip install "keybridge-sdk[...]"`` is missing (the distribution is
+``keybridge-sdk``; the import name is ``keybridge``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import audit, errors
+from ._meta import VERSION
 from .base import BaseProvider
 from .errors import (
     AuthenticationError,
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
     from .providers.memory import InMemoryProvider
     from .providers.pkcs11 import Pkcs11Provider
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "ALGORITHMS",

@@ -7,6 +7,8 @@ ever contains a PIN, a token, a passphrase or key bytes: messages name keys by r
 
 from __future__ import annotations
 
+from ._meta import pip_install
+
 __all__ = [
     "AuthenticationError",
     "IntegrityError",
@@ -91,7 +93,5 @@ class MissingDependency(KeybridgeError, ImportError):
     """An optional extra is not installed; the message names the ``pip install`` command."""
 
     def __init__(self, feature: str, extra: str) -> None:
-        super().__init__(
-            f'{feature} needs an optional dependency that is not installed: run  pip install "keybridge[{extra}]"'
-        )
+        super().__init__(f"{feature} needs an optional dependency that is not installed: run  {pip_install(extra)}")
         self.extra = extra

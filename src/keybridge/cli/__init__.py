@@ -29,9 +29,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of the ``keybridge`` console script."""
     try:
         app = _cli()
-        app.main(args=argv, prog_name="keybridge", standalone_mode=False)
+        # Not standalone, so click returns (instead of exiting with) a command's ctx.exit(code).
+        code = app.main(args=argv, prog_name="keybridge", standalone_mode=False)
     except KeybridgeError as exc:
-        print(f"keybridge: error: {exc}", file=sys.stderr)
+        from ._messages import cli_message  # library hints name Python parameters; say flags instead
+
+        print(f"keybridge: error: {cli_message(exc)}", file=sys.stderr)
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
         print("keybridge: interrupted", file=sys.stderr)
@@ -57,4 +60,4 @@ def main(argv: list[str] | None = None) -> NoReturn:
             print("keybridge: error: out of memory; use a smaller --frame-length or stream the data", file=sys.stderr)
             sys.exit(EXIT_ERROR)
         raise
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

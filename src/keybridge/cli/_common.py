@@ -24,6 +24,7 @@ __all__ = [
     "default_keystore",
     "emit",
     "json_option",
+    "keystore_option",
     "key_info_dict",
     "open_cli_key",
     "open_cli_provider",
@@ -41,10 +42,21 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 """The ``--json`` flag; the command receives it as ``as_json``."""
 
 
+KEYSTORE_HELP = (
+    "The keystore file that memory:NAME keys live in (the same file Python opens with"
+    " open_provider('memory:NAME', keystore=PATH, passphrase=...)). Default: $KEYBRIDGE_KEYSTORE,"
+    " else ~/.local/share/keybridge/keystore.kbks."
+)
+keystore_option = click.option("--keystore", "keystore", metavar="PATH", default=None, help=KEYSTORE_HELP)
+"""The group's ``--keystore`` flag; :func:`default_keystore` reads it from the root context."""
+
+
 def default_keystore() -> Path:
-    """The keystore the CLI uses for ``memory:`` keys: ``$KEYBRIDGE_KEYSTORE`` or
-    ``~/.local/share/keybridge/keystore.kbks``."""
-    env = os.environ.get(KEYSTORE_ENV)
+    """The keystore the CLI uses for ``memory:`` keys: ``keybridge --keystore PATH``, else
+    ``$KEYBRIDGE_KEYSTORE``, else ``~/.local/share/keybridge/keystore.kbks``."""
+    ctx = click.get_current_context(silent=True)
+    flag = ctx.find_root().params.get("keystore") if ctx is not None else None
+    env = flag or os.environ.get(KEYSTORE_ENV)
     if env:
         return Path(env).expanduser()
     return Path.home() / ".local" / "share" / "keybridge" / "keystore.kbks"
@@ -72,7 +84,8 @@ def open_cli_provider(uri: str, *, create: bool = False) -> KeyProvider:
         keystore = default_keystore()
         if not create and not keystore.exists():
             raise ProviderUnavailable(
-                f"no keystore at {keystore}; check {KEYSTORE_ENV}, or create a key first (keybridge keys create)"
+                f"no keystore at {keystore} (memory: keys live in a keystore file); check --keystore or"
+                f" {KEYSTORE_ENV}, or create a key first (keybridge keys create NAME)"
             )
         passphrase = _passphrase(keystore)
         keystore.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

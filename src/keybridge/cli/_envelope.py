@@ -23,11 +23,12 @@ from .._files import atomic_output
 from ..errors import InvalidArgument
 from ..provider import KeyHandle, KeyProvider
 from ._common import cli_uri, emit, json_option, open_cli_provider
+from ._messages import RecipientWitness
+from ._progress import reading_with_progress
 
 __all__ = ["decrypt", "encrypt", "rewrap"]
 
 _CHUNK = 1 << 20
-_PROGRESS_MIN = 8 << 20  # show a bar only for inputs of at least 8 MiB
 _SUITES = {False: 0x0478, True: 0x0578}
 
 
@@ -60,11 +61,14 @@ def _keys(uris: tuple[str, ...]) -> KeyHandle | list[KeyHandle]:
 def _input(path: str) -> Iterator[tuple[IO[bytes], int | None]]:
     """The input stream and its size when it is a regular file (None for pipes)."""
     if path == "-":
-        yield sys.stdin.buffer, None
+        with reading_with_progress(sys.stdin.buffer, None) as src:
+            yield src, None
         return
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
-        yield f, st.st_size if stat.S_ISREG(st.st_mode) else None
+        size = st.st_size if stat.S_ISREG(st.st_mode) else None
+        with reading_with_progress(f, size) as src:
+            yield src, size
 
 
 @contextlib.contextmanager
@@ -81,36 +85,24 @@ def _output(path: str | None) -> Iterator[IO[bytes]]:
         yield f
 
 
-def _copy(src: Any, dst: Any, total: int | None, label: str) -> int:
-    """Copy in 1 MiB chunks (constant memory), with a progress bar on a terminal for big inputs."""
+def _copy(src: Any, dst: Any) -> int:
+    """Copy in 1 MiB chunks (constant memory); progress is shown by the input (see _input)."""
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
     done = 0
-    show = total is not None and total >= _PROGRESS_MIN and sys.stderr.isatty()
-    with contextlib.ExitStack() as stack:
-        advance = None
-        if show:
-            from rich.console import Console
-            from rich.progress import Progress
-
-            progress = stack.enter_context(Progress(console=Console(stderr=True), transient=True))
-            task = progress.add_task(label, total=total)
-            advance = progress.advance
-        readinto = getattr(src, "readinto", None)
-        while True:
-            if readinto is not None:
-                n = readinto(buf)
-                chunk = view[:n] if n else b""
-            else:
-                chunk = src.read(_CHUNK)
-                n = len(chunk)
-            if not n:
-                break
-            dst.write(chunk)
-            done += n
-            if advance is not None:
-                advance(task, n)
-        view.release()
+    readinto = getattr(src, "readinto", None)
+    while True:
+        if readinto is not None:
+            n = readinto(buf)
+            chunk = view[:n] if n else b""
+        else:
+            chunk = src.read(_CHUNK)
+            n = len(chunk)
+        if not n:
+            break
+        dst.write(chunk)
+        done += n
+    view.release()
     return done
 
 
@@ -193,7 +185,7 @@ def encrypt(
         with envelope.open_encryptor(
             dst, recipients, context=ctx, frame_length=frame_length, suite=_SUITES[signed], plaintext_length=size
         ) as enc:
-            n = _copy(src, enc, size, "encrypting")
+            n = _copy(src, enc)
         info = enc.info
     summary = _summary("encrypt", info, n, dst.n)
     _report(summary, f"encrypted {n} bytes for {len(info.edks)} key(s) -> {output}", as_json=as_json, output=output)
@@ -212,13 +204,13 @@ def decrypt(
     from .. import envelope
 
     expected = _context(context) or None
-    recipients = _keys(keys)
+    recipients = RecipientWitness(_keys(keys), flag="--key")
     with (
         _input(input_path) as (src, size),
         _output(output) as dst,
         envelope.open_decryptor(src, recipients, expected_context=expected) as dec,
     ):
-        n = _copy(dec, dst, size, "decrypting")
+        n = _copy(dec, dst)
         info = dec.info
     summary = _summary("decrypt", info, size if size is not None else -1, n)
     _report(summary, f"decrypted {n} bytes -> {output}", as_json=as_json, output=output)
@@ -238,7 +230,7 @@ def rewrap(
     """Replace the recipients of a message without re-encrypting its body (the body is copied)."""
     from .. import envelope
 
-    old, new = _keys(unwrap_with), _keys(wrap_for)
+    old, new = RecipientWitness(_keys(unwrap_with), flag="--unwrap-with"), _keys(wrap_for)
     with _input(input_path) as (src, size), _output(output) as raw:
         dst = _Counter(raw)
         info = envelope.rewrap(src, dst, unwrap_with=old, wrap_for=new)

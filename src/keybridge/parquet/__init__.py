@@ -1,4 +1,4 @@
-"""Parquet modular encryption under keys keybridge opens (``pip install keybridge[parquet]``).
+"""Parquet modular encryption under keys keybridge opens (``pip install "keybridge-sdk[parquet]"``).
 
 Master key identifiers in a pyarrow ``EncryptionConfiguration`` are names in a
 :class:`ParquetKeys` spec, each bound to a key URI; the footer and column keys may live in

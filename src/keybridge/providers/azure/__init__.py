@@ -1,6 +1,6 @@
 """Azure Key Vault and Azure Key Vault Managed HSM, through azure-keyvault-keys and azure-identity.
 
-Needs the ``azure`` extra: ``pip install "keybridge[azure]"``. See docs/azure.md.
+Needs the ``azure`` extra: ``pip install "keybridge-sdk[azure]"``. See docs/azure.md.
 """
 
 from __future__ import annotations

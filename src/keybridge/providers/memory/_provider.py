@@ -193,7 +193,13 @@ class InMemoryProvider(BaseProvider):
         try:
             return self._keys[name]
         except KeyError:
-            raise KeyNotFound(f"no key named {name!r} in this in-memory provider") from None
+            # memory:NAME means NAME in whichever keystore the provider opened: say which one.
+            where = (
+                f"the keystore {str(self._path)!r}"
+                if self._path is not None
+                else "this in-memory provider (no keystore: pass keystore= and passphrase= for a keystore's keys)"
+            )
+            raise KeyNotFound(f"no key named {name!r} in {where}") from None
 
     def _stored(self, name: str, version: str | None) -> StoredKey:
         with self._lock:
