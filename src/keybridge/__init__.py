@@ -26,6 +26,7 @@ from .errors import (
     KeyNotFound,
     MissingDependency,
     OperationNotPermitted,
+    OutputExists,
     ProviderUnavailable,
     UnsupportedAlgorithm,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "KeybridgeError",
     "MissingDependency",
     "OperationNotPermitted",
+    "OutputExists",
     "Pkcs11Provider",
     "ProviderUnavailable",
     "UnsupportedAlgorithm",
