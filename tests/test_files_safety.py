@@ -74,6 +74,15 @@ def test_a_dangling_symlink_counts_as_taken(tmp_path: Path) -> None:
     assert not (tmp_path / "elsewhere").exists()
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_directory_is_refused_as_an_output(tmp_path: Path, overwrite: bool) -> None:
+    (tmp_path / "d").mkdir()
+    with pytest.raises(InvalidArgument, match="is a directory"):
+        atomic_write(tmp_path / "d", b"x", overwrite=overwrite)
+    assert _names(tmp_path) == ["d"]
+    assert _names(tmp_path / "d") == []
+
+
 def test_a_file_created_meanwhile_wins_and_is_not_replaced(tmp_path: Path) -> None:
     target = tmp_path / "out"
     with pytest.raises(OutputExists, match="nothing was written"):

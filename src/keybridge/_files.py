@@ -68,6 +68,8 @@ def _check_target(target: Path, protected: dict[tuple[int, int], str], overwrite
                 f"{target} is the same file as {protected[(st.st_dev, st.st_ino)]}; nothing was written:"
                 " write to another path"
             )
+    if os.path.isdir(target):  # os.replace would fail late, naming the hidden temp file
+        raise InvalidArgument(f"{target} is a directory; give the path of a file to write")
     if not overwrite and os.path.lexists(target):
         raise OutputExists(os.fspath(target), hint)
 
