@@ -3,9 +3,9 @@
 IN and OUT are paths or ``-`` (stdin / stdout). A file OUT is written atomically: an unnamed file
 in the same directory, given the name OUT only once the whole message (or the whole authenticated
 plaintext) is there, so a failure, a signal or a kill never leaves a partial file. An existing OUT
-needs ``--force``; OUT is never IN or the keystore, even with ``--force``. Decrypting to stdout streams frames
-as they authenticate, so a later failure can leave part of the plaintext written: the exit code is
-then non-zero and the output must be discarded. A KEY is a key URI or a bare NAME (``memory:NAME``
+needs ``--force``; OUT is never IN or the keystore, even with ``--force``. Decrypting to stdout
+streams frames as they authenticate, so a later failure can leave part of the plaintext written:
+the exit code is then non-zero and the output must be discarded. A KEY is a key URI or a bare NAME (``memory:NAME``
 in the default keystore); repeating ``--key`` / ``--wrap-for`` means any one of them decrypts.
 """
 
