@@ -25,7 +25,7 @@ def _protected(inputs: tuple[str, ...]) -> list[str]:
     """The files an output must never be: the inputs, the keystore, and what stdin reads from."""
     paths = [p for p in inputs if p != "-"]
     if "-" in inputs:
-        paths.append("/proc/self/fd/0")  # `keybridge encrypt -o f < f`: stdin is the file f
+        paths.append("/dev/stdin")  # `keybridge encrypt -o f < f`: stdin is the file f
     paths.append(os.fspath(default_keystore()))
     return paths
 
