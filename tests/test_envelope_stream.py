@@ -202,7 +202,7 @@ def test_failure_mid_way_leaves_no_output_and_no_temp(key: RawAesSource, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["enc"]
     (tmp_path / "out").write_bytes(b"previous")  # an existing destination survives a failure untouched
     with pytest.raises(IntegrityError):
-        decrypt_file(tmp_path / "enc", tmp_path / "out", key)
+        decrypt_file(tmp_path / "enc", tmp_path / "out", key, overwrite=True)
     assert (tmp_path / "out").read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["enc", "out"]
 
@@ -221,7 +221,7 @@ def test_encrypt_file_failure_leaves_nothing(tmp_path: Path) -> None:
 def test_encrypt_file_in_place(key: RawAesSource, tmp_path: Path) -> None:
     p = tmp_path / "doc"
     p.write_bytes(b"in place")
-    encrypt_file(p, p, key)
+    encrypt_file(p, p, key, overwrite=True)
     assert decrypt(p.read_bytes(), key).plaintext == b"in place"
 
 
@@ -249,7 +249,7 @@ def test_rewrap_can_add_a_key(tmp_path: Path) -> None:
     a, b = RawAesSource(os.urandom(32)), RawAesSource(os.urandom(32), name="kek-b")
     msg = encrypt(b"payload", a)
     (tmp_path / "m").write_bytes(msg)
-    info = rewrap_file(tmp_path / "m", tmp_path / "m", unwrap_with=a, wrap_for=AnyOf(a, b))
+    info = rewrap_file(tmp_path / "m", tmp_path / "m", unwrap_with=a, wrap_for=AnyOf(a, b), overwrite=True)
     assert len(info.edks) == 2
     data = (tmp_path / "m").read_bytes()
     assert decrypt(data, a).plaintext == decrypt(data, b).plaintext == b"payload"

@@ -6,7 +6,6 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import random
 import signal
 import stat
 import subprocess
@@ -229,13 +228,12 @@ def _temp_files(path: Path) -> list[Path]:
 
 
 def test_a_crash_during_save_never_leaves_a_partial_keystore(path: Path) -> None:
-    rng = random.Random(1234)
-    runs = 0
-    # Kill until at least two kills provably landed inside a save (a stranded temp file shows it).
-    while len(_temp_files(path)) < 2 and runs < 25:
-        runs += 1
+    # Each save fsyncs the new (still unnamed) file, then the directory once it is linked in: a
+    # kill at every fsync count from 5 to 12 lands both between "data written" and "name given"
+    # and just after the rename.
+    for stop_at in range(5, 13):
         child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(path), PASSPHRASE, str(rng.randint(5, 12))],
+            [sys.executable, "-c", _CHILD, str(path), PASSPHRASE, str(stop_at)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -249,11 +247,5 @@ def test_a_crash_during_save_never_leaves_a_partial_keystore(path: Path) -> None
         assert isinstance(info.public_key, rsa.RSAPublicKey)
         sig = kp.sign(info.ref, "RS256", DIGEST)
         info.public_key.verify(sig, DIGEST, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
-    leftovers = _temp_files(path)
-    assert len(leftovers) >= 2, f"no kill landed inside a save in {runs} runs"
-    # What a SIGKILL strands is atomic_write's temp file next to the keystore, never at its path;
-    # it is private (0600) and holds only ciphertext.
-    for leftover in leftovers:
-        assert leftover.name.startswith(f".{path.name}.")
-        assert leftover.name.endswith(".tmp")
-        assert stat.S_IMODE(leftover.stat().st_mode) == 0o600
+        # The new keystore is written as an O_TMPFILE: a SIGKILL strands no temp file at all.
+        assert _temp_files(path) == [], f"SIGKILL at fsync {stop_at} left {_temp_files(path)}"

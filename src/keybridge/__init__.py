@@ -28,6 +28,7 @@ from .errors import (
     KeyNotFound,
     MissingDependency,
     OperationNotPermitted,
+    OutputExists,
     ProviderUnavailable,
     UnsupportedAlgorithm,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "KeybridgeError",
     "MissingDependency",
     "OperationNotPermitted",
+    "OutputExists",
     "Pkcs11Provider",
     "ProviderUnavailable",
     "UnsupportedAlgorithm",

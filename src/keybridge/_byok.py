@@ -185,9 +185,11 @@ class ByokPackage:
             raise InvalidPackage(f"generator must be a string, got {type(generator).__name__}")
         return cls(kid=kid, ciphertext=ciphertext, generator=generator)
 
-    def write(self, path: str | os.PathLike[str]) -> None:
-        """Write the package atomically (temp file + rename)."""
-        atomic_write(path, self.to_json(), mode=0o644)
+    def write(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        """Write the package atomically, mode 0600 (it is a wrapped private key: only the KEK
+        holder can open it, but who may read it is still the owner's call). An existing ``path``
+        raises :class:`~keybridge.errors.OutputExists` unless ``overwrite``."""
+        atomic_write(path, self.to_json(), mode=0o600, overwrite=overwrite)
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> ByokPackage:

@@ -101,7 +101,8 @@ def throwaway_token(workdir: Path, label: str) -> Iterator[SoftHsmToken]:
     tokens = workdir / "tokens"
     tokens.mkdir(mode=0o700, exist_ok=True)
     conf = workdir / "softhsm2.conf"
-    atomic_write(conf, f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n".encode())
+    settings = f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
+    atomic_write(conf, settings.encode(), overwrite=True)
     token = SoftHsmToken(module, label, secrets.token_hex(8), secrets.token_hex(8), str(conf))
     # The PINs appear on this short-lived command line only; the token dies with its directory.
     subprocess.run(

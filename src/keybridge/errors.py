@@ -23,6 +23,7 @@ __all__ = [
     "KeyNotFound",
     "KeybridgeError",
     "MissingDependency",
+    "OutputExists",
     "OperationNotPermitted",
     "ProviderUnavailable",
     "UnsupportedAlgorithm",
@@ -51,6 +52,20 @@ class InvalidPackage(InvalidArgument):
 
 class InvalidMessage(InvalidArgument):
     """An envelope message is malformed (bad header, unknown version or suite, truncated)."""
+
+
+class OutputExists(KeybridgeError, FileExistsError):
+    """A file output would replace an existing file and replacing was not asked for; nothing was
+    written. ``path`` is the output; the message says how to allow replacing (``--force`` on the
+    command line, ``overwrite=True`` in Python)."""
+
+    def __init__(self, path: str, hint: str = "pass overwrite=True to replace it") -> None:
+        super().__init__(f"{path} already exists; nothing was written ({hint})")
+        self.path = path
+        self.hint = hint
+
+    def __reduce__(self) -> tuple[type[OutputExists], tuple[str, str]]:
+        return (OutputExists, (self.path, self.hint))
 
 
 class KeyNotFound(KeybridgeError, LookupError):

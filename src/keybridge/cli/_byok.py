@@ -35,6 +35,7 @@ from ..errors import IntegrityError, InvalidArgument
 from ..keys import RSA_SIZES, KeyInfo, KeyOp, KeySpec, KeyType
 from ..provider import KeyProvider, open_provider
 from ._common import cli_uri, emit, json_option, key_info_dict, open_cli_key, open_cli_provider
+from ._outputs import cli_write, early_check, force_option
 
 __all__ = ["byok", "demo"]
 
@@ -104,14 +105,17 @@ def kek() -> None:
 @click.option("--name", required=True, help="Name of the new KEK.")
 @click.option("--size", type=_SIZES, default="4096", show_default=True, help="RSA modulus size.")
 @click.option("--pem", type=click.Path(dir_okay=False), help="Also write the KEK public key (PEM) to this file.")
+@force_option
 @json_option
-def kek_create(vault_url: str, name: str, size: str, pem: str | None, as_json: bool) -> None:
+def kek_create(vault_url: str, name: str, size: str, pem: str | None, force: bool, as_json: bool) -> None:
     """Create a KEK in the target vault (like `az keyvault key create --ops import`)."""
+    if pem:  # refuse a taken --pem before the KEK exists, not after
+        early_check(pem, force=force)
     with open_cli_provider(cli_uri(vault_url)) as target:
         info = target.create_key(name, KeySpec.rsa(int(size)), ops=[KeyOp.IMPORT])
     steps = [f"Created KEK {info.ref} ({info.spec}, ops: import)"]
     if pem:
-        atomic_write(pem, _pem(info), mode=0o644)
+        cli_write(pem, _pem(info), force=force, mode=0o644)  # a public key: readable by all
         steps.append(f"Wrote its public key to {pem}")
     emit({"kek": key_info_dict(info), "pem": pem}, _lines(steps), as_json=as_json)
 
@@ -119,8 +123,9 @@ def kek_create(vault_url: str, name: str, size: str, pem: str | None, as_json: b
 @kek.command("show")
 @click.argument("key_uri", metavar="KEY-URI")
 @click.option("--pem", type=click.Path(dir_okay=False), help="Write the KEK public key (PEM) to this file.")
+@force_option
 @json_option
-def kek_show(key_uri: str, pem: str | None, as_json: bool) -> None:
+def kek_show(key_uri: str, pem: str | None, force: bool, as_json: bool) -> None:
     """Show a KEK's id and size, and optionally save its public key for `byok export`."""
     handle = open_cli_key(key_uri)
     with handle.provider:
@@ -130,7 +135,7 @@ def kek_show(key_uri: str, pem: str | None, as_json: bool) -> None:
     if not is_kek:
         steps.append("warning: this is not a key-exchange key (an RSA key with ops exactly [import])")
     if pem:
-        atomic_write(pem, _pem(info), mode=0o644)
+        cli_write(pem, _pem(info), force=force, mode=0o644)
         steps.append(f"Wrote its public key to {pem}")
     emit({"kek": key_info_dict(info), "is_kek": is_kek, "pem": pem}, _lines(steps), as_json=as_json)
 
@@ -146,6 +151,7 @@ def kek_show(key_uri: str, pem: str | None, as_json: bool) -> None:
     help="First generate the key in the source (exportable; in an HSM it stays sensitive: it leaves only wrapped).",
 )
 @_spec_options
+@force_option
 @json_option
 def export_cmd(
     source_uri: str,
@@ -157,9 +163,11 @@ def export_cmd(
     size: int | None,
     curve: str | None,
     ops: str | None,
+    force: bool,
     as_json: bool,
 ) -> None:
-    """Have the source wrap its key under the KEK (inside the HSM) and write a .byok file."""
+    """Have the source wrap its key under the KEK (inside the HSM) and write a .byok file (mode 0600)."""
+    early_check(output, force=force, inputs=(kek_pem,))  # before --generate makes a key
     kek_key = load_kek_public_key(Path(kek_pem).read_bytes())
     check_kek_id(kek_id)
     handle = open_cli_key(source_uri, create=generate)
@@ -176,7 +184,7 @@ def export_cmd(
             data["generated"] = key_info_dict(info)
         package = export(source, ref, kek_key, kek_id)
     steps.append(f"The {source.scheme} provider wrapped {ref} under KEK {kek_id} (CKM_RSA_AES_KEY_WRAP)")
-    package.write(output)
+    cli_write(output, package.to_json(), force=force, inputs=(kek_pem,), mode=0o600)
     steps.append(f"Wrote {output} ({len(package.ciphertext)} bytes of ciphertext)")
     data.update(source=str(ref), kek_id=kek_id, output=output, ciphertext_bytes=len(package.ciphertext))
     emit(data, _lines(steps), as_json=as_json)

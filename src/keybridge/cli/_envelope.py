@@ -1,10 +1,11 @@
 """``keybridge encrypt`` / ``decrypt`` / ``rewrap``: envelope encryption of files and pipes.
 
-IN and OUT are paths or ``-`` (stdin / stdout). A file OUT is written atomically: a temporary file
-in the same directory, renamed over OUT only once the whole message (or the whole authenticated
-plaintext) is there, so a failure never leaves a partial file. Decrypting to stdout streams frames
-as they authenticate, so a later failure can leave part of the plaintext written: the exit code is
-then non-zero and the output must be discarded. A KEY is a key URI or a bare NAME (``memory:NAME``
+IN and OUT are paths or ``-`` (stdin / stdout). A file OUT is written atomically: an unnamed file
+in the same directory, given the name OUT only once the whole message (or the whole authenticated
+plaintext) is there, so a failure, a signal or a kill never leaves a partial file. An existing OUT
+needs ``--force``; OUT is never IN or the keystore, even with ``--force``. Decrypting to stdout
+streams frames as they authenticate, so a later failure can leave part of the plaintext written:
+the exit code is then non-zero and the output must be discarded. A KEY is a key URI or a bare NAME (``memory:NAME``
 in the default keystore); repeating ``--key`` / ``--wrap-for`` means any one of them decrypts.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import stat
 import sys
 from collections.abc import Iterator
@@ -19,11 +21,12 @@ from typing import IO, Any
 
 import click
 
-from .._files import atomic_output
 from ..errors import InvalidArgument
 from ..provider import KeyHandle, KeyProvider
+from . import Signalled
 from ._common import cli_uri, emit, json_option, open_cli_provider
 from ._messages import RecipientWitness
+from ._outputs import cli_output, force_option
 from ._progress import reading_with_progress
 
 __all__ = ["decrypt", "encrypt", "rewrap"]
@@ -72,16 +75,19 @@ def _input(path: str) -> Iterator[tuple[IO[bytes], int | None]]:
 
 
 @contextlib.contextmanager
-def _output(path: str | None) -> Iterator[IO[bytes]]:
-    """stdout, or a temp file beside ``path`` renamed over it on success and removed on failure."""
+def _output(path: str | None, *, force: bool, input_path: str) -> Iterator[IO[bytes]]:
+    """stdout, or an atomic, exclusive (unless ``force``) file at ``path`` that is never ``input_path``."""
     if path is None or path == "-":
         out = sys.stdout.buffer
         if out.isatty():
             raise InvalidArgument("refusing to write binary output to a terminal; use -o FILE or a pipe")
-        yield out
-        out.flush()
+        try:
+            yield out
+            out.flush()
+        except BrokenPipeError:  # the reader went away (`| head`): end as a SIGPIPE would
+            raise Signalled(signal.SIGPIPE) from None
         return
-    with atomic_output(path) as f:
+    with cli_output(path, force=force, inputs=(input_path,)) as f:
         yield f
 
 
@@ -156,6 +162,21 @@ _key_option = click.option(
 )
 _context_option = click.option("--context", "-c", "context", multiple=True, metavar="K=V", help="Encryption context.")
 _out_option = click.option("-o", "--output", "output", metavar="OUT", help="Output file, or - for stdout (default).")
+_max_edks_option = click.option(
+    "--max-encrypted-data-keys",
+    "max_edks",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Refuse a message with more than N encrypted data keys (default: the library's cap, 16).",
+)
+
+
+def _edk_limit(max_edks: int | None) -> int:
+    """--max-encrypted-data-keys, or the library's default cap when it is not given."""
+    from ..envelope._decrypt import MAX_ENCRYPTED_DATA_KEYS
+
+    return MAX_ENCRYPTED_DATA_KEYS if max_edks is None else max_edks
 
 
 @click.command()
@@ -165,6 +186,7 @@ _out_option = click.option("-o", "--output", "output", metavar="OUT", help="Outp
 @_context_option
 @click.option("--frame-length", type=click.IntRange(1, 2**31 - 1), default=65536, show_default=True)
 @click.option("--signed", is_flag=True, help="Use suite 0x0578 (adds an ECDSA P-384 signature).")
+@force_option
 @json_option
 def encrypt(
     input_path: str,
@@ -173,6 +195,7 @@ def encrypt(
     context: tuple[str, ...],
     frame_length: int,
     signed: bool,
+    force: bool,
     as_json: bool,
 ) -> None:
     """Encrypt IN (a file or - for stdin) into an AWS Encryption SDK message."""
@@ -180,7 +203,7 @@ def encrypt(
 
     ctx = _context(context)
     recipients = _keys(keys)
-    with _input(input_path) as (src, size), _output(output) as raw:
+    with _input(input_path) as (src, size), _output(output, force=force, input_path=input_path) as raw:
         dst = _Counter(raw)
         with envelope.open_encryptor(
             dst, recipients, context=ctx, frame_length=frame_length, suite=_SUITES[signed], plaintext_length=size
@@ -196,9 +219,17 @@ def encrypt(
 @_out_option
 @_key_option
 @click.option("--context", "-c", "context", multiple=True, metavar="K=V", help="Expected encryption context.")
+@_max_edks_option
+@force_option
 @json_option
 def decrypt(
-    input_path: str, output: str | None, keys: tuple[str, ...], context: tuple[str, ...], as_json: bool
+    input_path: str,
+    output: str | None,
+    keys: tuple[str, ...],
+    context: tuple[str, ...],
+    max_edks: int | None,
+    force: bool,
+    as_json: bool,
 ) -> None:
     """Decrypt a message from IN (a file or - for stdin); --context pairs must all be in it."""
     from .. import envelope
@@ -207,8 +238,10 @@ def decrypt(
     recipients = RecipientWitness(_keys(keys), flag="--key")
     with (
         _input(input_path) as (src, size),
-        _output(output) as dst,
-        envelope.open_decryptor(src, recipients, expected_context=expected) as dec,
+        _output(output, force=force, input_path=input_path) as dst,
+        envelope.open_decryptor(
+            src, recipients, expected_context=expected, max_encrypted_data_keys=_edk_limit(max_edks)
+        ) as dec,
     ):
         n = _copy(dec, dst)
         info = dec.info
@@ -223,16 +256,24 @@ def decrypt(
 @click.option(
     "--wrap-for", "wrap_for", multiple=True, required=True, metavar="KEY", help="Recipient of OUT; repeatable."
 )
+@_max_edks_option
+@force_option
 @json_option
 def rewrap(
-    input_path: str, output: str, unwrap_with: tuple[str, ...], wrap_for: tuple[str, ...], as_json: bool
+    input_path: str,
+    output: str,
+    unwrap_with: tuple[str, ...],
+    wrap_for: tuple[str, ...],
+    max_edks: int | None,
+    force: bool,
+    as_json: bool,
 ) -> None:
     """Replace the recipients of a message without re-encrypting its body (the body is copied)."""
     from .. import envelope
 
     old, new = RecipientWitness(_keys(unwrap_with), flag="--unwrap-with"), _keys(wrap_for)
-    with _input(input_path) as (src, size), _output(output) as raw:
+    with _input(input_path) as (src, size), _output(output, force=force, input_path=input_path) as raw:
         dst = _Counter(raw)
-        info = envelope.rewrap(src, dst, unwrap_with=old, wrap_for=new)
+        info = envelope.rewrap(src, dst, unwrap_with=old, wrap_for=new, max_encrypted_data_keys=_edk_limit(max_edks))
     summary = _summary("rewrap", info, size if size is not None else -1, dst.n)
     _report(summary, f"rewrapped for {len(info.edks)} key(s) -> {output}", as_json=as_json, output=output)

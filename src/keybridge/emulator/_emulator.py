@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import secrets
@@ -15,7 +16,7 @@ from typing import Any
 from typing_extensions import Self
 
 from .._files import atomic_write
-from ..errors import InvalidArgument, ProviderUnavailable
+from ..errors import InvalidArgument, OutputExists, ProviderUnavailable
 from ..provider import KeyProvider, open_provider
 from ._auth import EmulatorCredential
 from ._faults import FaultInjector, Faults
@@ -227,7 +228,9 @@ class ManagedHsmEmulator:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         secret = self.state_dir / _PASSPHRASE
         if not secret.exists():
-            atomic_write(secret, secrets.token_urlsafe(32).encode("ascii"), mode=0o600)
+            # Exclusive: of two emulators starting on one state_dir, the first one's secret stays.
+            with contextlib.suppress(OutputExists):
+                atomic_write(secret, secrets.token_urlsafe(32).encode("ascii"), mode=0o600)
         return open_provider(
             "memory:",
             keystore=self.state_dir / _KEYSTORE,
@@ -247,4 +250,4 @@ class ManagedHsmEmulator:
 
     def _save_state(self) -> None:
         assert self.state_dir is not None
-        atomic_write(self.state_dir / _STATE, json.dumps(self._vault.dump()).encode("utf-8"))
+        atomic_write(self.state_dir / _STATE, json.dumps(self._vault.dump()).encode("utf-8"), overwrite=True)

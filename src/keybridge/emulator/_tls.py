@@ -87,8 +87,8 @@ def make_server_context(directory: Path) -> tuple[ssl.SSLContext, Path]:
     ca_pem, cert_pem, key_pem = _certificates()
     ca_file = directory / "ca.pem"
     chain_file = directory / "server.pem"
-    atomic_write(ca_file, ca_pem, mode=0o644)
-    atomic_write(chain_file, key_pem + cert_pem, mode=0o600)
+    atomic_write(ca_file, ca_pem, mode=0o644, overwrite=True)
+    atomic_write(chain_file, key_pem + cert_pem, mode=0o600, overwrite=True)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:

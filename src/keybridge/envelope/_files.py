@@ -1,7 +1,8 @@
 """Whole files: constant memory, and atomic output (temp file in the target directory, then rename).
 
-On any failure the temp file is removed and the destination is left as it was; the destination
-only ever holds a complete result. Outputs are created with mode 0600.
+On any failure nothing new is left under any name and the destination is left as it was; the
+destination only ever holds a complete result. Outputs are created with mode 0600. An existing
+destination raises :class:`~keybridge.errors.OutputExists` unless ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ def encrypt_file(
     frame_length: int = DEFAULT_FRAME_LENGTH,
     suite: Suite | int = DEFAULT_SUITE,
     max_encrypted_data_keys: int | None = None,
+    overwrite: bool = False,
 ) -> MessageInfo:
-    """Encrypt the file at ``src_path`` into ``dst_path`` (may be the same path) in constant memory.
-    ``max_encrypted_data_keys`` as for :func:`encrypt`."""
+    """Encrypt the file at ``src_path`` into ``dst_path`` in constant memory.
+    ``max_encrypted_data_keys`` as for :func:`encrypt`. An existing ``dst_path`` (the same path too,
+    to encrypt in place) needs ``overwrite=True``."""
     src_p, dst_p = check_path(src_path, "src_path"), check_path(dst_path, "dst_path")
-    with open(src_p, "rb", buffering=0) as src, atomic_output(dst_p) as dst:
+    with open(src_p, "rb", buffering=0) as src, atomic_output(dst_p, overwrite=overwrite) as dst:
         st = os.fstat(src.fileno())
         size = st.st_size if stat.S_ISREG(st.st_mode) else None
         with EncryptingWriter(
@@ -80,13 +83,14 @@ def decrypt_file(
     expected_context: Mapping[str, str] | None = None,
     max_encrypted_data_keys: int | None = MAX_ENCRYPTED_DATA_KEYS,
     max_nonframed_bytes: int | None = MAX_NONFRAMED_BYTES,
+    overwrite: bool = False,
 ) -> DecryptInfo:
     """Decrypt the message at ``src_path`` into ``dst_path``; the plaintext file appears only once
     the whole message (signature included) has been authenticated. ``max_nonframed_bytes`` caps
     the memory a non-framed message may take (see :func:`open_decryptor`). The result's
-    ``opened_by`` names the key that opened it."""
+    ``opened_by`` names the key that opened it. An existing ``dst_path`` needs ``overwrite=True``."""
     src_p, dst_p = check_path(src_path, "src_path"), check_path(dst_path, "dst_path")
-    with open(src_p, "rb") as src, atomic_output(dst_p) as dst:
+    with open(src_p, "rb") as src, atomic_output(dst_p, overwrite=overwrite) as dst:
         with DecryptingReader(
             src,
             keys,

@@ -85,10 +85,12 @@ def rewrap_file(
     wrap_for: Keys,
     expected_context: Mapping[str, str] | None = None,
     max_encrypted_data_keys: int | None = MAX_ENCRYPTED_DATA_KEYS,
+    overwrite: bool = False,
 ) -> DecryptInfo:
-    """:func:`rewrap` between files, atomically; ``dst_path`` may equal ``src_path`` (in place)."""
+    """:func:`rewrap` between files, atomically. An existing ``dst_path`` (``src_path`` too, to
+    rewrap in place) needs ``overwrite=True``."""
     src_p, dst_p = check_path(src_path, "src_path"), check_path(dst_path, "dst_path")
-    with open(src_p, "rb", buffering=0) as src, atomic_output(dst_p) as dst:
+    with open(src_p, "rb", buffering=0) as src, atomic_output(dst_p, overwrite=overwrite) as dst:
         return rewrap(
             src,
             dst,

@@ -305,6 +305,6 @@ def reread(path: Path, sealer: Sealer, make_ref: RefFactory) -> dict[str, list[S
 def write(path: Path, sealer: Sealer, keys: Mapping[str, Sequence[StoredKey]]) -> None:
     """Write a keystore file atomically (temp file, fsync, rename), mode 0600."""
     try:
-        atomic_write(path, sealer.seal(encode(keys)), mode=0o600)
+        atomic_write(path, sealer.seal(encode(keys)), mode=0o600, overwrite=True)
     except OSError as exc:
         raise ProviderUnavailable(f"cannot write keystore {str(path)!r}: {exc.strerror}") from exc
