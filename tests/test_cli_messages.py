@@ -30,6 +30,8 @@ PYTHON_ONLY = (
     "cannot wrap an existing data key",
     "already registered; pass replace=True",
     "ekm %s",
+    "use salt_length=padding.PSS",  # cryptography signing API (as_private_key)
+    "grant= needs grant_credential=",
 )
 
 

@@ -135,7 +135,9 @@ def test_existing_output_is_refused_without_force(
     out.write_bytes(b"precious")
     code, stdout, err = kb(capsys, "sign", "csr", "--key", "rsa", "--subject", "CN=x", "-o", str(out))
     assert (code, stdout) == (1, "")
-    assert err == f"keybridge: error: {out} already exists; pass --force to replace it\n"
+    assert err.startswith("keybridge: error: ")
+    assert str(out) in err
+    assert "--force" in err
     assert out.read_bytes() == b"precious"
     assert not [e for e in events if e.operation == "sign"]  # refused before the backend signed
     code, _, _ = kb(capsys, "sign", "csr", "--key", "rsa", "--subject", "CN=x", "-o", str(out), "--force")

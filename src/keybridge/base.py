@@ -451,7 +451,8 @@ def _refuse_pin(name: str) -> None:
     if mentions_pin(name):
         raise InvalidArgument(
             "a key name (not shown) contains a PIN attribute (pin-value=/pin-source=): give the PIN to the"
-            " provider (e.g. pin_source= or $KEYBRIDGE_PKCS11_PIN for PKCS#11), never inside a key name or URI path"
+            " provider (for PKCS#11: a pin-source URI attribute or $KEYBRIDGE_PKCS11_PIN), never inside a key"
+            " name or URI path"
         )
 
 

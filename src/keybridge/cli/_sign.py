@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from pathlib import Path
 from typing import Any
 
 import click
@@ -15,9 +14,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .._asymmetric import BackendECPrivateKey, BackendRSAPrivateKey
-from .._files import atomic_write
 from ..errors import InvalidArgument
 from ._common import emit, json_option, open_cli_key
+from ._outputs import cli_write, early_check, force_option
 
 __all__ = ["sign"]
 
@@ -67,8 +66,8 @@ def parse_san(text: str) -> x509.GeneralName:
 
 def _check_output(output: str | None, force: bool) -> None:
     # Checked before the backend signs, so a refused run costs no HSM operation.
-    if output is not None and output != "-" and Path(output).exists() and not force:
-        raise InvalidArgument(f"{output} already exists; pass --force to replace it")
+    if output is not None and output != "-":
+        early_check(output, force=force)
 
 
 def _sign_kwargs(key: BackendRSAPrivateKey | BackendECPrivateKey, h: hashes.HashAlgorithm, pss: bool) -> dict[str, Any]:
@@ -79,14 +78,14 @@ def _sign_kwargs(key: BackendRSAPrivateKey | BackendECPrivateKey, h: hashes.Hash
     return {"rsa_padding": padding.PSS(mgf=padding.MGF1(h), salt_length=padding.PSS.DIGEST_LENGTH)}
 
 
-def _write(pem: bytes, output: str | None, what: str, info: dict[str, Any], as_json: bool) -> None:
+def _write(pem: bytes, output: str | None, what: str, info: dict[str, Any], as_json: bool, force: bool) -> None:
     if output is None or output == "-":
         if as_json:
             emit({**info, "pem": pem.decode("ascii")}, "", as_json=True)
         else:
             click.echo(pem.decode("ascii"), nl=False)  # plain PEM, so `> file` and pipes get it byte for byte
         return
-    atomic_write(output, pem, mode=0o644)  # a CSR or certificate is public
+    cli_write(output, pem, force=force, mode=0o644)  # a CSR or certificate is public
     emit(
         {**info, "path": output},
         f"wrote {output}: {what} for {info['subject']}, signed by {info['key']}",
@@ -101,7 +100,7 @@ def _options(f: Any) -> Any:
             click.option("--subject", required=True, help="RFC 4514 name, e.g. 'CN=api.example,O=Example Ltd'."),
             click.option("--san", multiple=True, help=f"subjectAltName, repeatable: {_SAN_FORMS}."),
             click.option("-o", "--output", help="Write the PEM here (atomically) instead of stdout."),
-            click.option("--force", is_flag=True, help="Replace an existing --output file."),
+            force_option,
             click.option(
                 "--hash", "hash_name", type=click.Choice(sorted(_HASHES)), default="sha256", show_default=True
             ),
@@ -141,7 +140,7 @@ def csr(
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         request = builder.sign(key, h, **_sign_kwargs(key, h, pss))
     info = {"key": str(key.handle.ref), "subject": name.rfc4514_string(), "kind": "csr"}
-    _write(request.public_bytes(serialization.Encoding.PEM), output, "CSR", info, as_json)
+    _write(request.public_bytes(serialization.Encoding.PEM), output, "CSR", info, as_json, force)
 
 
 @sign.command()
@@ -208,4 +207,6 @@ def cert(
         "serial": format(certificate.serial_number, "x"),
         "not_after": certificate.not_valid_after_utc.isoformat(),
     }
-    _write(certificate.public_bytes(serialization.Encoding.PEM), output, "self-signed certificate", info, as_json)
+    _write(
+        certificate.public_bytes(serialization.Encoding.PEM), output, "self-signed certificate", info, as_json, force
+    )
