@@ -106,9 +106,11 @@ def test_repeated_keys_make_any_one_of_them_decrypt(env, tmp_path: Path) -> None
     assert json.loads(enc.output)["edks"] == 2
     assert json.loads(enc.output)["suite"] == "0x0578"
     for key in ("r", "a"):
-        dec = run("decrypt", str(tmp_path / "msg"), "-o", str(tmp_path / f"out-{key}"), "-k", key)
+        dec = run("decrypt", str(tmp_path / "msg"), "-o", str(tmp_path / f"out-{key}"), "-k", key, "--json")
         assert dec.exit_code == 0, dec.output
         assert (tmp_path / f"out-{key}").read_bytes() == b"disaster recovery"
+        (opened,) = json.loads(dec.output)["opened_by"]  # the key that opened it, with its version
+        assert opened.startswith(f"memory:{key}/")
 
 
 def test_wrong_key_or_context_fails_and_leaves_no_output(env, tmp_path: Path) -> None:

@@ -122,6 +122,8 @@ def _summary(action: str, info: Any, nbytes_in: int, nbytes_out: int) -> dict[st
         "frame_length": info.frame_length,
         "bytes_in": nbytes_in,
         "bytes_out": nbytes_out,
+        # decrypt and rewrap: which key (URI with version) opened the message; encrypt has none
+        **({"opened_by": [o.key for o in info.opened_by]} if hasattr(info, "opened_by") else {}),
     }
 
 
