@@ -100,7 +100,7 @@ def test_a_grant_too_weak_for_the_proof_fails_and_is_revoked(hsm, sdk, target) -
 def test_aes_wrap_key_granted_to_an_encryption_user(hsm, sdk, target) -> None:  # type: ignore[no-untyped-def]
     svc, name = str(uuid.uuid4()), unique("kw")
     result = transfer(
-        InMemoryProvider(), target, name, KeySpec.aes(256), [KeyOp.WRAP_KEY, KeyOp.UNWRAP_KEY], kek_size=2048,
+        InMemoryProvider(), target, name, KeySpec.aes(256), ops=[KeyOp.WRAP_KEY, KeyOp.UNWRAP_KEY], kek_size=2048,
         grant=[(svc, "Crypto Service Encryption User")], grant_credential={svc: hsm.credential(svc)},
     )  # fmt: skip
     assert result.proof.method == "key-wrap"

@@ -95,24 +95,24 @@ def test_aes_transfer_proves_with_gcm_both_ways(source, target) -> None:
 
 
 def test_aes_with_only_wrap_ops_is_proven_by_key_wrap(source, target) -> None:
-    r = transfer(source, target, "kw", KeySpec.aes(128), [KeyOp.WRAP_KEY, KeyOp.UNWRAP_KEY], kek_size=2048)
+    r = transfer(source, target, "kw", KeySpec.aes(128), ops=[KeyOp.WRAP_KEY, KeyOp.UNWRAP_KEY], kek_size=2048)
     assert (r.proof.method, r.proof.algorithm) == ("key-wrap", "A128KW")
 
 
 def test_rsa_without_sign_is_proven_by_decryption(source, target) -> None:
-    r = transfer(source, target, "enc", KeySpec.rsa(2048), ["encrypt", "decrypt"], kek_size=2048)
+    r = transfer(source, target, "enc", KeySpec.rsa(2048), ops=["encrypt", "decrypt"], kek_size=2048)
     assert (r.proof.method, r.proof.algorithm) == ("decryption", "RSA-OAEP")
 
 
 def test_key_without_private_ops_gets_a_public_key_only_proof(source, target) -> None:
-    r = transfer(source, target, "v", KeySpec.ec("P-256"), ["verify"], kek_size=2048)
+    r = transfer(source, target, "v", KeySpec.ec("P-256"), ops=["verify"], kek_size=2048)
     assert r.proof.method == "public-key"
     assert "no private-key check" in str(r.proof)
 
 
 def test_unprovable_aes_transfer_is_refused_before_anything_is_created(source, target) -> None:
     with pytest.raises(InvalidArgument, match="cannot be proven"):
-        transfer(source, target, "x", KeySpec.aes(256), ["encrypt"], kek_size=2048)
+        transfer(source, target, "x", KeySpec.aes(256), ops=["encrypt"], kek_size=2048)
     assert names(source) == set()
     assert names(target) == set()
 
@@ -147,7 +147,7 @@ def test_kek_size_and_import_op_are_checked(source, target) -> None:
     with pytest.raises(InvalidKeySpec, match="KEK size"):
         transfer(source, target, "k", KeySpec.aes(256), kek_size=1024)
     with pytest.raises(InvalidKeySpec, match="import"):
-        transfer(source, target, "k", KeySpec.rsa(2048), ["import"])
+        transfer(source, target, "k", KeySpec.rsa(2048), ops=["import"])
 
 
 def test_a_failure_after_the_kek_was_created_still_deletes_it(source, target) -> None:

@@ -8,10 +8,10 @@ use and say which ``pip install "keybridge-sdk[...]"`` is missing (the distribut
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import typing
 
 from . import audit, errors
-from ._meta import VERSION
+from ._meta import VERSION as __version__
 from .base import BaseProvider
 from .errors import (
     AuthenticationError,
@@ -31,19 +31,20 @@ from .errors import (
     OutputExists,
     ProviderUnavailable,
     UnsupportedAlgorithm,
+    UnsupportedOperation,
 )
-from .keys import ALGORITHMS, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType
-from .provider import KeyHandle, KeyProvider, open_key, open_provider, register_provider
+from .keys import ALGORITHMS, Algorithm, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType
+from .provider import OPERATIONS, KeyHandle, KeyProvider, open_key, open_provider, register_provider
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from .providers.azure import AzureKeyVaultProvider
     from .providers.memory import InMemoryProvider
     from .providers.pkcs11 import Pkcs11Provider
 
-__version__ = VERSION
-
 __all__ = [
     "ALGORITHMS",
+    "OPERATIONS",
+    "Algorithm",
     "AuthenticationError",
     "AzureKeyVaultProvider",
     "BaseProvider",
@@ -72,6 +73,7 @@ __all__ = [
     "Pkcs11Provider",
     "ProviderUnavailable",
     "UnsupportedAlgorithm",
+    "UnsupportedOperation",
     "__version__",
     "audit",
     "errors",
@@ -87,10 +89,15 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     # Backends load on first use so that a missing extra only matters to those who use it.
     if name in _LAZY:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'keybridge' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazily imported backends are part of the namespace: show them to dir() and completion.
+    return sorted(set(globals()) | set(__all__))

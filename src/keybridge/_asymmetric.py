@@ -90,7 +90,7 @@ def _fit_ecdsa_digest(digest: bytes, alg: str) -> bytes:
 
 def _no_export(info: KeyInfo, what: str) -> OperationNotPermitted:
     return OperationNotPermitted(
-        f"{what} is not available: the private key of {info.ref} lives in the {info.ref.provider} backend and never"
+        f"{what} is not available: the private key of {info.ref} lives in the {info.ref.scheme} backend and never"
         " leaves it; sign with this object, or export an exportable key with provider.export_key()"
     )
 
@@ -249,6 +249,6 @@ def as_private_key(handle: KeyHandle) -> BackendRSAPrivateKey | BackendECPrivate
         )
     # e.g. a PKCS#11 private key whose public key object another tool did not store
     raise UnsupportedAlgorithm(
-        f"the {info.ref.provider} backend reports no public key for {info.ref}; as_private_key() needs it to"
+        f"the {info.ref.scheme} backend reports no public key for {info.ref}; as_private_key() needs it to"
         " build certificates and verify signatures (store the public key object beside the private key)"
     )

@@ -5,15 +5,23 @@ does, for every backend alike: resolving a reference to a key version, checking 
 against the key type and the provider's list, checking the key's allowed operations, enabled
 state and validity window *before* the backend is touched, checking input lengths, running
 public-key operations (verify, RSA encrypt and wrap) locally from the public key, and emitting one
-audit event per operation. A backend implements only the ``_``-prefixed hooks; those it leaves
-out raise :class:`~keybridge.errors.UnsupportedAlgorithm` naming the provider.
+audit event per operation. A backend implements only the ``_``-prefixed hooks.
+
+What a backend can do is explicit: :attr:`BaseProvider.capabilities` holds the name of every
+public operation (see :data:`~keybridge.provider.OPERATIONS`) whose hook the backend overrides,
+minus those it declares in :attr:`BaseProvider.unsupported` (an operation it overrides only to
+say why not, or cannot do in some configuration). Calling an operation outside ``capabilities``
+raises :class:`~keybridge.errors.UnsupportedOperation` naming the provider and the operation,
+before the backend is touched; a hook left out raises the same if reached another way. (RSA
+``wrap_key`` / ``encrypt`` and every ``verify`` run locally from the public key, so they work
+without the backend's hook.)
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Iterable, Iterator, Mapping
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -31,6 +39,7 @@ from .errors import (
     KeyNotFound,
     OperationNotPermitted,
     UnsupportedAlgorithm,
+    UnsupportedOperation,
 )
 from .keys import (
     ES_CURVES,
@@ -44,11 +53,14 @@ from .keys import (
     PrivateKey,
     algorithm,
 )
-from .provider import KeyHandle, Ops
+from .provider import OPERATIONS, KeyHandle, Ops
 
 __all__ = ["BaseProvider", "check_options"]
 
 _PUBLIC_OPS = frozenset({KeyOp.VERIFY, KeyOp.ENCRYPT, KeyOp.WRAP_KEY})
+
+# The hook that does each public operation; verify needs only the key's metadata (public key).
+_HOOKS: Mapping[str, str] = MappingProxyType({op: "_get_key" if op == "verify" else f"_{op}" for op in OPERATIONS})
 
 
 class BaseProvider:
@@ -59,38 +71,42 @@ class BaseProvider:
     # Key Vault semantics, for a backend that stores another service's keys (the emulator's
     # in-memory store): creating under an existing name adds a version instead of refusing.
     _create_adds_version: bool = False
+    unsupported: Mapping[str, str] = MappingProxyType({})
+    """Operations this backend declares it cannot do although it overrides their hook, each with
+    the reason (shown in :class:`~keybridge.errors.UnsupportedOperation`); subtracted from
+    :attr:`capabilities`."""
 
     # ---- backend hooks -------------------------------------------------------------------------
 
     def _create_key(self, name: str, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
-        raise NotImplementedError
+        raise self._unsupported("create_key")
 
     def _import_key(self, name: str, key: PrivateKey | bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
-        raise self._unsupported("importing keys")
+        raise self._unsupported("import_key")
 
     def _import_byok(self, name: str, package: bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
-        raise self._unsupported("BYOK import")
+        raise self._unsupported("import_byok")
 
     def _check_spec(self, spec: KeySpec) -> None:
         """Refuse a spec the backend can never hold, before the name lookup reaches the backend."""
 
     def _get_key(self, name: str, version: str | None) -> KeyInfo:
-        raise NotImplementedError
+        raise self._unsupported("get_key")
 
     def _list_keys(self) -> Iterator[KeyInfo]:
-        raise NotImplementedError
+        raise self._unsupported("list_keys")
 
     def _list_versions(self, name: str) -> Iterator[KeyInfo]:
-        raise NotImplementedError
+        raise self._unsupported("list_versions")
 
     def _rotate_key(self, name: str) -> KeyInfo:
-        raise NotImplementedError
+        raise self._unsupported("rotate_key")
 
     def _set_enabled(self, info: KeyInfo, enabled: bool) -> KeyInfo:
-        raise NotImplementedError
+        raise self._unsupported("set_enabled")
 
     def _delete_key(self, name: str) -> None:
-        raise NotImplementedError
+        raise self._unsupported("delete_key")
 
     def _parse_uri(self, uri: str) -> tuple[str, str | None]:
         """Split a key URI of this provider into (name, version)."""
@@ -101,37 +117,53 @@ class BaseProvider:
 
     # Secret/private-key operations; ``info`` is always a concrete, checked version.
     def _wrap_key(self, info: KeyInfo, alg: AlgorithmSpec, key: bytes) -> bytes:
-        raise NotImplementedError
+        raise self._unsupported("wrap_key")
 
     def _unwrap_key(self, info: KeyInfo, alg: AlgorithmSpec, wrapped: bytes) -> bytes:
-        raise NotImplementedError
+        raise self._unsupported("unwrap_key")
 
     def _encrypt(self, info: KeyInfo, alg: AlgorithmSpec, data: bytes, aad: bytes | None) -> bytes:
-        raise NotImplementedError
+        raise self._unsupported("encrypt")
 
     def _decrypt(self, info: KeyInfo, alg: AlgorithmSpec, data: bytes, aad: bytes | None) -> bytes:
-        raise NotImplementedError
+        raise self._unsupported("decrypt")
 
     def _sign(self, info: KeyInfo, alg: AlgorithmSpec, digest: bytes) -> bytes:
-        raise NotImplementedError
+        raise self._unsupported("sign")
 
     def _export_key(self, info: KeyInfo) -> PrivateKey | bytes:
-        raise self._unsupported("exporting key material in clear")
+        raise self._unsupported("export_key", "exporting key material in clear")
 
     def _export_wrapped(self, info: KeyInfo, kek: rsa.RSAPublicKey) -> bytes:
-        raise self._unsupported("wrapped export (CKM_RSA_AES_KEY_WRAP)")
+        raise self._unsupported("export_wrapped", "CKM_RSA_AES_KEY_WRAP")
 
     def _close(self) -> None:
         pass
 
     # ---- public API ----------------------------------------------------------------------------
 
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """The operations (names from :data:`~keybridge.provider.OPERATIONS`) this provider can
+        do: those whose hook the backend overrides, minus those it declares :attr:`unsupported`.
+        Anything else raises :class:`~keybridge.errors.UnsupportedOperation` when called."""
+        return _capabilities(type(self))
+
+    def kek_id(self, info: KeyInfo) -> str:
+        """The id a BYOK package names this provider's key-exchange key ``info`` by (the
+        package's ``kid``), which :meth:`import_byok` of this provider resolves back to the
+        KEK. The default is the key's URI, as for Key Vault (``https://…/keys/NAME/VERSION``);
+        a backend whose key URIs are not Key Vault key ids overrides it."""
+        if not isinstance(info, KeyInfo):
+            raise InvalidArgument(f"kek_id takes the KEK's KeyInfo (provider.get_key(kek)), got {type(info).__name__}")
+        return str(info.ref)
+
     def ref(self, ref: KeyRef | str, version: str | None = None) -> KeyRef:
         """Parse a name or key URI of this provider into a :class:`KeyRef`."""
         if isinstance(ref, KeyRef):
             _refuse_pin(ref.name)
-            if ref.provider != self.scheme:
-                raise InvalidKeyUri(f"{ref} belongs to a {ref.provider} provider, not {self.scheme}")
+            if ref.scheme != self.scheme:
+                raise InvalidKeyUri(f"{ref} belongs to a {ref.scheme} provider, not {self.scheme}")
             return ref if version is None else self._make_ref(ref.name, version)
         if not isinstance(ref, str) or not ref:
             raise InvalidKeyUri(f"expected a key name or {self.scheme} key URI, got {ref!r}")
@@ -162,6 +194,7 @@ class BaseProvider:
         """Generate a key inside the backend. Keys are non-exportable unless asked. A name that
         is in use raises :class:`~keybridge.errors.KeyExists`: use :meth:`rotate_key` for a new version."""
         with audited("create_key", self.scheme, name, None) as ev:
+            self._require("create_key")
             if not isinstance(spec, KeySpec):
                 raise InvalidArgument(f"spec must be a KeySpec (e.g. KeySpec.rsa(2048)), got {type(spec).__name__}")
             attrs = self._attributes(name, spec, ops, exportable, tags, not_before, expires)
@@ -183,6 +216,7 @@ class BaseProvider:
     ) -> KeyInfo:
         """Store an existing RSA/EC private key or AES key bytes."""
         with audited("import_key", self.scheme, name, None) as ev:
+            self._require("import_key")
             if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, bytes, bytearray, memoryview)):
                 raise InvalidArgument(
                     f"import_key takes an RSA or EC private key or AES key bytes, got {type(key).__name__}"
@@ -206,6 +240,7 @@ class BaseProvider:
     ) -> KeyInfo:
         """Import a key from a .byok package wrapped under one of this provider's KEKs."""
         with audited("import_byok", self.scheme, name, "CKM_RSA_AES_KEY_WRAP") as ev:
+            self._require("import_byok")
             if not isinstance(spec, KeySpec):
                 raise InvalidArgument(f"spec must be a KeySpec (e.g. KeySpec.rsa(2048)), got {type(spec).__name__}")
             attrs = self._attributes(name, spec, ops, False, tags, None, None)
@@ -218,23 +253,28 @@ class BaseProvider:
         """Metadata of one key version (the current one unless a version is given)."""
         r = self.ref(ref, version)
         with audited("get_key", self.scheme, r, None):
+            self._require("get_key")
             return self._get_key(r.name, r.version)
 
     def list_keys(self) -> Iterator[KeyInfo]:
-        """The current version of every key."""
+        """An iterator over the current version of every key. The backend is read (and the
+        audit event written) when this is called, not while iterating: a snapshot."""
         with audited("list_keys", self.scheme, None, None):
+            self._require("list_keys")
             keys = list(self._list_keys())
         return iter(keys)
 
     def list_versions(self, name: str) -> Iterator[KeyInfo]:
-        """Every version of one key, oldest first."""
+        """An iterator over every version of one key, oldest first (a snapshot, as list_keys)."""
         with audited("list_versions", self.scheme, name, None):
+            self._require("list_versions")
             versions = list(self._list_versions(self.ref(name).name))
         return iter(versions)
 
     def rotate_key(self, name: str) -> KeyInfo:
         """A new version with the same spec and operations (``create_key`` refuses a name in use)."""
         with audited("rotate_key", self.scheme, name, None) as ev:
+            self._require("rotate_key")
             info = self._rotate_key(self.ref(name).name)
             ev.key = info.ref
             return info
@@ -245,12 +285,14 @@ class BaseProvider:
             raise InvalidArgument(f"enabled must be True or False, got {enabled!r}")
         r = self.ref(ref)
         with audited("enable_key" if enabled else "disable_key", self.scheme, r, None):
+            self._require("set_enabled")
             return self._set_enabled(self._get_key(r.name, r.version), enabled)
 
     def delete_key(self, name: str) -> None:
         """Delete a key and all its versions."""
         r = self.ref(name)
         with audited("delete_key", self.scheme, r, None):
+            self._require("delete_key")
             self._delete_key(r.name)
 
     def wrap_key(self, ref: KeyRef | str, alg: str, key: bytes) -> bytes:
@@ -266,6 +308,7 @@ class BaseProvider:
     def unwrap_key(self, ref: KeyRef | str, alg: str, wrapped: bytes) -> bytes:
         """Unwrap key material inside the backend."""
         with audited("unwrap_key", self.scheme, ref, alg) as ev:
+            self._require("unwrap_key")
             wrapped = _bytes(wrapped, "wrapped")
             info, a = self._usable(ref, KeyOp.UNWRAP_KEY, alg, ev)
             return self._unwrap_key(info, a, wrapped)
@@ -284,6 +327,7 @@ class BaseProvider:
     def decrypt(self, ref: KeyRef | str, alg: str, data: bytes, *, aad: bytes | None = None) -> bytes:
         """Decrypt inside the backend."""
         with audited("decrypt", self.scheme, ref, alg) as ev:
+            self._require("decrypt")
             data, aad = _bytes(data, "data"), _optional_bytes(aad)
             info, a = self._usable(ref, KeyOp.DECRYPT, alg, ev)
             self._check_aad(a, aad)
@@ -293,6 +337,7 @@ class BaseProvider:
     def sign(self, ref: KeyRef | str, alg: str, digest: bytes) -> bytes:
         """Sign a digest inside the backend."""
         with audited("sign", self.scheme, ref, alg) as ev:
+            self._require("sign")
             digest = _bytes(digest, "digest")
             info, a = self._usable(ref, KeyOp.SIGN, alg, ev)
             _crypto.check_input(a, info.spec, "sign", digest)
@@ -310,6 +355,7 @@ class BaseProvider:
     def export_key(self, ref: KeyRef | str) -> PrivateKey | bytes:
         """Key material in clear; only for keys created with ``exportable=True``."""
         with audited("export_key", self.scheme, ref, None) as ev:
+            self._require("export_key")
             info = self._resolve(ref, ev)
             self._check_exportable(info)
             return self._export_key(info)
@@ -317,6 +363,7 @@ class BaseProvider:
     def export_wrapped(self, ref: KeyRef | str, kek: rsa.RSAPublicKey) -> bytes:
         """The key wrapped under ``kek`` with CKM_RSA_AES_KEY_WRAP, done inside the backend."""
         with audited("export_wrapped", self.scheme, ref, "CKM_RSA_AES_KEY_WRAP") as ev:
+            self._require("export_wrapped")
             info = self._resolve(ref, ev)
             self._check_exportable(info)
             if not isinstance(kek, rsa.RSAPublicKey):
@@ -340,8 +387,18 @@ class BaseProvider:
 
     # ---- shared checks -------------------------------------------------------------------------
 
-    def _unsupported(self, what: str) -> UnsupportedAlgorithm:
-        return UnsupportedAlgorithm(f"the {self.scheme} provider does not support {what}")
+    def _unsupported(self, operation: str, detail: str | None = None) -> UnsupportedOperation:
+        """The error for an operation this backend cannot do; ``operation`` is a public method
+        name (or, for a backend's own extras, what was asked), ``detail`` why not."""
+        detail = self.unsupported.get(operation) or detail  # the backend knows best why not
+        if detail is None and operation in OPERATIONS:
+            detail = f"it can do: {', '.join(sorted(self.capabilities)) or 'nothing'}"
+        return UnsupportedOperation(self.scheme, operation, detail)
+
+    def _require(self, operation: str) -> None:
+        # Checked first so that nothing reaches a backend that cannot finish the operation.
+        if operation not in self.capabilities:
+            raise self._unsupported(operation)
 
     def _attributes(
         self,
@@ -445,6 +502,18 @@ class BaseProvider:
         if not info.is_valid_at():
             raise KeyExpired(f"key {info.ref} is outside its validity window (not before / expires)")
         return info, a
+
+
+_CAPABILITIES: dict[type[BaseProvider], frozenset[str]] = {}
+
+
+def _capabilities(cls: type[BaseProvider]) -> frozenset[str]:
+    # Per class, not per instance: which hooks a class overrides cannot change at run time.
+    caps = _CAPABILITIES.get(cls)
+    if caps is None:
+        overridden = {op for op, hook in _HOOKS.items() if getattr(cls, hook) is not getattr(BaseProvider, hook)}
+        caps = _CAPABILITIES[cls] = frozenset(overridden - set(cls.unsupported))
+    return caps
 
 
 def _refuse_pin(name: str) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "OperationNotPermitted",
     "ProviderUnavailable",
     "UnsupportedAlgorithm",
+    "UnsupportedOperation",
 ]
 
 
@@ -90,6 +91,25 @@ class KeyExpired(OperationNotPermitted):
 
 class UnsupportedAlgorithm(KeybridgeError):
     """The provider, or the key's type, does not support this algorithm."""
+
+
+class UnsupportedOperation(UnsupportedAlgorithm):
+    """The provider cannot do this operation at all (a backend without BYOK import, wrapped
+    export, clear export, ...), whatever the key or algorithm. ``provider`` is the provider's
+    scheme and ``operation`` the public method name (one of ``keybridge.OPERATIONS``); a
+    provider's ``capabilities`` lists what it can do, so callers can check before trying.
+
+    A subclass of :class:`UnsupportedAlgorithm` so that code written before it existed, which
+    caught that for a missing backend feature, keeps working."""
+
+    def __init__(self, provider: str, operation: str, detail: str | None = None) -> None:
+        super().__init__(f"the {provider} provider does not support {operation}" + (f" ({detail})" if detail else ""))
+        self.provider = provider
+        self.operation = operation
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[type[UnsupportedOperation], tuple[str, str, str | None]]:
+        return (UnsupportedOperation, (self.provider, self.operation, self.detail))
 
 
 class AuthenticationError(KeybridgeError):

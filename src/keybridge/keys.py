@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,6 +21,7 @@ from .errors import InvalidKeySpec, UnsupportedAlgorithm
 
 __all__ = [
     "ALGORITHMS",
+    "Algorithm",
     "AlgorithmSpec",
     "KeyAttributes",
     "KeyInfo",
@@ -67,6 +69,45 @@ class KeyOp(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+class Algorithm(str, enum.Enum):
+    """Every algorithm name keybridge knows (the keys of :data:`ALGORITHMS`), as constants.
+
+    A member *is* its name as a ``str``, so it goes wherever an algorithm name does
+    (``key.sign(Algorithm.PS256, digest)``) and a typo (``Algorithm.PS265``) is an error for mypy
+    and at import time, where a misspelt string is found only when the call runs."""
+
+    RSA_OAEP = "RSA-OAEP"
+    RSA_OAEP_256 = "RSA-OAEP-256"
+    RSA_OAEP_384 = "RSA-OAEP-384"
+    RSA_OAEP_512 = "RSA-OAEP-512"
+    RSA1_5 = "RSA1_5"
+    CKM_AES_KEY_WRAP = "CKM_AES_KEY_WRAP"
+    CKM_AES_KEY_WRAP_PAD = "CKM_AES_KEY_WRAP_PAD"
+    A128KW = "A128KW"
+    A128GCM = "A128GCM"
+    A192KW = "A192KW"
+    A192GCM = "A192GCM"
+    A256KW = "A256KW"
+    A256GCM = "A256GCM"
+    RS256 = "RS256"
+    PS256 = "PS256"
+    ES256 = "ES256"
+    RS384 = "RS384"
+    PS384 = "PS384"
+    ES384 = "ES384"
+    RS512 = "RS512"
+    PS512 = "PS512"
+    ES512 = "ES512"
+    ES256K = "ES256K"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        # Python 3.10 formats a str mixin by value, 3.12 by member name: pin it for messages.
+        return format(self.value, spec)
 
 
 _DEFAULT_OPS: Mapping[KeyType, frozenset[KeyOp]] = MappingProxyType(
@@ -175,19 +216,27 @@ def parse_ops(ops: Collection[KeyOp | str]) -> frozenset[KeyOp]:
 
 @dataclass(frozen=True)
 class KeyRef:
-    """Where a key lives: provider scheme, key name, optional version, and its URI.
+    """Where a key lives: the URI scheme of its provider, key name, optional version, and its URI.
 
-    ``uri`` is the canonical key URI (``memory:NAME``, ``pkcs11:token=T;object=NAME``,
-    ``https://X.vault.azure.net/keys/NAME/VERSION``) and is what ``str(ref)`` prints.
+    ``scheme`` is the provider's :attr:`~keybridge.provider.KeyProvider.scheme` (``"memory"``,
+    ``"pkcs11"``, ``"https"``). ``uri`` is the canonical key URI (``memory:NAME``,
+    ``pkcs11:token=T;object=NAME``, ``https://X.vault.azure.net/keys/NAME/VERSION``) and is what
+    ``str(ref)`` prints.
     """
 
-    provider: str
+    scheme: str
     name: str
     version: str | None = None
     uri: str = ""
 
+    @property
+    def provider(self) -> str:
+        """Deprecated alias of :attr:`scheme` (it never was a provider object); removed in 1.0."""
+        warnings.warn("KeyRef.provider is deprecated; use KeyRef.scheme", DeprecationWarning, stacklevel=2)
+        return self.scheme
+
     def __str__(self) -> str:
-        return self.uri or f"{self.provider}:{self.name}" + (f"/{self.version}" if self.version else "")
+        return self.uri or f"{self.scheme}:{self.name}" + (f"/{self.version}" if self.version else "")
 
 
 def _now() -> _dt.datetime:
@@ -209,6 +258,11 @@ class KeyInfo:
     hsm_protected: bool = False
     exportable: bool = False
     public_key: PublicKey | None = field(default=None, compare=False)
+
+    @property
+    def name(self) -> str:
+        """The key's name in its provider (``info.ref.name``)."""
+        return self.ref.name
 
     def is_valid_at(self, when: _dt.datetime | None = None) -> bool:
         """True if ``when`` (default now) lies inside the not-before / expires window."""
@@ -297,8 +351,9 @@ ES_CURVES: Mapping[str, str] = MappingProxyType(
 )
 
 
-def algorithm(name: str) -> AlgorithmSpec:
-    """Look up an algorithm by JWA name; an unknown name raises :class:`UnsupportedAlgorithm`."""
+def algorithm(name: Algorithm | str) -> AlgorithmSpec:
+    """Look up an algorithm by JWA name (a str or an :class:`Algorithm`); an unknown name raises
+    :class:`UnsupportedAlgorithm`."""
     try:
         return ALGORITHMS[name]
     except (KeyError, TypeError):

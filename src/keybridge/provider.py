@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ._asymmetric import BackendECPrivateKey, BackendRSAPrivateKey
 
 __all__ = [
+    "OPERATIONS",
     "KeyHandle",
     "KeyProvider",
     "open_key",
@@ -44,6 +45,28 @@ __all__ = [
 ]
 
 Ops = Collection["KeyOp | str"]
+
+OPERATIONS: tuple[str, ...] = (
+    "create_key",
+    "import_key",
+    "import_byok",
+    "get_key",
+    "list_keys",
+    "list_versions",
+    "rotate_key",
+    "set_enabled",
+    "delete_key",
+    "wrap_key",
+    "unwrap_key",
+    "encrypt",
+    "decrypt",
+    "sign",
+    "verify",
+    "export_key",
+    "export_wrapped",
+)
+"""Every operation a provider may support, by :class:`KeyProvider` method name: the vocabulary
+of :attr:`KeyProvider.capabilities` and of :class:`~keybridge.errors.UnsupportedOperation`."""
 
 
 @runtime_checkable
@@ -54,6 +77,17 @@ class KeyProvider(Protocol):
 
     scheme: str
     algorithms: frozenset[str]
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """The operations (names from :data:`OPERATIONS`) this provider can do; calling another
+        raises :class:`~keybridge.errors.UnsupportedOperation`."""
+        ...
+
+    def kek_id(self, info: KeyInfo) -> str:
+        """The ``kid`` a BYOK package for this provider names its key-exchange key ``info`` by;
+        :meth:`import_byok` resolves it back to that KEK."""
+        ...
 
     def create_key(
         self,
@@ -101,11 +135,12 @@ class KeyProvider(Protocol):
         ...
 
     def list_keys(self) -> Iterator[KeyInfo]:
-        """The current version of every key."""
+        """An iterator over the current version of every key, read when called (a snapshot:
+        keys made while iterating are not in it). Wrap it in ``list()`` to iterate twice."""
         ...
 
     def list_versions(self, name: str) -> Iterator[KeyInfo]:
-        """Every version of one key, oldest first."""
+        """An iterator over every version of one key, oldest first, read when called."""
         ...
 
     def rotate_key(self, name: str) -> KeyInfo:
@@ -173,16 +208,34 @@ class KeyProvider(Protocol):
 
 
 class KeyHandle:
-    """One key of one provider, bound: what the envelope keyrings and BYOK hold on to."""
+    """One key of one provider, bound: what the envelope keyrings and BYOK hold on to.
 
-    __slots__ = ("provider", "ref")
+    A handle from :func:`open_key` owns the provider it opened: ``close()`` (or leaving a
+    ``with`` block) closes that provider too. A handle from :meth:`KeyProvider.key` borrows its
+    provider, and ``close()`` leaves it open for the code that made it."""
 
-    def __init__(self, provider: KeyProvider, ref: KeyRef) -> None:
+    __slots__ = ("_owns_provider", "provider", "ref")
+
+    def __init__(self, provider: KeyProvider, ref: KeyRef, *, owns_provider: bool = False) -> None:
         self.provider = provider
         self.ref = ref
+        self._owns_provider = owns_provider
 
     def __repr__(self) -> str:
         return f"KeyHandle({self.ref})"
+
+    def close(self) -> None:
+        """Close the provider if this handle owns it (see the class); idempotent."""
+        if self._owns_provider:
+            self.provider.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
     def info(self) -> KeyInfo:
         """Current metadata of the key."""
@@ -283,5 +336,13 @@ def open_provider(uri: str, **options: Any) -> KeyProvider:
 
 
 def open_key(uri: str, **options: Any) -> KeyHandle:
-    """A :class:`KeyHandle` for a full key URI, opening its provider with ``options``."""
-    return open_provider(uri, **options).key(uri)
+    """A :class:`KeyHandle` for a full key URI, opening its provider with ``options``. The
+    handle owns that provider: use it as ``with keybridge.open_key(uri) as key:`` (or call
+    ``key.close()``) so that sessions and sockets are released."""
+    provider = open_provider(uri, **options)
+    try:
+        ref = provider.ref(uri)
+    except BaseException:
+        provider.close()  # a bad URI path must not leak the session the provider just opened
+        raise
+    return KeyHandle(provider, ref, owns_provider=True)

@@ -18,11 +18,18 @@ from cryptography.hazmat.primitives import serialization
 
 from .. import _crypto
 from .._byok import ByokPackage
-from ..errors import IntegrityError, InvalidArgument, InvalidKeySpec, KeybridgeError, KeyExists, KeyNotFound
+from ..errors import (
+    IntegrityError,
+    InvalidArgument,
+    InvalidKeySpec,
+    KeybridgeError,
+    KeyExists,
+    KeyNotFound,
+    UnsupportedOperation,
+)
 from ..keys import ES_CURVES, RSA_SIZES, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType, PublicKey, algorithm
 from ..provider import KeyProvider
 from ._export import export, import_package
-from ._wrap import check_kek_id
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -67,8 +74,8 @@ def transfer(
     target: KeyProvider,
     name: str,
     spec: KeySpec,
-    ops: Collection[KeyOp | str] | None = None,
     *,
+    ops: Collection[KeyOp | str] | None = None,
     kek: KeyRef | str | None = None,
     keep_kek: bool = False,
     target_name: str | None = None,
@@ -95,7 +102,9 @@ def transfer(
     :class:`~keybridge.OperationNotPermitted` naming the missing data action), and on any failure
     the assignments this call created are removed again.
 
-    Errors are typed: a name already in use on the source (``name``) or the target (``target_name``)
+    Errors are typed: a source without ``export_wrapped`` or a target without ``import_byok`` in
+    its ``capabilities`` raises :class:`~keybridge.UnsupportedOperation` before either side is
+    touched; a name already in use on the source (``name``) or the target (``target_name``)
     raises :class:`~keybridge.KeyExists` naming the side, before either side is touched; a refused
     import raises :class:`~keybridge.InvalidPackage`, a failed proof :class:`~keybridge.IntegrityError`;
     provider errors pass through unchanged.
@@ -105,6 +114,7 @@ def transfer(
             raise InvalidArgument(f"transfer needs a KeyProvider as {role}, got {type(p).__name__}")
     if not isinstance(spec, KeySpec):
         raise InvalidArgument(f"spec must be a KeySpec (e.g. KeySpec.rsa(3072)), got {type(spec).__name__}")
+    _require_capabilities(source, target)
     key_ops = spec.check_ops(ops)
     if KeyOp.IMPORT in key_ops:
         raise InvalidKeySpec("a transferred key cannot be a key-exchange key: leave 'import' out of ops")
@@ -121,7 +131,7 @@ def transfer(
     try:
         src = source.create_key(name, spec, ops=key_ops, exportable=True, tags=tags)
         assert kek_info.public_key is not None
-        pkg = export(source, src.ref, kek_info.public_key, _kek_id(kek_info.ref))  # type: ignore[arg-type]
+        pkg = export(source, src.ref, kek_info.public_key, target.kek_id(kek_info))  # type: ignore[arg-type]
         tgt = import_package(target, dest, pkg, spec, ops=key_ops, tags=tags)
         if not grants:
             proof = prove(source, src, target, tgt)
@@ -198,14 +208,13 @@ def _refuse_taken(provider: KeyProvider, name: str, side: str, option: str) -> N
     )
 
 
-def _kek_id(ref: KeyRef) -> str:
-    """The KEK's Key Vault key id. A target that is not Key Vault (the in-memory provider) has
-    none, so its KEK is named by a placeholder host under the reserved ``.invalid`` domain; such
-    providers resolve a package's KEK by the ``/keys/NAME/VERSION`` path alone."""
-    try:
-        return check_kek_id(str(ref))
-    except InvalidArgument:
-        return f"https://{ref.provider}.invalid/keys/{ref.name}/{ref.version}"
+def _require_capabilities(source: KeyProvider, target: KeyProvider) -> None:
+    # Checked before any key or KEK exists: finding out half way would leave both behind.
+    for side, p, op in (("source", source, "export_wrapped"), ("target", target, "import_byok")):
+        if op not in p.capabilities:
+            raise UnsupportedOperation(
+                p.scheme, op, f"transfer needs a {side} that can do {op}; its capabilities: {sorted(p.capabilities)}"
+            )
 
 
 def _delete_quietly(target: KeyProvider, ref: KeyRef) -> None:

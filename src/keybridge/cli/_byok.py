@@ -257,7 +257,7 @@ def transfer_cmd(
             target,
             name,
             spec,
-            _ops(ops),
+            ops=_ops(ops),
             kek=kek_uri,
             keep_kek=keep_kek,
             target_name=target_name,
@@ -374,7 +374,7 @@ def demo(as_json: bool) -> None:
     for spec, r in results:
         table.add_row(
             str(spec),
-            f"{r.source_ref.provider}:{r.source_ref.name}",
+            f"{r.source_ref.scheme}:{r.source_ref.name}",
             str(r.target_ref),
             f"{len(r.package.to_json())} B",
             f"✓ {r.proof.method} {r.proof.algorithm}",

@@ -104,9 +104,10 @@ def azure_options() -> dict[str, Any]:
     if ca := os.environ.get(AZURE_CA_ENV):
         options["connection_verify"] = ca
     if token := os.environ.get(AZURE_TOKEN_ENV):
-        from ..emulator import EmulatorCredential  # a fixed-token credential; needs no azure import
+        # Only the Azure provider reads these options, and it needs the azure extra anyway.
+        from ..providers.azure import StaticTokenCredential
 
-        options["credential"] = EmulatorCredential(token)
+        options["credential"] = StaticTokenCredential(token.strip())
     if os.environ.get(AZURE_CHALLENGE_ENV, "1").strip().lower() in ("0", "false", "no"):
         options["verify_challenge_resource"] = False
     return options

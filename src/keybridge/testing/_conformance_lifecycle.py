@@ -93,7 +93,7 @@ class LifecycleChecks(ConformanceBase):
         info = shared_keys.shared(spec)
         assert info.spec == spec
         assert info.ref.name
-        assert info.ref.provider == provider.scheme
+        assert info.ref.scheme == provider.scheme
         assert info.ops == spec.default_ops
         assert info.enabled
         assert not info.exportable

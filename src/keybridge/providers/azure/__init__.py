@@ -15,6 +15,7 @@ except ImportError as exc:  # pragma: no cover - exercised in an environment wit
     raise MissingDependency("the Azure Key Vault provider", "azure") from exc
 
 from ._access import OPERATIONS, AccessControl, Assignment, Role
+from ._credential import StaticTokenCredential
 from ._provider import CLIENT_OPTIONS, DEFAULT_CLIENT_OPTIONS, AzureKeyVaultProvider, from_uri
 
 __all__ = [
@@ -25,5 +26,6 @@ __all__ = [
     "Assignment",
     "AzureKeyVaultProvider",
     "Role",
+    "StaticTokenCredential",
     "from_uri",
 ]

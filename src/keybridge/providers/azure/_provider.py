@@ -6,11 +6,11 @@ import datetime as _dt
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from azure.core.credentials import TokenCredential
 from azure.keyvault.keys import JsonWebKey, KeyClient, KeyVaultKey
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..._redact import redact_uri
 from ...base import BaseProvider, check_options
@@ -89,6 +89,7 @@ class AzureKeyVaultProvider(BaseProvider):
     """
 
     scheme = "https"
+    unsupported = MappingProxyType({"export_key": _NO_RELEASE, "export_wrapped": _NO_RELEASE})
 
     def __init__(
         self,
@@ -378,12 +379,6 @@ class AzureKeyVaultProvider(BaseProvider):
         # Key Vault returns ES* signatures as raw r||s already, which is keybridge's form too.
         with mapped(f"sign with {info.ref} ({alg.name})"):
             return _rest.transform(self.client, info, "sign", alg.name, digest)
-
-    def _export_key(self, info: KeyInfo) -> PrivateKey | bytes:
-        raise self._unsupported(f"exporting key material ({_NO_RELEASE})")
-
-    def _export_wrapped(self, info: KeyInfo, kek: rsa.RSAPublicKey) -> bytes:
-        raise self._unsupported(f"wrapped export ({_NO_RELEASE})")
 
 
 def from_uri(uri: str, **options: Any) -> AzureKeyVaultProvider:

@@ -353,6 +353,17 @@ class InMemoryProvider(BaseProvider):
 
     # ---- BYOK import ---------------------------------------------------------------------------
 
+    def kek_id(self, info: KeyInfo) -> str:
+        """The ``kid`` a BYOK package for this provider names the KEK ``info`` by. A package's
+        kid is a Key Vault key id (``https://HOST/keys/NAME/VERSION``), which a ``memory:`` URI is
+        not, so this provider names its KEKs under the reserved host ``memory.invalid``; it
+        resolves a kid by the ``/keys/NAME/VERSION`` path alone (see :meth:`import_byok`), which
+        also lets the emulator, serving this provider's keys under its own host, pass kids on."""
+        ref = self.ref(super().kek_id(info))  # a memory: URI; refuses another provider's key
+        if ref.version is None:
+            raise InvalidArgument(f"a KEK id needs the KEK's version; {ref} has none (use get_key(kek))")
+        return f"https://{SCHEME}.invalid/keys/{ref.name}/{ref.version}"
+
     def _kek_for(self, kid: str) -> rsa.RSAPrivateKey:
         """The key-exchange key a package names. Its ``kid`` is a Key Vault key id; only the
         ``/keys/NAME[/VERSION]`` path counts here (the host is whatever served the KEK, e.g. the
