@@ -57,7 +57,8 @@ class ProviderConformance(LifecycleChecks, CryptoChecks, PolicyChecks):
         ``export_key`` hands out keys created ``exportable=True`` in clear.
     ``supports_export_wrapped = True``
         ``export_wrapped`` (CKM_RSA_AES_KEY_WRAP under an RSA KEK, for Azure BYOK) of exportable keys.
-        Non-exportable keys must refuse both exports with ``OperationNotPermitted`` whatever the flags.
+        Non-exportable keys must refuse both exports with ``OperationNotPermitted`` whatever the flags
+        (``UnsupportedOperation`` for an export the provider's ``capabilities`` leave out).
     ``supports_versions = True``
         ``rotate_key`` makes a new version; old versions stay usable by versioned reference.
     ``supports_disable = True``
