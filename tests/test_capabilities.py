@@ -87,6 +87,17 @@ def test_builtin_capabilities_follow_the_hooks_each_backend_has(softhsm_token, a
         assert err.value.operation == "export_key"
 
 
+def test_an_instance_can_declare_what_its_configuration_rules_out() -> None:
+    p, q = InMemoryProvider(), InMemoryProvider()
+    p.unsupported = {"rotate_key": "rotation is done by the key ceremony"}
+    assert set(OPERATIONS) - p.capabilities == {"rotate_key"}
+    assert q.capabilities == frozenset(OPERATIONS)  # the class and other instances are unchanged
+    p.create_key("k", KeySpec.aes(256))
+    with pytest.raises(UnsupportedOperation, match="key ceremony"):
+        p.rotate_key("k")
+    assert len(list(p.list_versions("k"))) == 1
+
+
 def test_a_declared_unsupported_operation_is_refused_before_the_backend_runs() -> None:
     p = _NoByok()
     assert "import_byok" not in p.capabilities

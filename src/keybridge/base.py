@@ -9,12 +9,11 @@ audit event per operation. A backend implements only the ``_``-prefixed hooks.
 
 What a backend can do is explicit: :attr:`BaseProvider.capabilities` holds the name of every
 public operation (see :data:`~keybridge.provider.OPERATIONS`) whose hook the backend overrides,
-minus those it declares in :attr:`BaseProvider.unsupported` (an operation it overrides only to
-say why not, or cannot do in some configuration). Calling an operation outside ``capabilities``
-raises :class:`~keybridge.errors.UnsupportedOperation` naming the provider and the operation,
-before the backend is touched; a hook left out raises the same if reached another way. (RSA
-``wrap_key`` / ``encrypt`` and every ``verify`` run locally from the public key, so they work
-without the backend's hook.)
+minus those it declares in :attr:`BaseProvider.unsupported` (operation -> why not). Calling an
+operation outside ``capabilities`` raises :class:`~keybridge.errors.UnsupportedOperation` naming
+the provider and the operation, before the backend is touched; a hook left out raises the same
+if reached another way. (RSA ``wrap_key`` / ``encrypt`` and every ``verify`` run locally from the
+public key, so they work without the backend's hook.)
 """
 
 from __future__ import annotations
@@ -72,9 +71,11 @@ class BaseProvider:
     # in-memory store): creating under an existing name adds a version instead of refusing.
     _create_adds_version: bool = False
     unsupported: Mapping[str, str] = MappingProxyType({})
-    """Operations this backend declares it cannot do although it overrides their hook, each with
-    the reason (shown in :class:`~keybridge.errors.UnsupportedOperation`); subtracted from
-    :attr:`capabilities`."""
+    """Operations this backend declares it cannot do, each with the reason shown in
+    :class:`~keybridge.errors.UnsupportedOperation`. Subtracted from :attr:`capabilities`: for an
+    inherited hook this only adds the reason; an overridden one (say, a class that inherits a
+    backend and must not offer one of its operations) is taken out. A class attribute, or set on
+    the instance when it depends on configuration (a token without a wrap mechanism)."""
 
     # ---- backend hooks -------------------------------------------------------------------------
 
@@ -147,7 +148,7 @@ class BaseProvider:
         """The operations (names from :data:`~keybridge.provider.OPERATIONS`) this provider can
         do: those whose hook the backend overrides, minus those it declares :attr:`unsupported`.
         Anything else raises :class:`~keybridge.errors.UnsupportedOperation` when called."""
-        return _capabilities(type(self))
+        return _overridden(type(self)) - set(self.unsupported)
 
     def kek_id(self, info: KeyInfo) -> str:
         """The id a BYOK package names this provider's key-exchange key ``info`` by (the
@@ -504,16 +505,17 @@ class BaseProvider:
         return info, a
 
 
-_CAPABILITIES: dict[type[BaseProvider], frozenset[str]] = {}
+_OVERRIDDEN: dict[type[BaseProvider], frozenset[str]] = {}
 
 
-def _capabilities(cls: type[BaseProvider]) -> frozenset[str]:
-    # Per class, not per instance: which hooks a class overrides cannot change at run time.
-    caps = _CAPABILITIES.get(cls)
-    if caps is None:
-        overridden = {op for op, hook in _HOOKS.items() if getattr(cls, hook) is not getattr(BaseProvider, hook)}
-        caps = _CAPABILITIES[cls] = frozenset(overridden - set(cls.unsupported))
-    return caps
+def _overridden(cls: type[BaseProvider]) -> frozenset[str]:
+    # Per class: which hooks a class overrides cannot change at run time (``unsupported`` can be
+    # set per instance, for what depends on the backend's configuration, so it is not cached).
+    ops = _OVERRIDDEN.get(cls)
+    if ops is None:
+        found = {op for op, hook in _HOOKS.items() if getattr(cls, hook) is not getattr(BaseProvider, hook)}
+        ops = _OVERRIDDEN[cls] = frozenset(found)
+    return ops
 
 
 def _refuse_pin(name: str) -> None:
