@@ -15,6 +15,7 @@ from cryptography.x509.oid import NameOID
 
 from keybridge import open_provider
 from keybridge.ekm import Client, ClientRule, EkmError, EkmServer, ExportedKey
+from keybridge.errors import ProviderUnavailable
 from keybridge.keys import KeyOp, KeySpec
 
 
@@ -207,8 +208,6 @@ def test_slow_hsm_answers_request_timeout(softhsm_token, pki: Path) -> None:  # 
 
 
 def test_client_cert_from_another_root_fails_the_handshake(proxy, pki: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    import ssl
-
     server, _ = proxy
     other = _cert(tmp_path / "other-ca", "other root", None)
     _cert(tmp_path / "imposter", "contoso.managedhsmclient.azure.net", other)
@@ -218,5 +217,29 @@ def test_client_cert_from_another_root_fails_the_handshake(proxy, pki: Path, tmp
         cert_file=str(tmp_path / "imposter.crt"),
         key_file=str(tmp_path / "imposter.key"),
     )
-    with pytest.raises((ssl.SSLError, ConnectionError)):
+    with pytest.raises(ProviderUnavailable, match="TLS"):
         c.info()
+
+
+def test_one_tls_connection_is_reused_and_close_ends_it(softhsm_token, pki: Path) -> None:  # type: ignore[no-untyped-def]
+    with open_provider(softhsm_token.uri(pin=False), user_pin=softhsm_token.user_pin) as hsm:
+        name = f"ekm-ka-{os.urandom(4).hex()}"
+        hsm.create_key(name, KeySpec.aes(256), ops=[KeyOp.WRAP_KEY, KeyOp.UNWRAP_KEY])
+        server = EkmServer(
+            hsm,
+            [ExportedKey("k", name)],
+            cert_file=str(pki / "server.crt"),
+            key_file=str(pki / "server.key"),
+            client_ca_file=str(pki / "ca.crt"),
+            clients=[ClientRule("contoso.managedhsmclient.azure.net")],
+            deadline=5.0,
+        )
+        c = _client(server, pki)
+        c.info()
+        sock = c._conn.sock  # type: ignore[union-attr]
+        wrapped = c.wrap_key("k", "A256KW", bytes(range(32)))
+        assert c.unwrap_key("k", "A256KW", wrapped) == bytes(range(32))
+        assert c._conn.sock is sock  # type: ignore[union-attr]  # no new handshake per call
+        server.close()
+        with pytest.raises(ProviderUnavailable, match="cannot reach the EKM proxy"):
+            c.info()  # the kept-alive connection gets no answer after close, nor does a new one
