@@ -2,60 +2,24 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 
+from _ekm_support import make_cert, make_pki
 from keybridge import open_provider
 from keybridge.ekm import Client, ClientRule, EkmError, EkmServer, ExportedKey
 from keybridge.errors import ProviderUnavailable
 from keybridge.keys import KeyOp, KeySpec
 
 
-def _cert(
-    path: Path, cn: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None, san: bool = False
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-    )
-    b = b.not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-    b = b.issuer_name(issuer[0].subject if issuer else name)
-    b = b.add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-    if san:
-        import ipaddress
-
-        b = b.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        )
-    cert = b.sign(issuer[1] if issuer else key, hashes.SHA256())
-    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    path.with_suffix(".key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("pki")
-    ca = _cert(d / "ca", "test root", None)
-    _cert(d / "server", "localhost", ca, san=True)
-    _cert(d / "hsm", "contoso.managedhsmclient.azure.net", ca)
-    _cert(d / "stranger", "evil.example", ca)
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
@@ -209,8 +173,8 @@ def test_slow_hsm_answers_request_timeout(softhsm_token, pki: Path) -> None:  # 
 
 def test_client_cert_from_another_root_fails_the_handshake(proxy, pki: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     server, _ = proxy
-    other = _cert(tmp_path / "other-ca", "other root", None)
-    _cert(tmp_path / "imposter", "contoso.managedhsmclient.azure.net", other)
+    other = make_cert(tmp_path / "other-ca", "other root", None)
+    make_cert(tmp_path / "imposter", "contoso.managedhsmclient.azure.net", other)
     c = Client(
         server.url,
         ca_file=str(pki / "ca.crt"),

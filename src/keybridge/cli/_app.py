@@ -6,6 +6,7 @@ import click
 
 from .. import __version__
 from ._byok import byok, demo
+from ._ekm import ekm
 from ._emulator import emulator
 from ._envelope import decrypt, encrypt, rewrap
 from ._keys import keys
@@ -18,5 +19,5 @@ def app() -> None:
     """Use keys you hold yourself: PKCS#11 HSMs, Azure Key Vault / Managed HSM, software."""
 
 
-for command in (keys, byok, demo, emulator, encrypt, decrypt, rewrap, sign):
+for command in (keys, byok, demo, emulator, encrypt, decrypt, rewrap, sign, ekm):
     app.add_command(command)
