@@ -204,16 +204,6 @@ def test_one_tls_connection_is_reused_and_close_ends_it(softhsm_token, pki: Path
         wrapped = c.wrap_key("k", "A256KW", bytes(range(32)))
         assert c.unwrap_key("k", "A256KW", wrapped) == bytes(range(32))
         assert c._conn.sock is sock  # type: ignore[union-attr]  # no new handshake per call
-        import statistics
-        import time
-
-        times = []
-        for _ in range(15):
-            t = time.perf_counter()
-            c.info()
-            times.append(time.perf_counter() - t)
-        # Nagle on the server's two writes would add the client's 40 ms delayed ACK to every call
-        assert statistics.median(times) < 0.02
         server.close()
         with pytest.raises(ProviderUnavailable, match="cannot reach the EKM proxy"):
             c.info()  # the kept-alive connection gets no answer after close, nor does a new one
