@@ -305,7 +305,7 @@ class EkmState:
             raise ApiError(502, "BadGateway", str(exc)) from None
 
 
-def state(vault: Any) -> EkmState:
+def state(vault: Vault) -> EkmState:
     """The vault's EKM state; the first call puts an :class:`ExternalProvider` in front of its provider."""
     with vault.lock:
         if not isinstance(vault.provider, ExternalProvider):
