@@ -234,3 +234,11 @@ def test_disabled_key_is_403_keydisabled(softhsm_token, pki: Path) -> None:  # t
             assert (err.value.status, err.value.code) == (403, "KeyDisabled")
         finally:
             server.close()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8443", "127.0.0.1:8443", "https:///contoso"])
+def test_client_wants_an_https_url(pki: Path, url: str) -> None:
+    from keybridge.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="https://HOST"):
+        Client(url, ca_file=str(pki / "ca.crt"), cert_file=str(pki / "hsm.crt"), key_file=str(pki / "hsm.key"))

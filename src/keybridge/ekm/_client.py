@@ -40,6 +40,8 @@ class Client:
         timeout: float = 5.0,
     ) -> None:
         parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise InvalidArgument(f"the EKM proxy URL must be https://HOST[:PORT][/prefix], got {url!r}")
         self._host = parts.hostname or "localhost"
         self._port = parts.port or 443
         self._prefix = parts.path.rstrip("/")
