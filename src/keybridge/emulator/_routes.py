@@ -19,6 +19,7 @@ from ..providers.memory import InMemoryProvider
 from . import _byok_import, _wire
 from ._attest import Attestor
 from ._errors import ApiError, bad, from_keybridge
+from ._external import EkmRoutes
 from ._jwk import key_type, material_from_jwk
 from ._records import Entry, check_tags, decode_b64, encode_b64
 from ._vault import Vault
@@ -51,7 +52,7 @@ def _obj(body: Mapping[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
-class Router:
+class Router(EkmRoutes):
     """Maps (method, path segments) to handlers; each returns (status, JSON body or None)."""
 
     def __init__(self, vault: Vault) -> None:
@@ -105,6 +106,8 @@ class Router:
             table = {"POST": self.recover}
         elif head == "rng" and n == 1:
             table = {"POST": self.rng}
+        elif head == "ekm":
+            table = self.ekm_table(parts)
         if not table:
             raise ApiError(404, "NotFound", f"no such operation: /{'/'.join(parts)}")
         if method not in table:
@@ -141,6 +144,8 @@ class Router:
 
     def create(self, parts: list[str], query: Mapping[str, str], body: dict[str, Any], base: str) -> Answer:
         """POST /keys/{name}/create."""
+        if isinstance(_obj(body, "attributes").get("external_key"), dict):
+            return self.create_external(parts, query, body, base)
         kty = body.get("kty")
         kind = key_type(kty) if kty is not None else None
         if kind is None:
