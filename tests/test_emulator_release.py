@@ -37,6 +37,11 @@ _OAEP = {
 }
 
 
+_NESTED: dict[str, Any] = {"claim": "c", "equals": 1}
+for _ in range(9):
+    _NESTED = {"anyOf": [_NESTED]}
+
+
 def _name() -> str:
     return "r-" + uuid.uuid4().hex[:10]
 
@@ -164,9 +169,10 @@ def test_a_policy_can_be_replaced_unless_it_is_immutable(client: KeyClient, hsm:
     assert locked.properties.release_policy is not None
     assert locked.properties.release_policy.immutable is True
     with pytest.raises(HttpResponseError) as err:
-        client.update_key_properties(locked.name, locked.properties.version, release_policy=stricter)
+        client.update_key_properties(locked.name, locked.properties.version, release_policy=stricter, tags={"a": "b"})
     assert _error(err) == (400, "BadParameter")
     assert "immutable" in str(err.value.message)
+    assert not client.get_key(locked.name).properties.tags  # a refused PATCH changes nothing
     kept = client.get_key(locked.name).properties.release_policy
     assert kept is not None
     assert json.loads(kept.encoded_policy) == json.loads(_default_policy(hsm).encoded_policy)
@@ -184,6 +190,9 @@ def test_a_policy_can_be_replaced_unless_it_is_immutable(client: KeyClient, hsm:
         (b'{"anyOf": [{"authority": "https://a", "allOf": [{"claim": "c", "equals": 1, "less": 2}]}]}', "exactly one"),
         (b'{"anyOf": [{"authority": "https://a", "allOf": [1], "anyOf": [1]}]}', "exactly one of allOf or anyOf"),
         (b'{"anyOf": [{"authority": "https://a", "allOf": [{"claim": "c", "equals": [1]}]}]}', "a string, a number"),
+        (b'{"anyOf": [{"authority": "http://a", "allOf": [{"claim": "c", "equals": 1}]}]}', "https URL"),
+        (b"[" * 100_000 + b"]" * 100_000, "modest depth"),
+        (json.dumps({"anyOf": [{"authority": "https://a", "allOf": [_NESTED]}]}).encode(), "deeper than 8"),
     ],
 )
 def test_a_policy_outside_the_grammar_is_a_bad_parameter(client: KeyClient, data: bytes, fragment: str) -> None:
@@ -343,6 +352,7 @@ def test_what_cannot_be_released_and_malformed_requests(
         ({}, "target"),
         ({"target": "not-a-jwt"}, "JWT"),
         ({"target": "a.b.c"}, "JWT"),
+        ({"target": "e30." + base64.urlsafe_b64encode(b"[" * 50_000).decode() + ".AA"}, "JWT"),
         ({"target": token, "enc": "RSA-OAEP"}, "enc must be one of"),
         ({"target": no_runtime_key}, "x-ms-runtime.keys"),
     ):

@@ -45,7 +45,7 @@ __all__ = [
     "check_release_policy",
     "rsa_jwk",
     "release",
-    "update_release_policy",
+    "replaced_release_policy",
 ]
 
 CONTENT_TYPE = "application/json; charset=utf-8"
@@ -130,7 +130,7 @@ def _check_rules(rules: object) -> dict[str, Any]:
         where = f"anyOf[{i}]"
         if not isinstance(auth, dict) or not isinstance(_get(auth, "authority"), str):
             raise bad(f"release policy: {where} must be an object with an authority URL")
-        if not str(_get(auth, "authority")).lower().startswith(("https://", "http://")):
+        if not str(_get(auth, "authority")).lower().startswith("https://"):
             raise bad(f"release policy: {where}.authority must be an https URL")
         kind, items = _combinator(auth, where)
         for j, cond in enumerate(items):
@@ -141,8 +141,8 @@ def _check_rules(rules: object) -> dict[str, Any]:
 def _decode_rules(data: bytes) -> dict[str, Any]:
     try:
         rules = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise bad("release policy: data must be base64url of a UTF-8 JSON policy") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):  # the decoder recurses per nesting level
+        raise bad("release policy: data must be base64url of a UTF-8 JSON policy of modest depth") from None
     return _check_rules(rules)
 
 
@@ -165,15 +165,14 @@ def check_release_policy(value: object) -> dict[str, Any] | None:
     return {"contentType": CONTENT_TYPE, "data": encode_b64(data), "immutable": bool(immutable)}
 
 
-def update_release_policy(ver: Version, value: object) -> None:
-    """A PATCH's ``release_policy``: replaces the version's policy unless that one is immutable."""
+def replaced_release_policy(ver: Version, value: object) -> dict[str, Any] | None:
+    """The policy a PATCH's ``release_policy`` puts on ``ver`` (None: keep the current one); 400
+    if the current one is immutable."""
     new = check_release_policy(value)
     old = ver.release_policy
-    if new is None:
-        return
-    if old is not None and old.get("immutable") and new != old:
+    if new is not None and old is not None and old.get("immutable") and new != old:
         raise bad("the key's release policy is immutable and cannot be changed")
-    ver.release_policy = new
+    return new
 
 
 # ---- evaluating a policy against claims --------------------------------------------------------
@@ -304,7 +303,7 @@ class AttestationIssuer:
         h, p, s = token.split(".")
         try:
             header, claims = json.loads(decode_b64(h, "target")), json.loads(decode_b64(p, "target"))
-        except (ApiError, UnicodeDecodeError, ValueError):
+        except (ApiError, UnicodeDecodeError, ValueError, RecursionError):
             raise bad("target is not a JWT: its header and payload must be base64url JSON") from None
         if not isinstance(header, dict) or not isinstance(claims, dict):
             raise bad("target is not a JWT: its header and payload must be JSON objects")
@@ -392,7 +391,7 @@ def release(
     if body.get("target") is None:
         raise bad("target (the attestation token of the release's target) is required")
     claims = issuer.verify(body["target"], vault.now())
-    rules = _decode_rules(decode_b64(ver.release_policy["data"], "release_policy.data"))
+    rules = _decode_rules(decode_b64(ver.release_policy.get("data"), "release_policy.data"))
     if not _allows(rules, claims, issuer.authority):
         raise _denied("the token's claims do not satisfy the key's release policy")
     wrapping_key, wrapping_kid = _runtime_key(claims)

@@ -36,7 +36,7 @@ from ._records import (
     entry_from_json,
     parse_duration,
 )
-from ._release import check_release_policy, update_release_policy
+from ._release import check_release_policy, replaced_release_policy
 
 __all__ = ["Vault"]
 _YEAR_10000 = 253402300800  # unix seconds; datetime cannot hold later times
@@ -246,12 +246,13 @@ class Vault:
     # ---- changing ------------------------------------------------------------------------------
 
     def update(self, name: str, vid: str | None, body: Mapping[str, Any]) -> tuple[Entry, Version]:
-        """PATCH: key_ops, attributes (enabled, nbf, exp) and tags of one version."""
+        """PATCH: key_ops, attributes (enabled, nbf, exp), tags and release policy of one version."""
         entry = self.active(name)
         ver = self.version(entry, vid)
         attributes = body.get("attributes") or {}
         if not isinstance(attributes, dict):
             raise bad("attributes must be an object")
+        policy = replaced_release_policy(ver, body.get("release_policy"))  # checked before any change
         if "key_ops" in body and body["key_ops"] is not None:
             ops = self.check_ops(self.info(entry, ver).spec, body["key_ops"])
             if (ops == ["import"]) != (ver.ops == ["import"]):
@@ -262,7 +263,8 @@ class Vault:
         self._apply_attributes(ver, attributes)
         if "tags" in body and body["tags"] is not None:
             ver.tags = check_tags(body["tags"])
-        update_release_policy(ver, body.get("release_policy"))
+        if policy is not None:
+            ver.release_policy = policy
         if isinstance(attributes.get("enabled"), bool):
             self.call(self.provider.set_enabled, self.ref(entry, ver), attributes["enabled"])
         ver.updated = self.now()
