@@ -419,3 +419,26 @@ def test_byok_imports_cannot_be_made_exportable(client: KeyClient, hsm: ManagedH
     status, answer = _raw(client, "PUT", f"/keys/{_name()}", body)
     assert (status, answer["error"]["code"]) == (400, "BadParameter")
     assert "BYOK" in answer["error"]["message"]
+
+
+def test_release_needs_the_release_data_action(
+    client: KeyClient, hsm: ManagedHsmEmulator, runtime: rsa.RSAPrivateKey
+) -> None:
+    administration = pytest.importorskip("azure.keyvault.administration")
+    from keybridge.emulator._rbac import BUILTIN_ROLES
+
+    key = client.create_rsa_key(_name(), size=2048, exportable=True, release_policy=_default_policy(hsm))
+    releaser, stranger = str(uuid.uuid4()), str(uuid.uuid4())
+    opts: dict[str, Any] = {"connection_verify": hsm.ca_file, "verify_challenge_resource": False}
+    acl = administration.KeyVaultAccessControlClient(hsm.vault_url, hsm.credential(), **opts)
+    role = BUILTIN_ROLES["Managed HSM Crypto Service Release User"][0]
+    acl.create_role_assignment(f"/keys/{key.name}", role, releaser)
+    token = hsm.attestation_token(_CLAIMS, runtime_key=runtime.public_key())
+    as_releaser = KeyClient(hsm.vault_url, hsm.credential(releaser), **opts)
+    assert _open_release(as_releaser.release_key(key.name, token).value, runtime)[1]
+    with pytest.raises(HttpResponseError) as err:
+        as_releaser.get_key(key.name)  # release is all that role allows
+    assert _error(err) == (403, "AccessDenied")
+    with pytest.raises(HttpResponseError) as err:
+        KeyClient(hsm.vault_url, hsm.credential(stranger), **opts).release_key(key.name, token)
+    assert _error(err) == (403, "AccessDenied")
