@@ -400,7 +400,7 @@ def test_attestation_tokens_are_checked_and_verify_with_the_jwks(
     for bad in (
         lambda: hsm.attestation_token(["svn"]),  # type: ignore[arg-type]
         lambda: hsm.attestation_token(runtime_key=runtime),  # type: ignore[arg-type]
-        lambda: hsm.attestation_token(lifetime=0),
+        lambda: hsm.attestation_token(lifetime=0.5),
         lambda: hsm.attestation_token({"x": object()}),
         lambda: hsm.attestation_token({"x-ms-runtime": "tpm"}, runtime_key=runtime.public_key()),
     ):

@@ -226,8 +226,8 @@ class ManagedHsmEmulator:
             raise InvalidArgument(f"claims must be a mapping of claim names to values, got {type(claims).__name__}")
         if runtime_key is not None and not isinstance(runtime_key, rsa.RSAPublicKey):
             raise InvalidArgument("runtime_key must be an RSA public key (cryptography's RSAPublicKey)")
-        if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or not 0 < lifetime <= 86400 * 365:
-            raise InvalidArgument(f"lifetime must be a number of seconds above 0 and at most a year, got {lifetime!r}")
+        if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or not 1 <= lifetime <= 86400 * 365:
+            raise InvalidArgument(f"lifetime must be from 1 second to a year, got {lifetime!r}")
         body = dict(claims or {})
         if runtime_key is not None:
             runtime = body.get("x-ms-runtime") or {}
