@@ -168,10 +168,11 @@ def gcm_decrypt(key: bytes, data: bytes, aad: bytes | None) -> bytes:
         raise IntegrityError("AES-GCM authentication failed: wrong key, wrong aad or damaged ciphertext") from exc
 
 
-def rsa_aes_key_wrap(kek: rsa.RSAPublicKey, plaintext: bytes) -> bytes:
-    """CKM_RSA_AES_KEY_WRAP: fresh AES-256 key under RSA-OAEP-SHA1, then RFC 5649 over ``plaintext``."""
+def rsa_aes_key_wrap(kek: rsa.RSAPublicKey, plaintext: bytes, *, oaep: padding.OAEP = OAEP_SHA1) -> bytes:
+    """CKM_RSA_AES_KEY_WRAP: fresh AES-256 key under RSA-OAEP-SHA1, then RFC 5649 over ``plaintext``.
+    Managed HSM's release also wraps with SHA-256/384 OAEP (``RSA_AES_KEY_WRAP_256/384``): ``oaep``."""
     eph = os.urandom(32)
-    return kek.encrypt(eph, OAEP_SHA1) + aes_key_wrap_with_padding(eph, plaintext)
+    return kek.encrypt(eph, oaep) + aes_key_wrap_with_padding(eph, plaintext)
 
 
 def rsa_aes_key_unwrap(kek: rsa.RSAPrivateKey, blob: bytes) -> bytes:

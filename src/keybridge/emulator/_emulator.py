@@ -9,10 +9,12 @@ import secrets
 import shutil
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import rsa
 from typing_extensions import Self
 
 from .._files import atomic_write
@@ -22,6 +24,7 @@ from ._auth import EmulatorCredential
 from ._faults import FaultInjector, Faults
 from ._rbac import Rbac
 from ._records import RETENTION_DAYS
+from ._release import AttestationIssuer, rsa_jwk
 from ._routes import Router
 from ._server import MAX_CONNECTIONS, REQUEST_TIMEOUT, EmulatorServer
 from ._tls import make_server_context
@@ -91,6 +94,7 @@ class ManagedHsmEmulator:
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self._port = port
         self._credential = EmulatorCredential()
+        self._issuer = AttestationIssuer()
         self._require_token = require_token
         self.rbac = Rbac(self._credential.get_token().token, strict=rbac == "strict")
         self._server: EmulatorServer | None = None
@@ -120,7 +124,7 @@ class ManagedHsmEmulator:
             self._server = EmulatorServer(
                 ctx,
                 self._port,
-                Router(self._vault),
+                Router(self._vault, self._issuer),
                 token,
                 injector,
                 request_timeout=self._request_timeout,
@@ -198,6 +202,47 @@ class ManagedHsmEmulator:
     def provider_options(self) -> dict[str, Any]:
         """Keyword arguments for ``AzureKeyVaultProvider``/``open_provider``/``KeyClient``."""
         return {"credential": self._credential, "connection_verify": self.ca_file, "verify_challenge_resource": False}
+
+    # ---- secure key release -------------------------------------------------------------------
+
+    @property
+    def attestation_authority(self) -> str:
+        """The attestation authority this emulator trusts, to name in release policies
+        (``{"anyOf": [{"authority": hsm.attestation_authority, "allOf": [...]}]}``)."""
+        return self._issuer.authority
+
+    def attestation_token(
+        self,
+        claims: Mapping[str, Any] | None = None,
+        *,
+        runtime_key: rsa.RSAPublicKey | None = None,
+        lifetime: float = 3600,
+    ) -> str:
+        """An attestation token (RS256 JWT) from :attr:`attestation_authority`, as Microsoft Azure
+        Attestation would issue one to a confidential workload: ``claims`` plus ``iss``/``iat``/
+        ``nbf``/``exp`` in emulator time (so :meth:`advance` expires it). ``runtime_key`` (the
+        workload's RSA public key, which a release wraps the key for) goes into
+        ``x-ms-runtime.keys``. Pass the token to ``KeyClient.release_key``."""
+        if claims is not None and not isinstance(claims, Mapping):
+            raise InvalidArgument(f"claims must be a mapping of claim names to values, got {type(claims).__name__}")
+        if runtime_key is not None and not isinstance(runtime_key, rsa.RSAPublicKey):
+            raise InvalidArgument("runtime_key must be an RSA public key (cryptography's RSAPublicKey)")
+        if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or not 1 <= lifetime <= 86400 * 365:
+            raise InvalidArgument(f"lifetime must be from 1 second to a year, got {lifetime!r}")
+        body = dict(claims or {})
+        if runtime_key is not None:
+            runtime = body.get("x-ms-runtime") or {}
+            if not isinstance(runtime, Mapping):
+                raise InvalidArgument("claims['x-ms-runtime'] must be an object when runtime_key is given")
+            body["x-ms-runtime"] = {**runtime, "keys": [{"kid": "runtime-key", **rsa_jwk(runtime_key)}]}
+        try:
+            return self._issuer.token(body, self._vault.now(), int(lifetime))
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"claims must be JSON values ({exc})") from None
+
+    def attestation_jwks(self) -> dict[str, Any]:
+        """The JSON Web Key Set of :attr:`attestation_authority`, to check its tokens with."""
+        return self._issuer.jwks()
 
     # ---- time ----------------------------------------------------------------------------------
 
