@@ -8,6 +8,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -17,6 +18,7 @@ from typing_extensions import Self
 from .._files import atomic_write
 from ..errors import InvalidArgument, ProviderUnavailable
 from ..provider import KeyProvider, open_provider
+from ._audit import AuditLog, AuditRecord
 from ._auth import EmulatorCredential
 from ._faults import FaultInjector, Faults
 from ._rbac import Rbac
@@ -51,6 +53,10 @@ class ManagedHsmEmulator:
     Time is the emulator's own: :meth:`advance` moves it forward, and what has come due then
     happens as in the service: rotation policies make new versions, and soft-deleted keys are
     purged ``retention_days`` (Managed HSM allows 7 to 90; default 90) after deletion.
+
+    ``audit_log`` (a file path) and/or ``audit`` (a callable taking a dict) receive one Managed
+    HSM ``AuditEvent`` record per answered request, 401 challenges and denials included; see
+    :mod:`keybridge.emulator._audit` and docs/emulator.md for the fields.
     """
 
     def __init__(
@@ -62,6 +68,8 @@ class ManagedHsmEmulator:
         require_token: bool = True,
         rbac: str = "default",
         retention_days: int = RETENTION_DAYS,
+        audit_log: str | Path | None = None,
+        audit: Callable[[AuditRecord], None] | None = None,
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise InvalidArgument(f"port must be 0 (any free port) or 1-65535, got {port!r}")
@@ -79,6 +87,7 @@ class ManagedHsmEmulator:
         self._credential = EmulatorCredential()
         self._require_token = require_token
         self.rbac = Rbac(self._credential.get_token().token, strict=rbac == "strict")
+        self._audit = self._audit_log(audit_log, audit)
         self._server: EmulatorServer | None = None
         self._thread: threading.Thread | None = None
         self._tmp: Path | None = None
@@ -105,6 +114,7 @@ class ManagedHsmEmulator:
         try:
             self._server = EmulatorServer(ctx, self._port, Router(self._vault), token, injector)
             self._server.rbac = self.rbac
+            self._server.audit = self._audit
         except OSError as exc:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise ProviderUnavailable(f"cannot listen on 127.0.0.1:{self._port}: {exc.strerror}") from exc
@@ -196,6 +206,22 @@ class ManagedHsmEmulator:
             raise InvalidArgument(f"advance() moves time forward only, by less than 3000 years; got {total} seconds")
         self._vault.advance(int(total))
         return self.now()
+
+    # ---- audit ---------------------------------------------------------------------------------
+
+    def _audit_log(self, path: str | Path | None, callback: Callable[[AuditRecord], None] | None) -> AuditLog | None:
+        if callback is not None and not callable(callback):
+            raise InvalidArgument(f"audit must be a callable taking one record (a dict), got {type(callback).__name__}")
+        if path is None and callback is None:
+            return None
+        if path is not None and not isinstance(path, (str, Path)):
+            raise InvalidArgument(f"audit_log must be a file path, got {type(path).__name__}")
+        try:
+            audit = AuditLog(path, callback, self.rbac)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot open the audit log {path}: {exc.strerror}; pass a writable path") from None
+        audit.require_token = self._require_token
+        return audit
 
     # ---- persistence ---------------------------------------------------------------------------
 

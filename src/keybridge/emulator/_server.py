@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from ._audit import AuditLog
 from ._auth import challenge, token_ok
 from ._errors import ApiError, bad
 from ._faults import FaultInjector
@@ -57,6 +58,7 @@ class EmulatorServer(ThreadingHTTPServer):
         self.token = token
         self.faults = faults
         self.rbac: Rbac | None = None  # set by the emulator; None: any accepted token may do anything
+        self.audit: AuditLog | None = None  # set by the emulator when asked for an audit log
         self.vault_url = f"https://127.0.0.1:{self.server_address[1]}"
         self._open: dict[Any, threading.Thread] = {}  # connection -> the worker serving it
         self._open_lock = threading.Lock()
@@ -129,6 +131,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":  # a HEAD answer has the headers of its body but never the body
             self.wfile.write(data)
+        if self.server.audit is not None:
+            self.server.audit.record(
+                method=self.command, target=self.path, headers=self.headers, base=self._base(),
+                caller=self.client_address[0], status=status, body=body, started=self._started,
+            )  # fmt: skip
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding"):
@@ -157,6 +164,7 @@ class _Handler(BaseHTTPRequestHandler):
         return f"https://{host}" if _LOCAL_HOST.fullmatch(host) else self.server.vault_url
 
     def _dispatch(self) -> None:
+        self._started = time.monotonic()
         try:
             if self._fault():
                 return
