@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import stat
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,10 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.core.pipeline import PipelineResponse
 from azure.keyvault.keys import KeyClient
 from azure.keyvault.keys.crypto import CryptographyClient, SignatureAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 
+from keybridge import KeySpec, audit, open_provider
 from keybridge.emulator import ManagedHsmEmulator
 from keybridge.emulator._audit import operation_name
 from keybridge.emulator._rbac import BUILTIN_ROLES
@@ -139,3 +144,63 @@ def test_bad_audit_arguments_are_typed_errors(tmp_path: Path) -> None:
         ManagedHsmEmulator(audit="not callable")  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="cannot open the audit log"):
         ManagedHsmEmulator(audit_log=tmp_path / "missing-dir" / "audit.jsonl")
+
+
+def test_keybridge_audit_line_joins_the_emulator_record(tmp_path: Path) -> None:
+    service_log, client_log = tmp_path / "hsm.jsonl", tmp_path / "keybridge.jsonl"
+    with ManagedHsmEmulator(audit_log=service_log) as hsm, audit.JsonLinesSink(client_log) as sink:
+        provider = open_provider(hsm.vault_url, **hsm.provider_options())
+        audit.add_sink(sink)
+        try:
+            info = provider.create_key("joined", KeySpec.ec("P-256"))
+            digest = bytes(range(32))
+            signature = provider.sign(info.ref, "ES256", digest)
+        finally:
+            audit.remove_sink(sink)
+            provider.close()
+        token = hsm.credential().get_token().token
+    assert stat.S_IMODE(client_log.stat().st_mode) == 0o600
+    ours = [e for e in _records(client_log) if e["provider"] == "https"]
+    assert [e["operation"] for e in ours] == ["create_key", "sign"]
+    service = _records(service_log)
+    for event, expected in zip(ours, ("KeyCreate", "KeySign"), strict=True):
+        assert event["outcome"] == "ok"
+        joined = [r for r in service if r["correlationId"] == event["correlation_id"]]
+        assert expected in [r["operationName"] for r in joined]
+        # create_key first looks the name up (404), and the first request is the 401 challenge
+        assert {r["httpStatusCode"] for r in joined} <= {200, 401, 404}
+    # every keybridge operation has its own id
+    assert len({e["correlation_id"] for e in ours}) == 2
+    # checked independently: the signature verifies under the public key the service reported
+    assert isinstance(info.public_key, ec.EllipticCurvePublicKey)
+    r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    info.public_key.verify(utils.encode_dss_signature(r, s), digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+    text = client_log.read_text("utf-8") + service_log.read_text("utf-8")
+    assert token not in text
+    assert base64.urlsafe_b64encode(signature).rstrip(b"=").decode() not in text
+
+
+def _event(i: int) -> audit.AuditEvent:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return audit.AuditEvent("sign", "memory", f"memory:k{i}", "ES256", "ok", 0.001, now, str(uuid.uuid4()))
+
+
+def test_json_lines_sink_writes_whole_lines_from_many_threads(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("")
+    path.chmod(0o644)  # an existing, wider file is narrowed
+    with audit.JsonLinesSink(path) as sink:
+        threads = [
+            threading.Thread(target=lambda t=t: [sink(_event(t * 100 + i)) for i in range(50)]) for t in range(8)
+        ]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    lines = _records(path)
+    assert sorted(e["key"] for e in lines) == sorted(f"memory:k{t * 100 + i}" for t in range(8) for i in range(50))
+    with pytest.raises(InvalidArgument, match="closed"):
+        sink(_event(0))
+    with pytest.raises(InvalidArgument, match="cannot open audit log"):
+        audit.JsonLinesSink(tmp_path / "no-dir" / "x.jsonl")

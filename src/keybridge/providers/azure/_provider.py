@@ -138,7 +138,9 @@ class AzureKeyVaultProvider(BaseProvider):
                     from azure.identity import DefaultAzureCredential
 
                     credential = DefaultAzureCredential()
-                self._client = KeyClient(self.vault_url, credential, **self._client_kwargs)
+                self._client = KeyClient(
+                    self.vault_url, credential, raw_request_hook=_rest.correlate, **self._client_kwargs
+                )
             return self._client
 
     def _make_ref(self, name: str, version: str | None) -> KeyRef:
