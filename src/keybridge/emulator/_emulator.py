@@ -18,6 +18,7 @@ from typing_extensions import Self
 from .._files import atomic_write
 from ..errors import InvalidArgument, ProviderUnavailable
 from ..provider import KeyProvider, open_provider
+from ._admin import Admin
 from ._audit import AuditLog, AuditRecord
 from ._auth import EmulatorCredential
 from ._faults import FaultInjector, Faults
@@ -56,7 +57,8 @@ class ManagedHsmEmulator:
 
     ``audit_log`` (a file path) and/or ``audit`` (a callable taking a dict) receive one Managed
     HSM ``AuditEvent`` record per answered request, 401 challenges and denials included; see
-    :mod:`keybridge.emulator._audit` and docs/emulator.md for the fields.
+    :mod:`keybridge.emulator._audit` and docs/emulator.md for the fields. ``KeyVaultSettingsClient``
+    and ``KeyVaultBackupClient`` work too: full backups go to folders under :attr:`backup_dir`.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class ManagedHsmEmulator:
         self._vault = Vault(self.provider, self._save_state if self.state_dir else None, retention_days=retention_days)
         if self.state_dir is not None and (self.state_dir / _STATE).exists():
             self._load_state(self.state_dir / _STATE)
+        self._admin = Admin(self._vault, lambda: Path(self.backup_dir))
 
     def __repr__(self) -> str:
         where = self.vault_url if self._server else "stopped"
@@ -112,7 +115,7 @@ class ManagedHsmEmulator:
         injector = FaultInjector(self.faults) if self.faults else None
         token = self._credential.get_token().token if self._require_token else None
         try:
-            self._server = EmulatorServer(ctx, self._port, Router(self._vault), token, injector)
+            self._server = EmulatorServer(ctx, self._port, Router(self._vault, self._admin), token, injector)
             self._server.rbac = self.rbac
             self._server.audit = self._audit
         except OSError as exc:
@@ -174,6 +177,17 @@ class ManagedHsmEmulator:
         """Path of the PEM CA certificate to trust (``connection_verify=``)."""
         self._running()
         return str(self._ca_file)
+
+    @property
+    def backup_dir(self) -> str:
+        """Where full backups land: ``<state_dir>/backups``, else this run's temporary directory
+        (deleted by :meth:`stop`). A container URL ``https://HOST/CONTAINER`` is the folder
+        ``HOST/CONTAINER`` inside it."""
+        if self.state_dir is not None:
+            return str(self.state_dir / "backups")
+        self._running()
+        assert self._tmp is not None  # made by start(), with the server
+        return str(self._tmp / "backups")
 
     def credential(self, principal: str | None = None) -> EmulatorCredential:
         """A TokenCredential whose token this emulator accepts: as the first principal (which

@@ -175,8 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
             url = urlsplit(self.path)
             parts = [unquote(p) for p in url.path.split("/")[1:]]
             query = dict(parse_qsl(url.query, keep_blank_values=True))
-            status, body = self._authorized(parts, query, _json(raw))
-            self._send(status, body)
+            self._send(*self._authorized(parts, query, _json(raw)))  # (status, body[, headers])
         except ApiError as exc:
             headers = dict(exc.headers)
             if exc.status == 401:
@@ -186,7 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("emulator failed on %s %s", self.command, urlsplit(self.path).path)
             self._send(500, ApiError(500, "InternalError", "the emulator hit an internal error").body())
 
-    def _authorized(self, parts: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
+    def _authorized(self, parts: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[Any, ...]:
         rbac = self.server.rbac
         if rbac is None:
             return self.server.router.handle(self.command, parts, query, body, self._base())
