@@ -4,6 +4,7 @@ azure-keyvault-administration SDK over HTTPS."""
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,3 +182,25 @@ def test_backup_needs_the_backup_role(hsm: ManagedHsmEmulator) -> None:
     with pytest.raises(HttpResponseError) as err:
         _backup(hsm, stranger).begin_restore(CONTAINER + "/mhsm-emulator-x", sas_token=SAS)
     assert err.value.status_code == 403
+
+
+def test_a_backup_restores_after_a_restart_with_the_same_state_dir(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with ManagedHsmEmulator(state_dir=state) as hsm:
+        keys = KeyClient(hsm.vault_url, hsm.credential(), **_opts(hsm))
+        before = _public(keys.create_ec_key("kept", curve="P-256"))
+        folder_url = _backup(hsm).begin_backup(CONTAINER, sas_token=SAS).result().folder_url
+        keys.begin_delete_key("kept").wait()
+        keys.purge_deleted_key("kept")
+        assert Path(hsm.backup_dir) == state / "backups"
+    with ManagedHsmEmulator(state_dir=state) as hsm:
+        _backup(hsm).begin_restore(folder_url, use_managed_identity=True).wait()
+        keys = KeyClient(hsm.vault_url, hsm.credential(), **_opts(hsm))
+        assert _public(keys.get_key("kept")) == before
+    with ManagedHsmEmulator(state_dir=tmp_path / "other") as hsm:
+        # another emulator's folder (copied over) is not one this one can restore
+        other = Path(hsm.backup_dir) / "acct.blob.core.windows.net"
+        other.mkdir(parents=True)
+        shutil.copytree(state / "backups" / "acct.blob.core.windows.net" / "backups", other / "backups")
+        with pytest.raises(HttpResponseError, match="another emulator"):
+            _backup(hsm).begin_restore(folder_url, sas_token=SAS).wait()

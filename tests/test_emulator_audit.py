@@ -67,6 +67,8 @@ def test_denied_missing_and_signed_calls_are_all_recorded(tmp_path: Path) -> Non
         digest = bytes(range(32))
         crypto = CryptographyClient(key, hsm.credential(user), **opts)
         signature = crypto.sign(SignatureAlgorithm.es256, digest, raw_response_hook=_sent_ids(sign_ids)).signature
+        # written before the answer went out: a client that has its answer finds the record
+        assert any(r["correlationId"] == sign_ids[-1] for r in _records(log))
         tokens = [hsm.credential(p).get_token().token for p in (outsider, user, None)]
         vault_url = hsm.vault_url
 

@@ -119,6 +119,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: dict[str, Any] | None, headers: dict[str, str] | None = None) -> None:
         data = b"" if body is None else json.dumps(body).encode("utf-8")
+        if self.server.audit is not None:  # before the answer, so a client that has it finds the record
+            self.server.audit.record(
+                method=self.command, target=self.path, headers=self.headers, base=self._base(),
+                caller=self.client_address[0], status=status, body=body, started=self._started,
+            )  # fmt: skip
         self.send_response(status)
         self.send_header("x-ms-request-id", str(uuid.uuid4()))
         for k, v in (headers or {}).items():
@@ -131,11 +136,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":  # a HEAD answer has the headers of its body but never the body
             self.wfile.write(data)
-        if self.server.audit is not None:
-            self.server.audit.record(
-                method=self.command, target=self.path, headers=self.headers, base=self._base(),
-                caller=self.client_address[0], status=status, body=body, started=self._started,
-            )  # fmt: skip
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding"):
