@@ -204,3 +204,11 @@ def test_a_backup_restores_after_a_restart_with_the_same_state_dir(tmp_path: Pat
         shutil.copytree(state / "backups" / "acct.blob.core.windows.net" / "backups", other / "backups")
         with pytest.raises(HttpResponseError, match="another emulator"):
             _backup(hsm).begin_restore(folder_url, sas_token=SAS).wait()
+
+
+def test_an_unwritable_backup_folder_fails_the_job(hsm: ManagedHsmEmulator) -> None:
+    root = Path(hsm.backup_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "acct.blob.core.windows.net").write_text("a file where the account folder would go")
+    with pytest.raises(HttpResponseError, match="StorageError"):
+        _backup(hsm).begin_backup(CONTAINER, sas_token=SAS).result()

@@ -25,7 +25,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -68,10 +68,10 @@ class Job:
     kind: str  # "backup" or "restore": which status route answers for it
     outcome: str  # what status it reports once no longer InProgress
     started: float  # monotonic, for JOB_SECONDS
-    start_time: int  # unix seconds, for the wire
+    start_time: int  # unix seconds on the emulator's clock, for the wire
     error: dict[str, Any] | None = None
     folder_uri: str | None = None
-    read: bool = field(default=False)
+    read: bool = False
 
     def status(self) -> str:
         """InProgress until first read or JOB_SECONDS after start, then the outcome."""
@@ -221,7 +221,7 @@ class Admin:
                 f"Another backup or restore operation (job {busy[0].id}) is in progress; wait until it has"
                 " finished (poll its status) and try again.",
             )
-        job = Job(uuid.uuid4().hex, kind, "Succeeded", time.monotonic(), int(time.time()))
+        job = Job(uuid.uuid4().hex, kind, "Succeeded", time.monotonic(), self.vault.now())
         try:
             job.folder_uri = work()
         except _JobFailed as exc:
@@ -247,12 +247,14 @@ class Admin:
             name = f"mhsm-emulator-{stamp}"
             while (container / name).exists():  # two backups in one millisecond
                 name += "0"
-            keys = {
-                n: self.vault.backup(n).decode("ascii") for n, e in sorted(self.vault.entries.items()) if not e.deleted
-            }
-            (container / name).mkdir(mode=0o700, parents=True)
-            manifest = {"format": _FORMAT, "created": self.vault.now(), "keys": keys}
-            (container / name / _MANIFEST).write_text(json.dumps(manifest), "utf-8")
+            live = sorted(n for n, e in self.vault.entries.items() if e.deleted is None)
+            manifest = {"format": _FORMAT, "created": self.vault.now(), "keys": {}}
+            try:
+                (container / name).mkdir(mode=0o700, parents=True)
+                manifest["keys"] = {n: self.vault.backup(n).decode("ascii") for n in live}
+                (container / name / _MANIFEST).write_text(json.dumps(manifest), "utf-8")
+            except OSError as exc:
+                raise _JobFailed("StorageError", f"cannot write backup folder {name}: {exc.strerror}") from None
             return f"{container_url}/{name}"
 
         return self._start("backup", base, work)
