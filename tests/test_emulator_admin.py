@@ -26,6 +26,7 @@ from keybridge.emulator._rbac import BUILTIN_ROLES
 
 AUDITOR = BUILTIN_ROLES["Managed HSM Crypto Auditor"][0]
 CONTAINER = "https://acct.blob.core.windows.net/backups"
+ARM = "AllowKeyManagementOperationsThroughARM"
 SAS = "sv=2024-01-01&sig=not-a-real-signature"
 
 
@@ -212,3 +213,15 @@ def test_an_unwritable_backup_folder_fails_the_job(hsm: ManagedHsmEmulator) -> N
     (root / "acct.blob.core.windows.net").write_text("a file where the account folder would go")
     with pytest.raises(HttpResponseError, match="StorageError"):
         _backup(hsm).begin_backup(CONTAINER, sas_token=SAS).result()
+
+
+def test_backup_jobs_are_audited_without_the_sas_token() -> None:
+    records: list[dict[str, Any]] = []
+    with ManagedHsmEmulator(audit=records.append) as hsm:
+        folder_url = _backup(hsm).begin_backup(CONTAINER, sas_token=SAS).result().folder_url
+        _backup(hsm).begin_restore(folder_url, sas_token=SAS).wait()
+        _settings(hsm).get_setting(ARM)
+    names = [r["operationName"] for r in records if r["httpStatusCode"] != 401]
+    assert names == ["BackupCreate", "BackupStatus", "RestoreStart", "RestoreStatus", "SettingGet"]
+    assert [r["httpStatusCode"] for r in records if r["httpStatusCode"] != 401] == [202, 200, 202, 200, 200]
+    assert SAS not in json.dumps(records)
