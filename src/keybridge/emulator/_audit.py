@@ -129,7 +129,7 @@ class AuditLog:
         caller: str,
         status: int,
         body: Mapping[str, Any] | None,
-        started: float,
+        started: float | None,
     ) -> AuditRecord:
         """Build the record of one answered request and write it to every destination."""
         url = urlsplit(target)
@@ -150,7 +150,7 @@ class AuditLog:
             "resultType": "Success" if status < 400 else "Failure",
             "resultSignature": reason,
             "resultDescription": err.get("message") if isinstance(err, Mapping) else None,
-            "durationMs": int((time.monotonic() - started) * 1000),
+            "durationMs": 0 if started is None else int((time.monotonic() - started) * 1000),
             "callerIpAddress": caller,
             "clientInfo": headers.get("User-Agent"),
             "correlationId": headers.get("x-ms-client-request-id"),

@@ -104,6 +104,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "keybridge-emulator"
     timeout = 30
     server: EmulatorServer
+    _started: float | None = None  # when _dispatch began the current request (for audit durationMs)
 
     def setup(self) -> None:
         super().setup()
