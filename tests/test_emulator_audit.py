@@ -157,22 +157,23 @@ def test_keybridge_audit_line_joins_the_emulator_record(tmp_path: Path) -> None:
             info = provider.create_key("joined", KeySpec.ec("P-256"))
             digest = bytes(range(32))
             signature = provider.sign(info.ref, "ES256", digest)
+            provider.delete_key("joined")
         finally:
             audit.remove_sink(sink)
             provider.close()
         token = hsm.credential().get_token().token
     assert stat.S_IMODE(client_log.stat().st_mode) == 0o600
     ours = [e for e in _records(client_log) if e["provider"] == "https"]
-    assert [e["operation"] for e in ours] == ["create_key", "sign"]
+    assert [e["operation"] for e in ours] == ["create_key", "sign", "delete_key"]
     service = _records(service_log)
-    for event, expected in zip(ours, ("KeyCreate", "KeySign"), strict=True):
+    for event, expected in zip(ours, ("KeyCreate", "KeySign", "KeyDelete"), strict=True):
         assert event["outcome"] == "ok"
         joined = [r for r in service if r["correlationId"] == event["correlation_id"]]
         assert expected in [r["operationName"] for r in joined]
         # create_key first looks the name up (404), and the first request is the 401 challenge
         assert {r["httpStatusCode"] for r in joined} <= {200, 401, 404}
     # every keybridge operation has its own id
-    assert len({e["correlation_id"] for e in ours}) == 2
+    assert len({e["correlation_id"] for e in ours}) == 3
     # checked independently: the signature verifies under the public key the service reported
     assert isinstance(info.public_key, ec.EllipticCurvePublicKey)
     r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
