@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from keybridge.emulator import ManagedHsmEmulator
 from keybridge.emulator._rbac import BUILTIN_ROLES
+from keybridge.errors import InvalidArgument
 
 AUDITOR = BUILTIN_ROLES["Managed HSM Crypto Auditor"][0]
 CONTAINER = "https://acct.blob.core.windows.net/backups"
@@ -225,3 +226,13 @@ def test_backup_jobs_are_audited_without_the_sas_token() -> None:
     assert names == ["BackupCreate", "BackupStatus", "RestoreStart", "RestoreStatus", "SettingGet"]
     assert [r["httpStatusCode"] for r in records if r["httpStatusCode"] != 401] == [202, 200, 202, 200, 200]
     assert SAS not in json.dumps(records)
+
+
+def test_settings_survive_a_restart_with_the_same_state_dir(tmp_path: Path) -> None:
+    with ManagedHsmEmulator(state_dir=tmp_path) as hsm:
+        _settings(hsm).update_setting(KeyVaultSetting(name=ARM, value=True))
+    with ManagedHsmEmulator(state_dir=tmp_path) as hsm:
+        assert _settings(hsm).get_setting(ARM).value == "true"
+    (tmp_path / "settings.json").write_text("[1, 2]")
+    with pytest.raises(InvalidArgument, match="not emulator settings"):
+        ManagedHsmEmulator(state_dir=tmp_path)

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import KeybridgeError
+from .._files import atomic_write
+from ..errors import InvalidArgument, KeybridgeError
 from ._errors import ApiError, bad
 from ._vault import _BACKUP_PREFIX, Vault
 
@@ -38,6 +39,7 @@ __all__ = ["ADMIN_HEADS", "Admin", "JOB_SECONDS"]
 
 ADMIN_HEADS = frozenset({"settings", "backup", "prebackup", "restore", "prerestore"})
 JOB_SECONDS = 2.0
+_ARM = "AllowKeyManagementOperationsThroughARM"
 _MANIFEST = "backup.json"
 _FORMAT = "kbemu-full-backup-1"
 _CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])?")
@@ -107,13 +109,23 @@ class _JobFailed(Exception):
 class Admin:
     """Settings and backup/restore jobs over one :class:`Vault`; the caller holds the vault lock."""
 
-    def __init__(self, vault: Vault, backup_root: Callable[[], Path]) -> None:
+    def __init__(self, vault: Vault, backup_root: Callable[[], Path], settings_file: Path | None = None) -> None:
         self.vault = vault
         self.backup_root = backup_root
-        self.settings = {
-            "AllowKeyManagementOperationsThroughARM": Setting("AllowKeyManagementOperationsThroughARM", "false")
-        }
+        self.settings = {_ARM: Setting(_ARM, "false")}
         self.jobs: dict[str, Job] = {}
+        self._settings_file = settings_file
+        if settings_file is not None and settings_file.exists():
+            self._load_settings(settings_file)
+
+    def _load_settings(self, path: Path) -> None:
+        try:
+            saved = json.loads(path.read_text("utf-8"))
+            values = {str(k): str(v) for k, v in saved.items() if k in self.settings}
+        except (OSError, ValueError, AttributeError):
+            raise InvalidArgument(f"{path} is not emulator settings; delete it to start from the defaults") from None
+        for name, value in values.items():
+            self.settings[name].value = value
 
     @staticmethod
     def routes(parts: list[str]) -> bool:
@@ -166,6 +178,8 @@ class Admin:
         if setting.type == "boolean" and value.lower() not in ("true", "false"):
             raise bad(f"setting {setting.name} is a boolean; value must be 'true' or 'false', got {value!r}")
         setting.value = value.lower() if setting.type == "boolean" else value
+        if self._settings_file is not None:
+            atomic_write(self._settings_file, json.dumps({s.name: s.value for s in self.settings.values()}).encode())
         return 200, setting.wire(), {}
 
     # ---- storage -------------------------------------------------------------------------------

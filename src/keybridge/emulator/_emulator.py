@@ -34,6 +34,7 @@ __all__ = ["ManagedHsmEmulator"]
 _KEYSTORE = "keys.kbks"
 _STATE = "vault.json"
 _PASSPHRASE = "passphrase"
+_SETTINGS = "settings.json"
 
 
 class ManagedHsmEmulator:
@@ -98,7 +99,8 @@ class ManagedHsmEmulator:
         self._vault = Vault(self.provider, self._save_state if self.state_dir else None, retention_days=retention_days)
         if self.state_dir is not None and (self.state_dir / _STATE).exists():
             self._load_state(self.state_dir / _STATE)
-        self._admin = Admin(self._vault, lambda: Path(self.backup_dir))
+        settings = self.state_dir / _SETTINGS if self.state_dir is not None else None
+        self._admin = Admin(self._vault, lambda: Path(self.backup_dir), settings)
 
     def __repr__(self) -> str:
         where = self.vault_url if self._server else "stopped"
