@@ -17,6 +17,7 @@ from ..errors import KeybridgeError
 from ..keys import AES_SIZES, CURVES, RSA_SIZES, KeyInfo, KeyOp, KeySpec, KeyType, algorithm
 from ..providers.memory import InMemoryProvider
 from . import _byok_import, _release, _wire
+from ._admin import Admin
 from ._attest import Attestor
 from ._errors import ApiError, bad, from_keybridge
 from ._external import EkmRoutes
@@ -28,6 +29,7 @@ from ._vault import Vault
 __all__ = ["Router"]
 
 Answer = tuple[int, "dict[str, Any] | None"]
+Reply = Answer | tuple[int, "dict[str, Any] | None", dict[str, str]]  # some answers add headers
 _CRYPTO = {
     "encrypt": KeyOp.ENCRYPT,
     "decrypt": KeyOp.DECRYPT,
@@ -61,8 +63,9 @@ def _exportable(body: Mapping[str, Any]) -> bool:
 class Router(EkmRoutes):
     """Maps (method, path segments) to handlers; each returns (status, JSON body or None)."""
 
-    def __init__(self, vault: Vault, issuer: AttestationIssuer | None = None) -> None:
+    def __init__(self, vault: Vault, issuer: AttestationIssuer | None = None, admin: Admin | None = None) -> None:
         self.vault = vault
+        self.admin = admin  # settings and backup/restore jobs (see :mod:`._admin`)
         self.issuer = issuer or AttestationIssuer()
         self._attestor: Attestor | None = None  # made on first use: most runs never attest
 
@@ -73,9 +76,7 @@ class Router(EkmRoutes):
             self._attestor = Attestor()
         return self._attestor
 
-    def handle(
-        self, method: str, parts: list[str], query: Mapping[str, str], body: dict[str, Any], base: str
-    ) -> Answer:
+    def handle(self, method: str, parts: list[str], query: Mapping[str, str], body: dict[str, Any], base: str) -> Reply:
         """Route one request; unknown paths are 404, known paths with another method 405."""
         handler = self._route(method, parts)
         with self.vault.lock:
@@ -89,11 +90,13 @@ class Router(EkmRoutes):
                 exc.message = self.vault.public_message(exc.message, base)
                 raise
 
-    def _route(self, method: str, parts: list[str]) -> Callable[..., Answer]:
+    def _route(self, method: str, parts: list[str]) -> Callable[..., Reply]:
         n = len(parts)
         head = parts[0] if parts else ""
-        table: dict[str, Callable[..., Answer]] = {}
-        if head == "keys" and n == 1:
+        table: Mapping[str, Callable[..., Reply]] = {}
+        if self.admin is not None and self.admin.routes(parts):
+            table = self.admin.table(parts)
+        elif head == "keys" and n == 1:
             table = {"GET": self.list_keys}
         elif head == "keys" and n == 2 and parts[1] == "restore":
             table = {"POST": self.restore}

@@ -154,7 +154,9 @@ class AzureKeyVaultProvider(BaseProvider):
         credential = self.credential
         with self._lock:
             if self._client is None:
-                self._client = KeyClient(self.vault_url, credential, **self._client_kwargs)
+                self._client = KeyClient(
+                    self.vault_url, credential, raw_request_hook=_rest.correlate, **self._client_kwargs
+                )
             return self._client
 
     @property

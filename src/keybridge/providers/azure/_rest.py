@@ -19,7 +19,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.core.rest import HttpRequest
 from azure.keyvault.keys import KeyClient
 
-from ... import _crypto
+from ... import _crypto, audit
 from ...errors import ProviderUnavailable
 from ...keys import KeyInfo
 
@@ -37,6 +37,15 @@ def _field(doc: dict[str, Any], name: str, what: str) -> bytes:
         return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
     except (binascii.Error, ValueError) as exc:
         raise ProviderUnavailable(f"{what}: the service returned a malformed {name!r} field") from exc
+
+
+def correlate(request: Any) -> None:
+    """``raw_request_hook``: send the audited operation's correlation id as the request's
+    ``x-ms-client-request-id`` (otherwise azure-core's random one stays), so keybridge's audit
+    event and the service's audit record of each request of that operation share one id."""
+    cid = audit.correlation_id()
+    if cid is not None:
+        request.http_request.headers["x-ms-client-request-id"] = cid
 
 
 def key_operation(client: KeyClient, info: KeyInfo, op: str, body: dict[str, Any]) -> dict[str, Any]:
