@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -12,6 +11,7 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 pc = pytest.importorskip("pyarrow.compute")
 
+from _parquet_support import materials  # noqa: E402
 from keybridge.errors import InvalidArgument, KeyDisabled, KeyNotFound  # noqa: E402
 from keybridge.keys import KeyOp, KeySpec  # noqa: E402
 from keybridge.parquet import (  # noqa: E402
@@ -125,11 +125,6 @@ def test_dataset_round_trip_with_partitions_and_filter(tmp_path: Path, store: Pa
         read_dataset(out, keys=_keys(store, "footer"))
 
 
-def _materials(path: Path) -> list[dict[str, object]]:
-    raw = json.loads((path.parent / f"_KEY_MATERIAL_FOR_{path.name}.json").read_text())
-    return [json.loads(v) for v in raw.values() if isinstance(v, str) and v.startswith("{")]
-
-
 def test_rotation_moves_files_to_the_new_version_so_the_old_can_be_disabled(tmp_path: Path, store: Path) -> None:
     keys = _keys(store, "footer", "pii")
     rotated, stale = tmp_path / "rotated.parquet", tmp_path / "stale.parquet"
@@ -138,11 +133,11 @@ def test_rotation_moves_files_to_the_new_version_so_the_old_can_be_disabled(tmp_
     with InMemoryProvider.open(store, PASSPHRASE) as provider:
         old = {n: provider.get_key(n).ref for n in ("footer", "pii")}
         new = {n: provider.rotate_key(n).ref.version for n in ("footer", "pii")}
-    tags = {str(m["wrappedKEK"]).split(":")[1] for m in _materials(rotated)}
+    tags = {str(m["wrappedKEK"]).split(":")[1] for m in materials(rotated)}
     assert tags == {old["footer"].version, old["pii"].version}
 
     assert rotate_master_keys(rotated, keys=_keys(store, "footer", "pii")) == [rotated]
-    for m in _materials(rotated):
+    for m in materials(rotated):
         assert str(m["wrappedKEK"]).startswith(f"{VERSION_TAG}:{new[str(m['masterKeyID'])]}:")
 
     with InMemoryProvider.open(store, PASSPHRASE) as provider:

@@ -93,8 +93,8 @@ def _b64(data: bytes) -> str:
 
 def wrap(keys: ParquetKeys, master_key_id: str, key_bytes: bytes) -> str:
     """Wrap under the master key's current version and say which version that was, so the file
-    still opens after the key rotates; a URI pinned to a version, or a key without versions
-    (PKCS#11), gives the plain base64 form every pyarrow AES-key-wrap client reads."""
+    still opens after the key rotates; a URI pinned to a version, or a provider that reports no
+    version, gives the plain base64 form every pyarrow AES-key-wrap client reads."""
     handle = keys.handle(master_key_id)
     if handle.ref.version is not None:
         return _b64(handle.wrap_key(WRAP_ALG, key_bytes))
