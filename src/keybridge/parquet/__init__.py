@@ -8,6 +8,7 @@ sessions lazily, once per process, so no session crosses a fork. See docs/parque
 
 from __future__ import annotations
 
+from ._dask import dask_read_dataset, dask_write_dataset
 from ._io import read_dataset, read_table, write_dataset, write_table
 from ._keys import VERSION_TAG, WRAP_ALG, ParquetKeys, crypto_factory
 from ._rotate import rotate_master_keys
@@ -17,6 +18,8 @@ __all__ = [
     "WRAP_ALG",
     "ParquetKeys",
     "crypto_factory",
+    "dask_read_dataset",
+    "dask_write_dataset",
     "read_dataset",
     "read_table",
     "rotate_master_keys",

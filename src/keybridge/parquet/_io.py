@@ -213,15 +213,19 @@ def write_dataset(
 
 
 def read_dataset(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     keys: ParquetKeys,
     columns: Sequence[str] | None = None,
     filter: Any = None,
     partitioning: Any = "hive",
+    partition_base_dir: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Read an encrypted Parquet dataset (e.g. from :func:`write_dataset`) into a ``pyarrow.Table``,
-    optionally only ``columns`` and rows matching ``filter`` (a ``pyarrow.compute`` expression)."""
+    optionally only ``columns`` and rows matching ``filter`` (a ``pyarrow.compute`` expression).
+
+    ``source`` is the dataset's directory or a list of its files; with a list, give the directory
+    as ``partition_base_dir`` so the partition columns come from the paths below it."""
     import pyarrow.dataset as ds
 
     module = pe()
@@ -230,5 +234,7 @@ def read_dataset(
     )
     fmt = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(decryption_config=config))
     with typed_errors(source):
-        dataset = ds.dataset(str(source), format=fmt, partitioning=partitioning)
+        where = [str(p) for p in source] if isinstance(source, (list, tuple)) else str(source)
+        base = None if partition_base_dir is None else str(partition_base_dir)
+        dataset = ds.dataset(where, format=fmt, partitioning=partitioning, partition_base_dir=base)
         return dataset.to_table(columns=list(columns) if columns is not None else None, filter=filter)

@@ -6,6 +6,7 @@ import base64
 import binascii
 import os
 import threading
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,14 +48,21 @@ class ParquetKeys:
     )
     _factories: dict[int, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    # Travels with every pickled copy, so all copies that reach one worker process share one set of
+    # sessions and one CryptoFactory (its KEK cache), however many tasks carried them there.
+    _ident: str = field(default_factory=lambda: uuid.uuid4().hex, init=False, repr=False, compare=False)
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{mk!r}: {redact_uri(uri)!r}" for mk, uri in sorted(self.keys.items()))
         return f"ParquetKeys({{{shown}}})"
 
-    def __reduce__(self) -> tuple[type[ParquetKeys], tuple[dict[str, str], dict[str, dict[str, Any]]]]:
+    def __reduce__(self) -> tuple[Any, tuple[str, dict[str, str], dict[str, dict[str, Any]]]]:
         # Open handles, factories and locks never travel to another process; it opens its own.
-        return (ParquetKeys, (dict(self.keys), {uri: dict(opts) for uri, opts in self.options.items()}))
+        return (_received, (self._ident, dict(self.keys), {uri: dict(opts) for uri, opts in self.options.items()}))
+
+    def __dask_tokenize__(self) -> tuple[str, str]:
+        """Dask's task key for the spec: its identity, never its options (which may hold secrets)."""
+        return ("keybridge.parquet.ParquetKeys", self._ident)
 
     def handle(self, master_key_id: str, version: str | None = None) -> KeyHandle:
         """The key for ``master_key_id`` (pinned to ``version`` if given), opened once per process."""
@@ -85,6 +93,22 @@ class ParquetKeys:
             if factory is None:
                 factory = self._factories[pid] = new_crypto_factory(self)
         return factory
+
+
+_received_specs: dict[str, ParquetKeys] = {}
+_received_lock = threading.Lock()
+
+
+def _received(ident: str, keys: dict[str, str], options: dict[str, dict[str, Any]]) -> ParquetKeys:
+    """Unpickle a spec: the copy this process already holds under ``ident``, or a new one kept for
+    the next task (the handle and factory caches inside it are per process id, so a fork is safe)."""
+    with _received_lock:
+        spec = _received_specs.get(ident)
+        if spec is None:
+            spec = ParquetKeys(keys, options)
+            object.__setattr__(spec, "_ident", ident)
+            _received_specs[ident] = spec
+        return spec
 
 
 def _b64(data: bytes) -> str:
