@@ -44,3 +44,4 @@ def bench(session: nox.Session) -> None:
     quick = ["--quick"] if "--quick" in session.posargs else []
     session.run("python", "benchmarks/bench_envelope.py", *quick)
     session.run("python", "benchmarks/bench_pkcs11.py", *quick)
+    session.run("python", "benchmarks/bench_parquet.py", *quick)
