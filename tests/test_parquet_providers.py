@@ -118,9 +118,10 @@ def test_a_reader_sees_only_the_columns_it_holds_keys_for(
         read_table(path)
 
 
-def test_rotation_in_the_emulator_then_the_old_version_disabled(
+def test_rotation_in_both_providers_then_the_old_versions_disabled(
     tmp_path: Path,
     names: dict[str, str],
+    hsm: Pkcs11Provider,
     azure: AzureKeyVaultProvider,
     softhsm_token: SoftHsmToken,
     azure_emulator: ManagedHsmEmulator,
@@ -129,17 +130,18 @@ def test_rotation_in_the_emulator_then_the_old_version_disabled(
     full = _keys(names, softhsm_token, azure_emulator, "footer", "pii", "pay")
     for path in (rotated, stale):
         write_table(TABLE, path, keys=full, footer_key="footer", columns=COLUMNS, external_key_material=True)
-    old = {mk: azure.get_key(names[mk]).ref for mk in ("pii", "pay")}
-    new = {mk: azure.rotate_key(names[mk]).ref for mk in ("pii", "pay")}
+    providers = {"footer": hsm, "pii": azure, "pay": azure}
+    old = {mk: p.get_key(names[mk]).ref for mk, p in providers.items()}
+    new = {mk: p.rotate_key(names[mk]).ref for mk, p in providers.items()}
+    assert all(new[mk].version != old[mk].version for mk in providers)
 
     fresh = _keys(names, softhsm_token, azure_emulator, "footer", "pii", "pay")
     assert rotate_master_keys(rotated, keys=fresh) == [rotated]
     for m in materials(rotated):
-        if m["masterKeyID"] != "footer":
-            assert str(m["wrappedKEK"]).startswith(f"{VERSION_TAG}:{new[str(m['masterKeyID'])].version}:")
+        assert str(m["wrappedKEK"]).startswith(f"{VERSION_TAG}:{new[str(m['masterKeyID'])].version}:"), m
 
-    for ref in old.values():
-        azure.set_enabled(ref, False)
+    for mk, ref in old.items():
+        providers[mk].set_enabled(ref, False)
     assert read_table(rotated, keys=_keys(names, softhsm_token, azure_emulator, "footer", "pii", "pay")).equals(TABLE)
     with pytest.raises(KeyDisabled):
         read_table(stale, keys=_keys(names, softhsm_token, azure_emulator, "footer", "pii", "pay"))
