@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,3 +169,44 @@ def test_missing_key_material_file_is_a_typed_error(tmp_path: Path, store: Path)
     (tmp_path / "_KEY_MATERIAL_FOR_t.parquet.json").unlink()
     with pytest.raises(KeyNotFound, match=r"_KEY_MATERIAL_FOR_t\.parquet\.json"):
         read_table(path, keys=keys)
+
+
+CRASHING_WRITER = """
+import os, sys, time
+import pyarrow as pa
+from keybridge.parquet import ParquetKeys, write_table
+
+real_fsync = os.fsync
+
+def stall(fd):
+    if not os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+        return real_fsync(fd)
+    print("fsync", flush=True)
+    time.sleep(120)
+
+os.fsync = stall  # killed while the data temp file syncs: written, nothing renamed yet
+opts = {"keystore": sys.argv[2], "passphrase": sys.argv[3]}
+names = ("footer", "pii")
+keys = ParquetKeys({n: "memory:" + n for n in names}, options={"memory:" + n: opts for n in names})
+table = pa.table({"id": [9], "ssn": ["new"], "city": ["new"]})
+write_table(table, sys.argv[1], keys=keys, footer_key="footer", columns={"pii": ["ssn"]}, external_key_material=True)
+"""
+
+
+def test_a_writer_killed_before_the_rename_leaves_the_old_file_readable(tmp_path: Path, store: Path) -> None:
+    path = tmp_path / "t.parquet"
+    keys = _keys(store, "footer", "pii")
+    write_table(TABLE, path, keys=keys, footer_key="footer", columns=COLUMNS, external_key_material=True)
+    material = (tmp_path / "_KEY_MATERIAL_FOR_t.parquet.json").read_bytes()
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_WRITER, str(path), str(store), PASSPHRASE], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "fsync"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    assert (tmp_path / "_KEY_MATERIAL_FOR_t.parquet.json").read_bytes() == material
+    assert read_table(path, keys=_keys(store, "footer", "pii")).equals(TABLE)

@@ -104,7 +104,8 @@ def write_table(
     The file appears whole or not at all (temp file, fsync, rename). With
     ``external_key_material=True`` the wrapped keys go to ``_KEY_MATERIAL_FOR_<name>.json`` beside
     it, which :func:`rotate_master_keys` can rewrap without touching the data; that file is moved
-    into place just before the data file. ``write_options`` go to ``pyarrow.parquet.write_table``."""
+    into place once the data is synced, just before the data file is renamed. ``write_options``
+    go to ``pyarrow.parquet.write_table``."""
     target = Path(path)
     enc = _encryption_config(
         footer_key,
@@ -127,6 +128,10 @@ def write_table(
             with atomic_output(target, mode=mode) as out:
                 pq.write_table(table, out, encryption_properties=props, **write_options)
                 if external_key_material:
+                    # The data is on disk before its key material replaces the old file's, so a
+                    # crash leaves at most the two renames' width where the pair does not match.
+                    out.flush()
+                    os.fsync(out.fileno())
                     os.replace(key_material_path(staging), key_material_path(target))
     finally:
         with contextlib.suppress(FileNotFoundError):
