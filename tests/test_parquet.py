@@ -20,7 +20,7 @@ pe = pytest.importorskip("pyarrow.parquet.encryption")
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap  # noqa: E402
 
 from keybridge import audit  # noqa: E402
-from keybridge.errors import KeyNotFound, MissingDependency  # noqa: E402
+from keybridge.errors import IntegrityError, InvalidArgument, KeyNotFound, MissingDependency  # noqa: E402
 from keybridge.keys import KeyOp  # noqa: E402
 from keybridge.parquet import ParquetKeys, crypto_factory  # noqa: E402
 from keybridge.providers.memory import InMemoryProvider  # noqa: E402
@@ -159,3 +159,24 @@ def test_without_pyarrow_a_typed_error_names_the_extra(store: Path, monkeypatch:
 def test_importing_keybridge_parquet_does_not_import_pyarrow() -> None:
     code = "import sys, keybridge.parquet; assert 'pyarrow' not in sys.modules, 'pyarrow imported eagerly'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("wrapped", ["kb1::AAAA", "not base64!", "kb1:v1:not base64!"])
+def test_malformed_wrapped_keys_are_typed_errors(store: Path, wrapped: str) -> None:
+    from keybridge.parquet._keys import unwrap
+
+    with pytest.raises(InvalidArgument, match="corrupt"):
+        unwrap(_spec(store, "footer"), "footer", wrapped)
+
+
+def test_a_tampered_wrapped_key_fails_integrity(store: Path) -> None:
+    from keybridge.parquet._keys import unwrap, wrap
+
+    spec = _spec(store, "footer")
+    tag, version, blob = wrap(spec, "footer", bytes(range(16))).split(":")
+    assert (tag, version) == ("kb1", VERSIONS["footer"])
+    assert unwrap(spec, "footer", f"{tag}:{version}:{blob}") == bytes(range(16))
+    raw = bytearray(base64.b64decode(blob))
+    raw[3] ^= 1
+    with pytest.raises(IntegrityError):
+        unwrap(spec, "footer", f"{tag}:{version}:{base64.b64encode(bytes(raw)).decode()}")
