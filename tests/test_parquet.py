@@ -180,3 +180,12 @@ def test_a_tampered_wrapped_key_fails_integrity(store: Path) -> None:
     raw[3] ^= 1
     with pytest.raises(IntegrityError):
         unwrap(spec, "footer", f"{tag}:{version}:{base64.b64encode(bytes(raw)).decode()}")
+
+
+def test_versions_of_one_key_share_its_session(store: Path) -> None:
+    spec = _spec(store, "footer")
+    current = spec.handle("footer")
+    pinned = spec.handle("footer", VERSIONS["footer"])
+    assert pinned.provider is current.provider
+    assert pinned.ref.version == VERSIONS["footer"]
+    assert spec.handle("footer", VERSIONS["footer"]) is pinned

@@ -75,15 +75,22 @@ class ParquetKeys:
         slot = (os.getpid(), uri, version)
         with self._lock:
             handle = self._handles.get(slot)
-        if handle is None:
-            # Opened outside the lock: a remote provider may take a while, and the worst a race
-            # costs is one extra session.
-            handle = open_key(uri, **dict(self.options.get(uri, {})))
-            if version is not None and handle.ref.version != version:
-                handle = handle.provider.key(handle.ref, version)
+        if handle is not None:
+            return handle
+        if version is not None:
+            # Other versions of a key share the session opened for its URI.
+            base = self.handle(master_key_id)
+            handle = base if base.ref.version == version else base.provider.key(base.ref, version)
             with self._lock:
-                handle = self._handles.setdefault(slot, handle)
-        return handle
+                return self._handles.setdefault(slot, handle)
+        # Opened outside the lock, since a remote provider may take a while; a thread that loses
+        # the race closes the session it opened.
+        handle = open_key(uri, **dict(self.options.get(uri, {})))
+        with self._lock:
+            kept = self._handles.setdefault(slot, handle)
+        if kept is not handle:
+            handle.provider.close()
+        return kept
 
     def crypto_factory(self) -> Any:
         """This process's ``CryptoFactory`` for the spec, built on first use (see :func:`crypto_factory`)."""
