@@ -210,3 +210,43 @@ def test_a_writer_killed_before_the_rename_leaves_the_old_file_readable(tmp_path
     assert child.returncode == -signal.SIGKILL
     assert (tmp_path / "_KEY_MATERIAL_FOR_t.parquet.json").read_bytes() == material
     assert read_table(path, keys=_keys(store, "footer", "pii")).equals(TABLE)
+
+
+def test_rotating_a_directory_rotates_every_file_in_it(tmp_path: Path, store: Path) -> None:
+    keys = _keys(store, "footer", "pii")
+    paths = [tmp_path / "d" / f"p{i}.parquet" for i in range(3)]
+    paths[0].parent.mkdir()
+    for path in paths:
+        write_table(TABLE, path, keys=keys, footer_key="footer", columns=COLUMNS, external_key_material=True)
+    with InMemoryProvider.open(store, PASSPHRASE) as provider:
+        new = {n: provider.rotate_key(n).ref.version for n in ("footer", "pii")}
+    assert rotate_master_keys(tmp_path / "d", keys=keys) == sorted(paths)
+    # The spec that wrote before the rotation writes under the new versions after it.
+    later = tmp_path / "later.parquet"
+    write_table(TABLE, later, keys=keys, footer_key="footer", columns=COLUMNS, external_key_material=True)
+    for path in [*paths, later]:
+        assert {str(m["wrappedKEK"]).split(":")[1] for m in materials(path)} == set(new.values())
+
+
+def test_close_closes_the_sessions_and_later_use_reopens(store: Path) -> None:
+    keys = _keys(store, "footer")
+    first = keys.handle("footer")
+    closed: list[bool] = []
+    real_close = first.provider.close
+    first.provider.close = lambda: (closed.append(True), real_close())[1]  # type: ignore[method-assign]
+    keys.close()
+    assert closed == [True]
+    again = keys.handle("footer")
+    assert again.provider is not first.provider
+    assert again.info().ref.name == "footer"
+
+
+def test_without_dask_a_typed_error_names_the_extra(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keybridge.errors import MissingDependency
+    from keybridge.parquet import dask_write_dataset
+
+    monkeypatch.setitem(sys.modules, "dask", None)  # makes the import fail
+    with pytest.raises(MissingDependency, match=r"keybridge\[parquet-dask\]"):
+        dask_write_dataset(object(), tmp_path, keys=_keys(store, "footer"), footer_key="footer")

@@ -92,6 +92,25 @@ class ParquetKeys:
             handle.provider.close()
         return kept
 
+    def fresh(self) -> ParquetKeys:
+        """A copy of this spec with none of its sessions or caches (a new identity, too)."""
+        return ParquetKeys(dict(self.keys), {uri: dict(opts) for uri, opts in self.options.items()})
+
+    def forget(self) -> list[Any]:
+        """Drop this process's sessions and ``CryptoFactory`` for the spec, so the next use opens new
+        ones; answers the dropped providers, left open for callers still using them."""
+        pid = os.getpid()
+        with self._lock:
+            mine = [slot for slot in self._handles if slot[0] == pid]
+            providers = {id(h.provider): h.provider for h in (self._handles.pop(slot) for slot in mine)}
+            self._factories.pop(pid, None)
+        return list(providers.values())
+
+    def close(self) -> None:
+        """Close the provider sessions this process opened for the spec; later use reopens them."""
+        for provider in self.forget():
+            provider.close()
+
     def crypto_factory(self) -> Any:
         """This process's ``CryptoFactory`` for the spec, built on first use (see :func:`crypto_factory`)."""
         pid = os.getpid()

@@ -37,12 +37,20 @@ def rotate_master_keys(path: str | os.PathLike[str], *, keys: ParquetKeys, doubl
                 f"{target} has no {key_material_path(target).name}: it was written with internal key material"
                 " (the default) and cannot rotate in place; rewrite it with external_key_material=True"
             )
-    # A fresh factory: a cached one could hand back KEKs still wrapped under the old versions.
-    factory = new_crypto_factory(keys)
+    # Fresh sessions and a fresh factory: a cached session may not have seen the new versions (an
+    # in-memory keystore rereads its file only when it changes it), and a cached factory could hand
+    # back KEKs still wrapped under the old ones.
+    rotating = keys.fresh()
+    factory = new_crypto_factory(rotating)
     module = pe()
-    for target in targets:
-        with typed_errors(target):
-            factory.rotate_master_keys(module.KmsConnectionConfig(), str(target), double_wrapping=double_wrapping)
-    # New writes in this process must not keep using KEKs wrapped before the rotation.
-    keys.crypto_factory().remove_cache_entries_for_all_tokens()
+    try:
+        for target in targets:
+            with typed_errors(target):
+                factory.rotate_master_keys(module.KmsConnectionConfig(), str(target), double_wrapping=double_wrapping)
+    finally:
+        rotating.close()
+    # New writes in this process must not keep using the old versions: drop the spec's sessions and
+    # factory (KEK caches) so its next use starts from the current versions. They are not closed,
+    # since another thread may still be writing with them.
+    keys.forget()
     return targets
