@@ -164,13 +164,10 @@ def main() -> None:
             cw, cr = per_cpu[name]
             print(f"{name:28} {w:8.0f} {r:8.0f} {cw:10.0f} {cr:10.0f}")
 
-        def fresh() -> ParquetKeys:
-            return ParquetKeys(dict(keys.keys), {u: dict(o) for u, o in keys.options.items()})
-
         files = 10
         print(f"\nKMS calls per file ({files} files, 2 master keys, one spec per side)")
         for label, double in (("double wrapping (default)", True), ("single wrapping", False)):
-            w, r = kms_calls(fresh, directory, files, double)
+            w, r = kms_calls(keys.fresh, directory, files, double)
             print(f"  {label:28} wrap {w:5.2f}   unwrap {r:5.2f}")
 
         print(f"\nRatios against plain pyarrow, wall clock (target >= {TARGET}x), and per CPU second")
