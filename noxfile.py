@@ -45,3 +45,4 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_envelope.py", *quick)
     session.run("python", "benchmarks/bench_pkcs11.py", *quick)
     session.run("python", "benchmarks/bench_ekm.py", *quick)
+    session.run("python", "benchmarks/bench_parquet.py", *quick)
