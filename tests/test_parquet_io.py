@@ -97,7 +97,15 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path, st
     write_table(TABLE, path, keys=keys, footer_key="footer", columns=COLUMNS, external_key_material=True)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "keys.kbks"}
     with pytest.raises(InvalidArgument, match="nope"):
-        write_table(TABLE, path, keys=keys, footer_key="footer", columns={"pii": ["nope"]}, external_key_material=True)
+        write_table(
+            TABLE,
+            path,
+            keys=keys,
+            footer_key="footer",
+            columns={"pii": ["nope"]},
+            external_key_material=True,
+            overwrite=True,
+        )
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "keys.kbks"} == before
     assert read_table(path, keys=keys).equals(TABLE)
 
@@ -179,7 +187,8 @@ from keybridge.parquet import ParquetKeys, write_table
 real_fsync = os.fsync
 
 def stall(fd):
-    if not os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+    link = os.readlink(f"/proc/self/fd/{fd}")
+    if not (link.endswith(".tmp") or link.endswith("(deleted)")):  # a named or an O_TMPFILE temp file
         return real_fsync(fd)
     print("fsync", flush=True)
     time.sleep(120)
@@ -189,7 +198,10 @@ opts = {"keystore": sys.argv[2], "passphrase": sys.argv[3]}
 names = ("footer", "pii")
 keys = ParquetKeys({n: "memory:" + n for n in names}, options={"memory:" + n: opts for n in names})
 table = pa.table({"id": [9], "ssn": ["new"], "city": ["new"]})
-write_table(table, sys.argv[1], keys=keys, footer_key="footer", columns={"pii": ["ssn"]}, external_key_material=True)
+write_table(
+    table, sys.argv[1], keys=keys, footer_key="footer", columns={"pii": ["ssn"]}, external_key_material=True,
+    overwrite=True,
+)
 """
 
 
@@ -248,5 +260,5 @@ def test_without_dask_a_typed_error_names_the_extra(
     from keybridge.parquet import dask_write_dataset
 
     monkeypatch.setitem(sys.modules, "dask", None)  # makes the import fail
-    with pytest.raises(MissingDependency, match=r"keybridge\[parquet-dask\]"):
+    with pytest.raises(MissingDependency, match=r"keybridge-sdk\[parquet-dask\]"):
         dask_write_dataset(object(), tmp_path, keys=_keys(store, "footer"), footer_key="footer")

@@ -95,13 +95,15 @@ def write_table(
     double_wrapping: bool = True,
     data_key_bits: int = 128,
     mode: int = 0o600,
+    overwrite: bool = False,
     **write_options: Any,
 ) -> None:
     """Write ``table`` to ``path`` encrypted: the footer under ``footer_key``, each column named in
     ``columns`` under its master key (other columns stay plaintext), or every column under the
     footer key when ``columns`` is None.
 
-    The file appears whole or not at all (temp file, fsync, rename). With
+    The file appears whole or not at all (temp file, fsync, rename); an existing ``path`` is
+    refused with :class:`~keybridge.OutputExists` unless ``overwrite=True``. With
     ``external_key_material=True`` the wrapped keys go to ``_KEY_MATERIAL_FOR_<name>.json`` beside
     it, which :func:`rotate_master_keys` can rewrap without touching the data; that file is moved
     into place once the data is synced, just before the data file is renamed. ``write_options``
@@ -125,7 +127,7 @@ def write_table(
     try:
         with typed_errors(target):
             props = factory.file_encryption_properties(pe().KmsConnectionConfig(), enc, str(staging))
-            with atomic_output(target, mode=mode) as out:
+            with atomic_output(target, mode=mode, overwrite=overwrite) as out:
                 pq.write_table(table, out, encryption_properties=props, **write_options)
                 if external_key_material:
                     # The data is on disk before its key material replaces the old file's, so a
