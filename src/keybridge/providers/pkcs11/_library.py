@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import hmac
+import itertools
 import os
 import threading
 import weakref
@@ -28,6 +29,7 @@ from pkcs11 import _pkcs11
 from pkcs11 import exceptions as px
 
 from ...errors import AuthenticationError, ProviderUnavailable
+from ._locks import SharedExclusiveLock
 
 THREADING_ENV = "KEYBRIDGE_PKCS11_THREADING"
 _CKR_ALREADY_INITIALIZED = 0x191
@@ -156,6 +158,10 @@ class Library:
     ``call_lock`` is what to hold around every PKCS#11 call: None when the module locks itself
     (OS locking), else the process-wide lock. ``generation`` changes whenever every session and
     object handle became invalid (re-initialisation, or a ``fork``: the child must not use them).
+    ``epoch`` changes whenever some cached object handles may have gone stale (objects destroyed,
+    or a new login: SoftHSM hands out new handles for private objects then). ``objects`` is held
+    shared around calls that only use token objects and exclusively around calls that create,
+    destroy or change them (see :mod:`._locks`).
     """
 
     _registry: ClassVar[dict[str, Library]] = {}
@@ -167,6 +173,9 @@ class Library:
         _RAW_BY_PATH[path] = self.raw
         self._mu = threading.RLock()  # guards logins/reinit; also the call lock in lock mode
         self.generation = 0
+        self._epochs = itertools.count(1)
+        self.epoch = 0
+        self.objects = SharedExclusiveLock()
         self._forked = False
         self._logins: dict[int, _Login] = {}
         self._dependents: weakref.WeakSet[ForkAware] = weakref.WeakSet()
@@ -222,6 +231,10 @@ class Library:
         lock = self.call_lock
         return nullcontext() if lock is None else lock
 
+    def bump_epoch(self) -> None:
+        """Cached object handles may be stale now: every session drops its cache before next use."""
+        self.epoch = next(self._epochs)  # next() on a count is atomic under the GIL; += is not
+
     def watch_fork(self, dependent: ForkAware) -> None:
         """Have ``dependent.after_fork()`` called in a forked child (held weakly)."""
         self._dependents.add(dependent)
@@ -231,6 +244,7 @@ class Library:
         # forever, so replace them. The standard requires C_Initialize again; that is done lazily
         # by check_fork(), so a child that never touches the token (e.g. a worker pool) pays nothing.
         self._mu = threading.RLock()
+        self.objects = SharedExclusiveLock()
         if self.call_lock is not None:
             self.call_lock = self._mu
         self._forked = True
@@ -321,14 +335,15 @@ class Library:
                 return  # another thread did it already
             if state is not None:
                 self._log_in(login.session, token, login.pin)
-                return
-            session = token.open(rw=True)  # the login session itself was closed behind our back
-            try:
-                self._log_in(session, token, login.pin)
-            except BaseException:
-                session.close()
-                raise
-            login.session = session
+            else:
+                session = token.open(rw=True)  # the login session itself was closed behind our back
+                try:
+                    self._log_in(session, token, login.pin)
+                except BaseException:
+                    session.close()
+                    raise
+                login.session = session
+            self.bump_epoch()  # handles of private objects found before the logout are dead
 
     def release_login(self, token: Any, generation: int) -> None:
         """Drop one reference; the last one logs out and closes the login session."""

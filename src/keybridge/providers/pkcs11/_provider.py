@@ -149,7 +149,7 @@ class Pkcs11Provider(BaseProvider):
                 pub_tpl[A.EC_PARAMS] = obj.ec_params(spec)
                 s.generate_keypair(KT.EC, store=True, public_template=pub_tpl, private_template=priv_tpl)
 
-        self._pool.run(generate, "generating key", repr(name))
+        self._pool.run(generate, "generating key", repr(name), write=True)
         return self._record(name, id_bytes, spec, attrs)
 
     def _import_key(self, name: str, key: PrivateKey | bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
@@ -173,7 +173,7 @@ class Pkcs11Provider(BaseProvider):
                 priv.destroy()  # no half-imported key left behind
                 raise
 
-        self._pool.run(create, "importing key", repr(name))
+        self._pool.run(create, "importing key", repr(name), write=True)
         return self._record(name, id_bytes, spec, attrs)
 
     def _record(self, name: str, id_bytes: bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
@@ -195,7 +195,7 @@ class Pkcs11Provider(BaseProvider):
         ops = info.ops if enabled else frozenset()
 
         def flags(e: Entry) -> None:
-            for o in e.session.get_objects({A.LABEL: name, A.ID: _id(version) or b""}):
+            for o in list(e.session.get_objects({A.LABEL: name, A.ID: _id(version) or b""})):
                 if obj.is_secret(o):
                     table = obj.SECRET_FLAGS
                 elif obj.is_public(o):
@@ -207,8 +207,6 @@ class Pkcs11Provider(BaseProvider):
                 for attr, value in obj.flags_template(table, ops).items():
                     o[attr] = value
 
-        self._pool.run(flags, "changing the usage flags of key", info.ref)
-
         def change(versions: dict[str, Any]) -> None:
             rec = versions.get(version) or version_record(
                 info.ops, enabled=True, tags=info.tags, not_before=info.not_before, expires=info.expires
@@ -216,7 +214,7 @@ class Pkcs11Provider(BaseProvider):
             rec["ops"], rec["enabled"] = sorted(op.value for op in info.ops), enabled
             versions[version] = rec
 
-        self._catalog.update(name, change)
+        self._catalog.update(name, change, also=flags)  # one exclusive call: no reader sees half
         return self._catalog.get(name, info.ref.version)
 
     def _delete_key(self, name: str) -> None:
@@ -229,7 +227,7 @@ class Pkcs11Provider(BaseProvider):
 
         with self._catalog.lock:
             try:
-                self._pool.run(destroy, "deleting key", repr(name))
+                self._pool.run(destroy, "deleting key", repr(name), write=True)
             finally:  # also after a partial failure: some handles may point nowhere now
                 self._pool.invalidate_handles()
                 self._catalog.forget(name)

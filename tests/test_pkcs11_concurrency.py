@@ -1,0 +1,138 @@
+"""Cached handles and the key catalog under logout and concurrent key management, on real SoftHSM2.
+
+``KEYBRIDGE_STRESS_SECONDS`` sets how long the mixed stress runs (default 5 s; 60 s for a soak).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
+
+from keybridge import KeySpec
+from keybridge.testing._softhsm import SoftHsmToken
+
+pytest.importorskip("pkcs11")
+
+from keybridge.providers.pkcs11 import Pkcs11Provider
+
+DIGEST = hashlib.sha256(b"concurrency").digest()
+STRESS_SECONDS = float(os.environ.get("KEYBRIDGE_STRESS_SECONDS", "5"))
+
+
+@pytest.fixture(scope="module")
+def provider(softhsm_token: SoftHsmToken) -> Iterator[Pkcs11Provider]:
+    with Pkcs11Provider(softhsm_token.module_path, softhsm_token.token_label, softhsm_token.user_pin) as p:
+        yield p
+
+
+def verify_es256(p: Pkcs11Provider, name: str, sig: bytes) -> None:
+    """Check an ES256 signature with cryptography, not with the provider that made it."""
+    pub = p.get_key(name).public_key
+    assert isinstance(pub, ec.EllipticCurvePublicKey)
+    r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+    pub.verify(encode_dss_signature(r, s), DIGEST, ec.ECDSA(Prehashed(hashes.SHA256())))
+
+
+def log_out_from_another_session(softhsm_token: SoftHsmToken, p: Pkcs11Provider) -> None:
+    """C_Logout through a session keybridge does not own: logs out every session of the process."""
+    lib = p._pool.lib
+    other = lib.lib.get_token(token_label=softhsm_token.token_label).open(rw=True)
+    try:
+        assert lib.raw.logout(other.handle) == 0
+    finally:
+        other.close()
+    assert not lib.logged_in(p._pool.token)
+
+
+def test_logout_by_another_session_is_recovered_for_cached_handles(
+    softhsm_token: SoftHsmToken, provider: Pkcs11Provider
+) -> None:
+    provider.create_key("logout-kek", KeySpec.aes(256))
+    provider.create_key("logout-ec", KeySpec.ec("P-256"))
+    dek = os.urandom(32)
+
+    def wrap() -> None:
+        assert provider.unwrap_key("logout-kek", "A256KW", provider.wrap_key("logout-kek", "A256KW", dek)) == dek
+
+    def sign() -> None:
+        verify_es256(provider, "logout-ec", provider.sign("logout-ec", "ES256", DIGEST))
+
+    def listing() -> None:
+        assert {"logout-kek", "logout-ec"} <= {k.ref.name for k in provider.list_keys()}
+
+    checks: list[Callable[[], None]] = [wrap, sign, listing, wrap]
+    for check in checks:
+        for warm in checks:  # every pooled session caches handles that the logout kills
+            warm()
+        log_out_from_another_session(softhsm_token, provider)
+        check()
+    provider.delete_key("logout-kek")
+    provider.delete_key("logout-ec")
+
+
+def test_mixed_key_management_and_crypto_from_eight_threads_without_errors(provider: Pkcs11Provider) -> None:
+    assert provider._pool.lib.os_locking, "expected the default mode: CKF_OS_LOCKING_OK, calls in parallel"
+    keks = [f"busy-kek-{i}" for i in range(3)]
+    for name in keks:
+        provider.create_key(name, KeySpec.aes(256))
+    provider.create_key("busy-ec", KeySpec.ec("P-256"))
+    provider.create_key("busy-toggle", KeySpec.aes(128))
+    permanent = {*keks, "busy-ec", "busy-toggle"}
+    errors: collections.Counter[str] = collections.Counter()
+    done: collections.Counter[str] = collections.Counter()
+    stop = time.monotonic() + STRESS_SECONDS
+    start = threading.Barrier(8)
+
+    def crypto(n: int) -> None:
+        start.wait()
+        i = 0
+        while time.monotonic() < stop:
+            i += 1
+            try:
+                if i % 8 == 0:
+                    missing = permanent - {k.ref.name for k in provider.list_keys()}
+                    assert not missing, f"list_keys missed {sorted(missing)}"
+                elif i % 3 == 0:
+                    verify_es256(provider, "busy-ec", provider.sign("busy-ec", "ES256", DIGEST))
+                else:
+                    kek, dek = keks[(n + i) % 3], os.urandom(32)
+                    assert provider.unwrap_key(kek, "A256KW", provider.wrap_key(kek, "A256KW", dek)) == dek
+                done["crypto"] += 1
+            except Exception as exc:  # counted, so the assertion shows every kind at once
+                errors[f"{type(exc).__name__}: {exc} (cause {type(exc.__cause__).__name__})"] += 1
+
+    def manage() -> None:
+        start.wait()
+        i = 0
+        while time.monotonic() < stop:
+            i += 1
+            try:
+                assert provider.set_enabled("busy-toggle", i % 2 == 0).enabled is (i % 2 == 0)
+                provider.set_enabled(keks[i % 3], True)  # rewrites flags and metadata of a key in use
+                provider.create_key(f"busy-tmp-{i}", KeySpec.aes(128))
+                provider.delete_key(f"busy-tmp-{i}")
+                done["manage"] += 1
+            except Exception as exc:
+                errors[f"manager {type(exc).__name__}: {exc} (cause {type(exc.__cause__).__name__})"] += 1
+
+    threads = [threading.Thread(target=crypto, args=(n,)) for n in range(7)] + [threading.Thread(target=manage)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(f"stress {STRESS_SECONDS:g} s: {dict(done)}")
+    assert dict(errors) == {}
+    assert done["crypto"] > 0
+    assert done["manage"] > 0
+    assert not any(k.ref.name.startswith("busy-tmp-") for k in provider.list_keys())
+    for name in permanent:
+        provider.delete_key(name)
