@@ -22,6 +22,7 @@ from . import _objects as obj
 from ._catalog import Catalog, is_meta, version_record
 from ._errors import translated
 from ._pin import resolve_pin
+from ._quirks import quirks_of
 from ._session import Entry, SessionPool
 from ._uri import key_uri, mentions_pin, parse, redact
 
@@ -70,13 +71,11 @@ class Pkcs11Provider(BaseProvider):
             lib = self._pool.lib
             with lib.serialized(), translated("reading the mechanism list of token", repr(token_label)):
                 mechanisms = mech.read_mechanisms(self._pool.token.slot)
-            maker = str(lib.lib.manufacturer_id)
             self.mechanisms: Mapping[int, int | None] = mechanisms
-            self.algorithms = mech.supported(mechanisms, maker)
-            self._kwp = mech.kwp_mechanism(mechanisms, maker)
+            self.quirks = quirks_of(self._pool.token)  # from CK_TOKEN_INFO, never the library's name
+            self.algorithms = mech.supported(mechanisms, self.quirks)
+            self._kwp = mech.kwp_mechanism(mechanisms, self.quirks)
             self._native_export = mech.has_rsa_aes_key_wrap(mechanisms)
-            # SoftHSM < 2.7 zero-pads to 8 bytes *before* RFC 5649 (see docs/pkcs11.md).
-            self._kwp_pads = maker.startswith("SoftHSM") and tuple(lib.lib.library_version) < (2, 7)
         except BaseException:
             self._pool.close()
             raise
@@ -275,7 +274,7 @@ class Pkcs11Provider(BaseProvider):
 
     def _wrap_key(self, info: KeyInfo, alg: AlgorithmSpec, key: bytes) -> bytes:
         mechanism = self._aes_wrap_mechanism(alg)
-        if mechanism is M.AES_KEY_WRAP_PAD and self._kwp_pads and len(key) % 8:
+        if mechanism is M.AES_KEY_WRAP_PAD and self.quirks.kwp_pads_first and len(key) % 8:
             return self._wrap_padded_by_hand(info, alg, key)
         tpl = {**_TRANSIENT_SECRET, A.VALUE: key}
 
