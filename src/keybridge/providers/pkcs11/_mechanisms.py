@@ -11,6 +11,7 @@ from pkcs11 import MGF, GCMParams
 from pkcs11 import Mechanism as M
 
 from ...keys import AlgorithmSpec
+from ._compat import forge_mechanism
 from ._quirks import TokenQuirks
 
 # CKF_* bits a CK_MECHANISM_INFO may carry. SoftHSM 2.6 ORs into an uninitialised value for
@@ -29,17 +30,7 @@ _CKM_RSA_AES_KEY_WRAP = 0x1054
 _CKZ_DATA_SPECIFIED = 1
 
 
-def _mechanism(value: int, name: str) -> M:
-    """The ``Mechanism`` for ``value``, made if python-pkcs11 lacks it: its calls accept only members."""
-    try:
-        return M(value)
-    except ValueError:  # python-pkcs11 0.10 has no RSA_AES_KEY_WRAP
-        member = int.__new__(M, value)
-        member._name_, member._value_ = name, value
-        return member
-
-
-RSA_AES_KEY_WRAP = _mechanism(_CKM_RSA_AES_KEY_WRAP, "RSA_AES_KEY_WRAP")
+RSA_AES_KEY_WRAP = forge_mechanism(_CKM_RSA_AES_KEY_WRAP, "RSA_AES_KEY_WRAP")  # python-pkcs11 0.10 lacks it
 
 
 def _flags_ok(info_flags: int | None, needed: int) -> bool:
