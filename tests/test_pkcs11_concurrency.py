@@ -136,3 +136,33 @@ def test_mixed_key_management_and_crypto_from_eight_threads_without_errors(provi
     assert not any(k.ref.name.startswith("busy-tmp-") for k in provider.list_keys())
     for name in permanent:
         provider.delete_key(name)
+
+
+def test_object_lock_lets_a_waiting_writer_in_before_new_readers() -> None:
+    from keybridge.providers.pkcs11._locks import SharedExclusiveLock
+
+    lock, order = SharedExclusiveLock(), []
+    lock.acquire_shared()  # a long crypto call in progress
+
+    def writer() -> None:
+        lock.acquire_exclusive()
+        order.append("writer")
+        lock.release_exclusive()
+
+    def reader() -> None:
+        lock.acquire_shared()
+        order.append("reader")
+        lock.release_shared()
+
+    w = threading.Thread(target=writer)
+    w.start()
+    while not lock._writers_waiting:  # the writer is queued behind the running reader
+        time.sleep(0.001)
+    r = threading.Thread(target=reader)
+    r.start()
+    time.sleep(0.05)
+    assert order == []  # the new reader waits behind the queued writer, which waits for the first
+    lock.release_shared()
+    w.join(5)
+    r.join(5)
+    assert order == ["writer", "reader"]

@@ -11,8 +11,6 @@ threads would starve key management forever.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 __all__ = ["SharedExclusiveLock"]
 
@@ -28,23 +26,23 @@ class SharedExclusiveLock:
         self._writer = False
         self._writers_waiting = 0
 
-    @contextmanager
-    def shared(self) -> Iterator[None]:
+    # Plain methods, not context managers: this is on every call's path, and a generator-based
+    # context manager costs several times the two lock round-trips below.
+    def acquire_shared(self) -> None:
         """Hold the lock alongside other shared holders (waits while a writer holds or waits)."""
         with self._cond:
             while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
 
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def release_shared(self) -> None:
+        """Give back one shared hold."""
+        with self._cond:
+            self._readers -= 1
+            if not self._readers and self._writers_waiting:
+                self._cond.notify_all()
+
+    def acquire_exclusive(self) -> None:
         """Hold the lock alone."""
         with self._cond:
             self._writers_waiting += 1
@@ -54,9 +52,9 @@ class SharedExclusiveLock:
             finally:
                 self._writers_waiting -= 1
             self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
+
+    def release_exclusive(self) -> None:
+        """Give back the exclusive hold."""
+        with self._cond:
+            self._writer = False
+            self._cond.notify_all()

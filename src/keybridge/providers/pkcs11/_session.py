@@ -1,8 +1,8 @@
-"""Sessions for one provider: a lock-free pool, transparent recovery, errors translated.
+"""Sessions for one provider: a pool without a pool lock, transparent recovery, errors translated.
 
 Each call takes an idle session (or opens one), so threads never share a session; the module
 itself is made thread-safe by :mod:`._library`. ``list.pop()`` and ``list.append()`` are atomic
-under the GIL, so the hot path takes no lock: a session is either in the idle list or in the hands
+under the GIL, so the hot path takes no pool lock: a session is either in the idle list or in the hands
 of exactly one call. Object handles are cached per session and dropped whenever the library's
 epoch moves (objects destroyed, a new login). Calls that write token objects hold the library's
 object lock exclusively, every other call holds it shared (see :mod:`._locks` for why).
@@ -96,8 +96,17 @@ class SessionPool:
         says ``fn`` creates, destroys or changes token objects: it then runs alone.
         """
         objects = self.lib.objects
-        with objects.exclusive() if write else objects.shared():
+        if write:
+            objects.acquire_exclusive()
+            try:
+                return self._run(fn, action, what, integrity)
+            finally:
+                objects.release_exclusive()
+        objects.acquire_shared()
+        try:
             return self._run(fn, action, what, integrity)
+        finally:
+            objects.release_shared()
 
     def _run(self, fn: Callable[[Entry], T], action: str, what: object, integrity: bool) -> T:
         try:
