@@ -1,5 +1,6 @@
-"""Cached handles and the key catalog under logout and concurrent key management, on real SoftHSM2.
+"""Cached handles and the key catalog under logout and concurrent key management, on real tokens.
 
+Runs on every token kind in ``$KEYBRIDGE_TEST_TOKENS`` (default: a throwaway SoftHSM2 token).
 ``KEYBRIDGE_STRESS_SECONDS`` sets how long the mixed stress runs (default 5 s; 60 s for a soak).
 """
 
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
 from keybridge import KeySpec
-from keybridge.testing._softhsm import SoftHsmToken
+from keybridge.testing._softhsm import Pkcs11TestToken
 
 pytest.importorskip("pkcs11")
 
@@ -29,8 +30,8 @@ STRESS_SECONDS = float(os.environ.get("KEYBRIDGE_STRESS_SECONDS", "5"))
 
 
 @pytest.fixture(scope="module")
-def provider(softhsm_token: SoftHsmToken) -> Iterator[Pkcs11Provider]:
-    with Pkcs11Provider(softhsm_token.module_path, softhsm_token.token_label, softhsm_token.user_pin) as p:
+def provider(pkcs11_token: Pkcs11TestToken) -> Iterator[Pkcs11Provider]:
+    with Pkcs11Provider(pkcs11_token.module_path, pkcs11_token.token_label, pkcs11_token.user_pin) as p:
         yield p
 
 
@@ -42,10 +43,10 @@ def verify_es256(p: Pkcs11Provider, name: str, sig: bytes) -> None:
     pub.verify(encode_dss_signature(r, s), DIGEST, ec.ECDSA(Prehashed(hashes.SHA256())))
 
 
-def log_out_from_another_session(softhsm_token: SoftHsmToken, p: Pkcs11Provider) -> None:
+def log_out_from_another_session(token: Pkcs11TestToken, p: Pkcs11Provider) -> None:
     """C_Logout through a session keybridge does not own: logs out every session of the process."""
     lib = p._pool.lib
-    other = lib.lib.get_token(token_label=softhsm_token.token_label).open(rw=True)
+    other = lib.lib.get_token(token_label=token.token_label).open(rw=True)
     try:
         assert lib.raw.logout(other.handle) == 0
     finally:
@@ -54,7 +55,7 @@ def log_out_from_another_session(softhsm_token: SoftHsmToken, p: Pkcs11Provider)
 
 
 def test_logout_by_another_session_is_recovered_for_cached_handles(
-    softhsm_token: SoftHsmToken, provider: Pkcs11Provider
+    pkcs11_token: Pkcs11TestToken, provider: Pkcs11Provider
 ) -> None:
     provider.create_key("logout-kek", KeySpec.aes(256))
     provider.create_key("logout-ec", KeySpec.ec("P-256"))
@@ -73,7 +74,7 @@ def test_logout_by_another_session_is_recovered_for_cached_handles(
     for check in checks:
         for warm in checks:  # every pooled session caches handles that the logout kills
             warm()
-        log_out_from_another_session(softhsm_token, provider)
+        log_out_from_another_session(pkcs11_token, provider)
         check()
     provider.delete_key("logout-kek")
     provider.delete_key("logout-ec")
