@@ -127,10 +127,11 @@ class Catalog:
                 self.forget(name)
 
     def _read(self, fn: Callable[[Entry], T], action: str, what: object) -> T:
-        # Finding nothing may mean someone logged the process out (private objects vanish): then
-        # log in again and look once more.
+        # A search while someone logged the process out misses private objects, with no error:
+        # if that happened (logged out now, or logged in again meanwhile), look once more.
+        before = self._pool.lib.epoch
         found = self._pool.run(fn, action, what)
-        if not found and self._pool.relogin_if_logged_out():
+        if self._pool.relogin_if_logged_out() or self._pool.lib.epoch != before:
             found = self._pool.run(fn, action, what)
         return found
 

@@ -193,6 +193,7 @@ class SessionPool:
         self, entry: Entry, exc: px.PKCS11Error, fn: Callable[[Entry], T], action: str, what: object, integrity: bool
     ) -> T:
         # Slow path: repair what ``exc`` says is broken, then run ``fn`` once more.
+        started = entry.epoch  # == the library's epoch when fn began (run/_take ensure it)
         self._settle(entry, exc)
         if isinstance(exc, _RETRY_SESSION):
             self._drain()  # one session died: the others most likely with it (C_CloseAllSessions)
@@ -201,9 +202,9 @@ class SessionPool:
         elif isinstance(exc, (px.NoSuchKey, *_RETRY_HANDLE)):
             # Private objects vanish, and their handles die, when someone logs the process out:
             # log in again first, else the fresh lookup below finds nothing.
-            if not self.relogin_if_logged_out() and isinstance(exc, px.NoSuchKey):
+            if not self._logged_out_meanwhile(started) and isinstance(exc, px.NoSuchKey):
                 raise translate(action, what, integrity, exc) from exc
-        elif not isinstance(exc, _RETRY_ELSEWHERE):
+        elif not isinstance(exc, _RETRY_ELSEWHERE) and not self._logged_out_meanwhile(started):
             raise translate(action, what, integrity, exc) from exc
         entry = self._take(None, action, what, integrity)
         try:
@@ -216,6 +217,12 @@ class SessionPool:
             raise
         self._give(entry)
         return result
+
+    def _logged_out_meanwhile(self, started: int) -> bool:
+        # A logout from elsewhere *during* a call surfaces as anything (SoftHSM: GeneralError, which
+        # would read as a bad tag on decrypt). Worth another try if the process is logged out now,
+        # or was and another thread already logged in again (the epoch moved since ``started``).
+        return self.relogin_if_logged_out() or self.lib.epoch != started
 
     def relogin_if_logged_out(self) -> bool:
         """Log in again if someone logged the process out (private objects vanish then).
