@@ -46,11 +46,12 @@ def verify_es256(p: Pkcs11Provider, name: str, sig: bytes) -> None:
 def log_out_from_another_session(token: Pkcs11TestToken, p: Pkcs11Provider, *, check: bool = True) -> None:
     """C_Logout through a session keybridge does not own: logs out every session of the process."""
     lib = p._pool.lib
-    other = lib.lib.get_token(token_label=token.token_label).open(rw=True)
-    try:
-        rv = lib.raw.logout(other.handle)
-    finally:
-        other.close()
+    with lib.serialized():  # in lock mode the module has no locks of its own: unlocked calls crash it
+        other = lib.lib.get_token(token_label=token.token_label).open(rw=True)
+        try:
+            rv = lib.raw.logout(other.handle)
+        finally:
+            other.close()
     if check:  # under load another thread may log in again at once
         assert rv == 0
         assert not lib.logged_in(p._pool.token)
