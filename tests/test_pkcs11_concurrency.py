@@ -9,6 +9,8 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +25,7 @@ from keybridge.testing._softhsm import Pkcs11TestToken
 
 pytest.importorskip("pkcs11")
 
-from keybridge.providers.pkcs11 import Pkcs11Provider
+from keybridge.providers.pkcs11 import THREADING_ENV, Pkcs11Provider
 
 DIGEST = hashlib.sha256(b"concurrency").digest()
 STRESS_SECONDS = float(os.environ.get("KEYBRIDGE_STRESS_SECONDS", "5"))
@@ -83,10 +85,10 @@ def test_logout_by_another_session_is_recovered_for_cached_handles(
     provider.delete_key("logout-ec")
 
 
-def test_mixed_key_management_and_crypto_from_eight_threads_without_errors(
-    pkcs11_token: Pkcs11TestToken, provider: Pkcs11Provider
-) -> None:
-    assert provider._pool.lib.os_locking, "expected the default mode: CKF_OS_LOCKING_OK, calls in parallel"
+def mixed_stress(
+    token: Pkcs11TestToken, provider: Pkcs11Provider, seconds: float
+) -> tuple[dict[str, int], dict[str, int]]:
+    """7 crypto threads and 1 key-management thread for ``seconds``: (errors by kind, rounds done)."""
     keks = [f"busy-kek-{i}" for i in range(3)]
     for name in keks:
         provider.create_key(name, KeySpec.aes(256))
@@ -95,7 +97,7 @@ def test_mixed_key_management_and_crypto_from_eight_threads_without_errors(
     permanent = {*keks, "busy-ec", "busy-toggle"}
     errors: collections.Counter[str] = collections.Counter()
     done: collections.Counter[str] = collections.Counter()
-    stop = time.monotonic() + STRESS_SECONDS
+    stop = time.monotonic() + seconds
     start = threading.Barrier(8)
 
     def crypto(n: int) -> None:
@@ -127,7 +129,7 @@ def test_mixed_key_management_and_crypto_from_eight_threads_without_errors(
                 provider.create_key(f"busy-tmp-{i}", KeySpec.aes(128))
                 provider.delete_key(f"busy-tmp-{i}")
                 if i % 3 == 0:  # another library in the process logs out while crypto runs
-                    log_out_from_another_session(pkcs11_token, provider, check=False)
+                    log_out_from_another_session(token, provider, check=False)
                 done["manage"] += 1
             except Exception as exc:
                 errors[f"manager {type(exc).__name__}: {exc} (cause {type(exc.__cause__).__name__})"] += 1
@@ -137,13 +139,32 @@ def test_mixed_key_management_and_crypto_from_eight_threads_without_errors(
         t.start()
     for t in threads:
         t.join()
-    print(f"stress {STRESS_SECONDS:g} s: {dict(done)}")
-    assert dict(errors) == {}
-    assert done["crypto"] > 0
-    assert done["manage"] > 0
-    assert not any(k.ref.name.startswith("busy-tmp-") for k in provider.list_keys())
+    if not any(k.ref.name.startswith("busy-tmp-") for k in provider.list_keys()):
+        done["clean"] = 1
     for name in permanent:
         provider.delete_key(name)
+    return dict(errors), dict(done)
+
+
+def test_mixed_key_management_and_crypto_from_eight_threads_without_errors(
+    pkcs11_token: Pkcs11TestToken, provider: Pkcs11Provider
+) -> None:
+    assert provider._pool.lib.os_locking, "expected the default mode: CKF_OS_LOCKING_OK, calls in parallel"
+    errors, done = mixed_stress(pkcs11_token, provider, STRESS_SECONDS)
+    print(f"stress {STRESS_SECONDS:g} s: {done}")
+    assert errors == {}
+    assert done["crypto"] > 0
+    assert done["manage"] > 0
+    assert done["clean"] == 1  # no temporary key left behind
+
+
+def test_mixed_stress_in_process_wide_lock_mode(pkcs11_token: Pkcs11TestToken) -> None:
+    # A fresh process: the mode is chosen when the module is first loaded.
+    env = {**pkcs11_token.env, THREADING_ENV: "lock"}
+    args = [sys.executable, __file__, pkcs11_token.module_path, pkcs11_token.token_label, str(min(STRESS_SECONDS, 3))]
+    out = subprocess.run(args, env=env, input=pkcs11_token.user_pin, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:2] == ["mode=lock", "errors={}"], out.stdout
 
 
 def test_object_lock_lets_a_waiting_writer_in_before_new_readers() -> None:
@@ -174,3 +195,11 @@ def test_object_lock_lets_a_waiting_writer_in_before_new_readers() -> None:
     w.join(5)
     r.join(5)
     assert order == ["writer", "reader"]
+
+
+if __name__ == "__main__":
+    module, label, secs = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    pin = sys.stdin.read()
+    with Pkcs11Provider(module, label, pin) as p:
+        failures, rounds = mixed_stress(Pkcs11TestToken("child", module, label, pin), p, secs)
+        print(f"mode={'os' if p._pool.lib.os_locking else 'lock'} errors={failures} rounds={rounds}")
