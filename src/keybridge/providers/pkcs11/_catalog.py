@@ -194,39 +194,49 @@ def is_meta(o: Any) -> bool:
     return bool(attrs.get(A.CLASS) == OC.DATA and attrs.get(A.APPLICATION) == APPLICATION)
 
 
-def find_meta(session: Any, name: str) -> Any:
-    """The keybridge CKO_DATA object of ``name`` (None if there is none)."""
-    found = list(session.get_objects({A.CLASS: OC.DATA, A.LABEL: name, A.APPLICATION: APPLICATION}))
-    return found[0] if found else None
+def find_meta(session: Any, name: str) -> list[Any]:
+    """The keybridge CKO_DATA objects of ``name``: normally one, two after a replacement failed halfway."""
+    return list(session.get_objects({A.CLASS: OC.DATA, A.LABEL: name, A.APPLICATION: APPLICATION}))
 
 
-def load_meta(o: Any) -> dict[str, Any]:
-    """The JSON record of a metadata object (empty when absent or unreadable)."""
-    if o is None:
-        return {"versions": {}}
-    try:
-        data = json.loads(bytes(o[A.VALUE]).decode("utf-8"))
-    except ValueError:
-        return {"versions": {}}
-    return data if isinstance(data, dict) and isinstance(data.get("versions"), dict) else {"versions": {}}
+def load_meta(objects: list[Any]) -> dict[str, Any]:
+    """The newest JSON record among ``objects`` (highest ``seq``; empty when none is readable)."""
+    best: dict[str, Any] = {"versions": {}}
+    for o in objects:
+        try:
+            data = json.loads(bytes(o[A.VALUE]).decode("utf-8"))
+        except ValueError:
+            continue
+        if isinstance(data, dict) and isinstance(data.get("versions"), dict) and _seq(data) >= _seq(best):
+            best = data
+    return best
 
 
-def store_meta(session: Any, name: str, old: Any, meta: Mapping[str, Any]) -> None:
-    """Replace the metadata object (SoftHSM makes CKA_VALUE of data objects read-only)."""
-    if old is not None:
-        old.destroy()
-    if not meta.get("versions"):
-        return
-    session.create_object(
-        {
-            A.CLASS: OC.DATA,
-            A.TOKEN: True,
-            A.PRIVATE: True,
-            A.LABEL: name,
-            A.APPLICATION: APPLICATION,
-            A.VALUE: json.dumps(meta, sort_keys=True).encode("utf-8"),
-        }
-    )
+def _seq(meta: Mapping[str, Any]) -> int:
+    seq = meta.get("seq", 0)
+    return seq if isinstance(seq, int) else 0
+
+
+def store_meta(session: Any, name: str, old: list[Any], meta: dict[str, Any]) -> None:
+    """Replace the metadata objects ``old`` (SoftHSM makes CKA_VALUE of data objects read-only).
+
+    The new object is made before the old ones go, so a failure halfway (e.g. a logout from
+    elsewhere) leaves the old record or both, never none; ``seq`` tells the newer one apart.
+    """
+    if meta.get("versions"):
+        meta["seq"] = _seq(meta) + 1
+        session.create_object(
+            {
+                A.CLASS: OC.DATA,
+                A.TOKEN: True,
+                A.PRIVATE: True,
+                A.LABEL: name,
+                A.APPLICATION: APPLICATION,
+                A.VALUE: json.dumps(meta, sort_keys=True).encode("utf-8"),
+            }
+        )
+    for o in old:
+        o.destroy()
 
 
 def version_record(
