@@ -26,6 +26,7 @@ from ._session import Entry, SessionPool
 from ._uri import redact, shown
 
 APPLICATION = "keybridge"
+_READ_ATTEMPTS = 3  # searches overlapping a logout from elsewhere; each retry needs another one
 
 VersionRecords = dict[str, dict[str, Any]]
 T = TypeVar("T")
@@ -128,11 +129,13 @@ class Catalog:
 
     def _read(self, fn: Callable[[Entry], T], action: str, what: object) -> T:
         # A search while someone logged the process out misses private objects, with no error:
-        # if that happened (logged out now, or logged in again meanwhile), look once more.
-        before = self._pool.lib.epoch
-        found = self._pool.run(fn, action, what)
-        if self._pool.relogin_if_logged_out() or self._pool.lib.epoch != before:
+        # if that happened (logged out now, or logged in again meanwhile), look again.
+        lib = self._pool.lib
+        for _ in range(_READ_ATTEMPTS):
+            before = lib.relogins
             found = self._pool.run(fn, action, what)
+            if not self._pool.relogin_if_logged_out() and lib.relogins == before:
+                break
         return found
 
     def forget(self, name: str) -> None:

@@ -158,6 +158,8 @@ class Library:
         self.generation = 0
         self._epochs = itertools.count(1)
         self.epoch = 0
+        self._relogins = itertools.count(1)
+        self.relogins = 0  # bumped by every relogin(): a search that overlapped one may have missed keys
         self.objects = SharedExclusiveLock()
         self._forked = False
         self._logins: dict[int, _Login] = {}
@@ -329,6 +331,7 @@ class Library:
                     session.close()
                     raise
                 login.session = session
+            self.relogins = next(self._relogins)
             self.bump_epoch()  # handles of private objects found before the logout are dead
 
     def release_login(self, token: Any, generation: int) -> None:
