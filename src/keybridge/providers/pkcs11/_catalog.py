@@ -26,6 +26,7 @@ from ._session import Entry, SessionPool
 from ._uri import redact, shown
 
 APPLICATION = "keybridge"
+_READ_ATTEMPTS = 3  # searches overlapping a logout from elsewhere; each retry needs another one
 
 VersionRecords = dict[str, dict[str, Any]]
 T = TypeVar("T")
@@ -46,6 +47,7 @@ class Catalog:
         self._make_ref = make_ref
         self._ttl = cache_seconds
         self._cache: dict[str, tuple[float, list[KeyInfo]]] = {}
+        self._changes = 0  # bumped by forget(): a read that overlapped a change is not cached
         self.lock = threading.Lock()  # one read-modify-write of a metadata object (or delete) at a time
 
     def versions(self, name: str, *, fresh: bool = False) -> list[KeyInfo]:
@@ -53,11 +55,13 @@ class Catalog:
         hit = self._cache.get(name)
         if hit is not None and not fresh and monotonic() < hit[0]:
             return hit[1]
+        mark = self._changes
         infos = self._read(lambda e: self._describe(e, name), "reading key", shown(name))
         if not infos:
             self._cache.pop(name, None)
             raise KeyNotFound(f"no key named {shown(name)} on token {self._token!r}; list_keys() shows what there is")
-        self._cache[name] = (monotonic() + self._ttl, infos)
+        if self._changes == mark:  # else this process changed keys meanwhile: the read may be stale
+            self._cache[name] = (monotonic() + self._ttl, infos)
         return infos
 
     def get(self, name: str, version: str | None) -> KeyInfo:
@@ -77,9 +81,12 @@ class Catalog:
         """Labels of every secret and private key on the token, sorted."""
 
         def labels(e: Entry) -> set[str]:
+            # TOKEN: other threads' short-lived session keys (wrap/unwrap) come and go meanwhile.
+            # The search ends (list) before any attribute is read: an error while reading would
+            # otherwise leave it open in the session.
             found = set()
             for cls in (OC.SECRET_KEY, OC.PRIVATE_KEY):
-                found |= {str(o.label) for o in e.session.get_objects({A.CLASS: cls}) if o.label}
+                found |= {str(o.label) for o in list(e.session.get_objects({A.CLASS: cls, A.TOKEN: True})) if o.label}
             return found
 
         return sorted(self._read(labels, "listing keys on token", repr(self._token)))
@@ -88,7 +95,7 @@ class Catalog:
         """The label of the key whose CKA_ID is ``id_bytes`` (for URIs that give only ``id=``)."""
 
         def find(e: Entry) -> str:
-            for o in e.session.get_objects({A.ID: id_bytes}):
+            for o in list(e.session.get_objects({A.ID: id_bytes, A.TOKEN: True})):
                 if obj.is_key(o) and o.label:
                     return str(o.label)
             return ""
@@ -98,29 +105,42 @@ class Catalog:
             raise KeyNotFound(f"no labelled key with the id in {redact(uri)!r} on token {self._token!r}")
         return label
 
-    def update(self, name: str, change: Callable[[VersionRecords], None]) -> None:
-        """Apply ``change`` to the version records of ``name`` and store them on the token."""
+    def update(
+        self, name: str, change: Callable[[VersionRecords], None], also: Callable[[Entry], None] | None = None
+    ) -> None:
+        """Apply ``change`` to the version records of ``name`` and store them on the token.
+
+        ``also(entry)`` runs first in the same exclusive call, so no reader sees one without the other.
+        """
 
         def update(e: Entry) -> None:
+            if also is not None:
+                also(e)
             old = find_meta(e.session, name)
             meta = load_meta(old)
             change(meta["versions"])
             store_meta(e.session, name, old, meta)
 
         with self.lock:
-            self._pool.run(update, "updating the metadata of key", repr(name))
-        self.forget(name)
+            try:
+                self._pool.run(update, "updating the metadata of key", repr(name), write=True)
+            finally:
+                self.forget(name)
 
     def _read(self, fn: Callable[[Entry], T], action: str, what: object) -> T:
-        # Finding nothing may mean someone logged the process out (private objects vanish): then
-        # log in again and look once more.
-        found = self._pool.run(fn, action, what)
-        if not found and self._pool.relogin_if_logged_out():
+        # A search while someone logged the process out misses private objects, with no error:
+        # if that happened (logged out now, or logged in again meanwhile), look again.
+        lib = self._pool.lib
+        for _ in range(_READ_ATTEMPTS):
+            before = lib.relogins
             found = self._pool.run(fn, action, what)
+            if not self._pool.relogin_if_logged_out() and lib.relogins == before:
+                break
         return found
 
     def forget(self, name: str) -> None:
         """Drop the cached versions of ``name``."""
+        self._changes += 1
         self._cache.pop(name, None)
 
     def _describe(self, e: Entry, name: str) -> list[KeyInfo]:
@@ -177,40 +197,49 @@ def is_meta(o: Any) -> bool:
     return bool(attrs.get(A.CLASS) == OC.DATA and attrs.get(A.APPLICATION) == APPLICATION)
 
 
-def find_meta(session: Any, name: str) -> Any:
-    """The keybridge CKO_DATA object of ``name`` (None if there is none)."""
-    for o in session.get_objects({A.CLASS: OC.DATA, A.LABEL: name, A.APPLICATION: APPLICATION}):
-        return o
-    return None
+def find_meta(session: Any, name: str) -> list[Any]:
+    """The keybridge CKO_DATA objects of ``name``: normally one, two after a replacement failed halfway."""
+    return list(session.get_objects({A.CLASS: OC.DATA, A.LABEL: name, A.APPLICATION: APPLICATION}))
 
 
-def load_meta(o: Any) -> dict[str, Any]:
-    """The JSON record of a metadata object (empty when absent or unreadable)."""
-    if o is None:
-        return {"versions": {}}
-    try:
-        data = json.loads(bytes(o[A.VALUE]).decode("utf-8"))
-    except ValueError:
-        return {"versions": {}}
-    return data if isinstance(data, dict) and isinstance(data.get("versions"), dict) else {"versions": {}}
+def load_meta(objects: list[Any]) -> dict[str, Any]:
+    """The newest JSON record among ``objects`` (highest ``seq``; empty when none is readable)."""
+    best: dict[str, Any] = {"versions": {}}
+    for o in objects:
+        try:
+            data = json.loads(bytes(o[A.VALUE]).decode("utf-8"))
+        except ValueError:
+            continue
+        if isinstance(data, dict) and isinstance(data.get("versions"), dict) and _seq(data) >= _seq(best):
+            best = data
+    return best
 
 
-def store_meta(session: Any, name: str, old: Any, meta: Mapping[str, Any]) -> None:
-    """Replace the metadata object (SoftHSM makes CKA_VALUE of data objects read-only)."""
-    if old is not None:
-        old.destroy()
-    if not meta.get("versions"):
-        return
-    session.create_object(
-        {
-            A.CLASS: OC.DATA,
-            A.TOKEN: True,
-            A.PRIVATE: True,
-            A.LABEL: name,
-            A.APPLICATION: APPLICATION,
-            A.VALUE: json.dumps(meta, sort_keys=True).encode("utf-8"),
-        }
-    )
+def _seq(meta: Mapping[str, Any]) -> int:
+    seq = meta.get("seq", 0)
+    return seq if isinstance(seq, int) else 0
+
+
+def store_meta(session: Any, name: str, old: list[Any], meta: dict[str, Any]) -> None:
+    """Replace the metadata objects ``old`` (SoftHSM makes CKA_VALUE of data objects read-only).
+
+    The new object is made before the old ones go, so a failure halfway (e.g. a logout from
+    elsewhere) leaves the old record or both, never none; ``seq`` tells the newer one apart.
+    """
+    if meta.get("versions"):
+        meta["seq"] = _seq(meta) + 1
+        session.create_object(
+            {
+                A.CLASS: OC.DATA,
+                A.TOKEN: True,
+                A.PRIVATE: True,
+                A.LABEL: name,
+                A.APPLICATION: APPLICATION,
+                A.VALUE: json.dumps(meta, sort_keys=True).encode("utf-8"),
+            }
+        )
+    for o in old:
+        o.destroy()
 
 
 def version_record(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import hmac
+import itertools
 import os
 import threading
 import weakref
@@ -24,10 +25,11 @@ from contextlib import AbstractContextManager, nullcontext, suppress
 from typing import Any, ClassVar, Protocol
 
 import pkcs11
-from pkcs11 import _pkcs11
 from pkcs11 import exceptions as px
 
 from ...errors import AuthenticationError, ProviderUnavailable
+from . import _compat
+from ._locks import SharedExclusiveLock
 
 THREADING_ENV = "KEYBRIDGE_PKCS11_THREADING"
 _CKR_ALREADY_INITIALIZED = 0x191
@@ -118,22 +120,6 @@ class RawModule:
         return int(info.state)
 
 
-class _OsLockingLib(_pkcs11.lib):
-    """python-pkcs11's lib whose ``initialize`` asks the module for OS locking (via ctypes)."""
-
-    def initialize(self) -> None:
-        raw = _RAW_BY_PATH[self.so]
-        rv = raw.init_os_locking()
-        if rv == 0:
-            _OWNED.add(self.so)
-        elif rv != _CKR_ALREADY_INITIALIZED:
-            raise ProviderUnavailable(f"C_Initialize of PKCS#11 module {self.so} failed (CKR 0x{rv:x})")
-
-
-_RAW_BY_PATH: dict[str, RawModule] = {}
-_OWNED: set[str] = set()  # paths this process initialised with OS locking
-
-
 class ForkAware(Protocol):
     """Something holding per-process PKCS#11 state that a forked child must drop."""
 
@@ -156,6 +142,10 @@ class Library:
     ``call_lock`` is what to hold around every PKCS#11 call: None when the module locks itself
     (OS locking), else the process-wide lock. ``generation`` changes whenever every session and
     object handle became invalid (re-initialisation, or a ``fork``: the child must not use them).
+    ``epoch`` changes whenever some cached object handles may have gone stale (objects destroyed,
+    or a new login: SoftHSM hands out new handles for private objects then). ``objects`` is held
+    shared around calls that only use token objects and exclusively around calls that create,
+    destroy or change them (see :mod:`._locks`).
     """
 
     _registry: ClassVar[dict[str, Library]] = {}
@@ -164,28 +154,34 @@ class Library:
     def __init__(self, path: str, alias: str) -> None:
         self.path = path
         self.raw = RawModule(path)
-        _RAW_BY_PATH[path] = self.raw
         self._mu = threading.RLock()  # guards logins/reinit; also the call lock in lock mode
         self.generation = 0
+        self._epochs = itertools.count(1)
+        self.epoch = 0
+        self._relogins = itertools.count(1)
+        self.relogins = 0  # bumped by every relogin(): a search that overlapped one may have missed keys
+        self.objects = SharedExclusiveLock()
         self._forked = False
         self._logins: dict[int, _Login] = {}
         self._dependents: weakref.WeakSet[ForkAware] = weakref.WeakSet()
         want_os = os.environ.get(THREADING_ENV, "os").lower() != "lock"
-        existing = pkcs11._loaded.get(path) or pkcs11._loaded.get(alias)
+        existing = _compat.loaded_lib(path, alias)
         self.call_lock: AbstractContextManager[Any] | None = self._mu
         if existing is not None:
             self.lib: Any = existing  # someone initialised it already: mode unknown
         elif want_os:
-            self.lib = _OsLockingLib(path)
-            if path in _OWNED:
-                self.call_lock = None
-            for name in (path, alias):  # later pkcs11.lib(path) calls share this instance
-                pkcs11._loaded.setdefault(name, self.lib)
-            # The module stays loaded for the life of the process: python-pkcs11's dealloc cannot
-            # run on a Python subclass during interpreter shutdown, so keep one reference forever.
-            ctypes.pythonapi.Py_IncRef(ctypes.py_object(self.lib))
+            self.lib = _compat.os_locking_lib(path, self._initialize_os_locking, alias)
         else:
             self.lib = pkcs11.lib(path)
+        _compat.register_reinitializer(path, self.reinitialize)
+
+    def _initialize_os_locking(self) -> None:
+        # python-pkcs11 calls this instead of its C_Initialize(NULL) (see _compat.os_locking_lib).
+        rv = self.raw.init_os_locking()
+        if rv == 0:
+            self.call_lock = None  # we own the initialisation: the module locks itself
+        elif rv != _CKR_ALREADY_INITIALIZED:
+            raise ProviderUnavailable(f"C_Initialize of PKCS#11 module {self.path} failed (CKR 0x{rv:x})")
 
     @property
     def os_locking(self) -> bool:
@@ -195,6 +191,7 @@ class Library:
     @classmethod
     def get(cls, path: str) -> Library:
         """The process-wide instance for ``path`` (loads and initialises the module once)."""
+        _compat.require_supported()
         key = os.path.realpath(path)
         if not os.path.exists(key):
             raise ProviderUnavailable(f"PKCS#11 module {path} does not exist; check module-path")
@@ -222,6 +219,10 @@ class Library:
         lock = self.call_lock
         return nullcontext() if lock is None else lock
 
+    def bump_epoch(self) -> None:
+        """Cached object handles may be stale now: every session drops its cache before next use."""
+        self.epoch = next(self._epochs)  # next() on a count is atomic under the GIL; += is not
+
     def watch_fork(self, dependent: ForkAware) -> None:
         """Have ``dependent.after_fork()`` called in a forked child (held weakly)."""
         self._dependents.add(dependent)
@@ -231,6 +232,7 @@ class Library:
         # forever, so replace them. The standard requires C_Initialize again; that is done lazily
         # by check_fork(), so a child that never touches the token (e.g. a worker pool) pays nothing.
         self._mu = threading.RLock()
+        self.objects = SharedExclusiveLock()
         if self.call_lock is not None:
             self.call_lock = self._mu
         self._forked = True
@@ -249,7 +251,7 @@ class Library:
     def reinitialize(self) -> None:
         """C_Finalize + C_Initialize (picks up a new SOFTHSM2_CONF); every session becomes invalid."""
         with self._mu:
-            if isinstance(self.lib, _OsLockingLib):
+            if _compat.is_os_locking_lib(self.lib):
                 self.raw.finalize(None)
                 self.call_lock = None if self.raw.init_os_locking() == 0 else self._mu
             else:
@@ -321,14 +323,16 @@ class Library:
                 return  # another thread did it already
             if state is not None:
                 self._log_in(login.session, token, login.pin)
-                return
-            session = token.open(rw=True)  # the login session itself was closed behind our back
-            try:
-                self._log_in(session, token, login.pin)
-            except BaseException:
-                session.close()
-                raise
-            login.session = session
+            else:
+                session = token.open(rw=True)  # the login session itself was closed behind our back
+                try:
+                    self._log_in(session, token, login.pin)
+                except BaseException:
+                    session.close()
+                    raise
+                login.session = session
+            self.relogins = next(self._relogins)
+            self.bump_epoch()  # handles of private objects found before the logout are dead
 
     def release_login(self, token: Any, generation: int) -> None:
         """Drop one reference; the last one logs out and closes the login session."""

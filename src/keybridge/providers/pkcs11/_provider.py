@@ -25,6 +25,7 @@ from . import _objects as obj
 from ._catalog import Catalog, is_meta, version_record
 from ._errors import translated
 from ._pin import resolve_pin
+from ._quirks import quirks_of
 from ._rejection import ImplicitRejection
 from ._session import Entry, SessionPool
 from ._uri import key_uri, parse, redact
@@ -80,13 +81,11 @@ class Pkcs11Provider(BaseProvider):
             lib = self._pool.lib
             with lib.serialized(), translated("reading the mechanism list of token", repr(token_label)):
                 mechanisms = mech.read_mechanisms(self._pool.token.slot)
-            maker = str(lib.lib.manufacturer_id)
             self.mechanisms: Mapping[int, int | None] = mechanisms
-            self.algorithms = mech.supported(mechanisms, maker)
-            self._kwp = mech.kwp_mechanism(mechanisms, maker)
+            self.quirks = quirks_of(self._pool.token)  # from CK_TOKEN_INFO, never the library's name
+            self.algorithms = mech.supported(mechanisms, self.quirks)
+            self._kwp = mech.kwp_mechanism(mechanisms, self.quirks)
             self._native_export = mech.has_rsa_aes_key_wrap(mechanisms)
-            # SoftHSM < 2.7 zero-pads to 8 bytes *before* RFC 5649 (see docs/pkcs11.md).
-            self._kwp_pads = maker.startswith("SoftHSM") and tuple(lib.lib.library_version) < (2, 7)
         except BaseException:
             self._pool.close()
             raise
@@ -176,7 +175,7 @@ class Pkcs11Provider(BaseProvider):
                 pub_tpl[A.EC_PARAMS] = obj.ec_params(spec)
                 s.generate_keypair(KT.EC, store=True, public_template=pub_tpl, private_template=priv_tpl)
 
-        self._pool.run(generate, "generating key", repr(name))
+        self._pool.run(generate, "generating key", repr(name), write=True)
         return self._record(name, id_bytes, spec, attrs)
 
     def _import_key(self, name: str, key: PrivateKey | bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
@@ -204,7 +203,7 @@ class Pkcs11Provider(BaseProvider):
                 priv.destroy()  # no half-imported key left behind
                 raise
 
-        self._pool.run(create, "importing key", repr(name))
+        self._pool.run(create, "importing key", repr(name), write=True)
         return self._record(name, id_bytes, spec, attrs)
 
     def _record(self, name: str, id_bytes: bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
@@ -226,7 +225,7 @@ class Pkcs11Provider(BaseProvider):
         ops = info.ops if enabled else frozenset()
 
         def flags(e: Entry) -> None:
-            for o in e.session.get_objects({A.LABEL: name, A.ID: _id(version) or b""}):
+            for o in list(e.session.get_objects({A.LABEL: name, A.ID: _id(version) or b""})):
                 if obj.is_secret(o):
                     table = obj.SECRET_FLAGS
                 elif obj.is_public(o):
@@ -238,8 +237,6 @@ class Pkcs11Provider(BaseProvider):
                 for attr, value in obj.flags_template(table, ops).items():
                     o[attr] = value
 
-        self._pool.run(flags, "changing the usage flags of key", info.ref)
-
         def change(versions: dict[str, Any]) -> None:
             rec = versions.get(version) or version_record(
                 info.ops, enabled=True, tags=info.tags, not_before=info.not_before, expires=info.expires
@@ -247,7 +244,7 @@ class Pkcs11Provider(BaseProvider):
             rec["ops"], rec["enabled"] = sorted(op.value for op in info.ops), enabled
             versions[version] = rec
 
-        self._catalog.update(name, change)
+        self._catalog.update(name, change, also=flags)  # one exclusive call: no reader sees half
         return self._catalog.get(name, info.ref.version)
 
     def _delete_key(self, name: str) -> None:
@@ -260,7 +257,7 @@ class Pkcs11Provider(BaseProvider):
 
         with self._catalog.lock:
             try:
-                self._pool.run(destroy, "deleting key", repr(name))
+                self._pool.run(destroy, "deleting key", repr(name), write=True)
             finally:  # also after a partial failure: some handles may point nowhere now
                 self._pool.invalidate_handles()
                 self._catalog.forget(name)
@@ -327,7 +324,7 @@ class Pkcs11Provider(BaseProvider):
 
     def _wrap_key(self, info: KeyInfo, alg: AlgorithmSpec, key: bytes) -> bytes:
         mechanism = self._aes_wrap_mechanism(alg)
-        if mechanism is M.AES_KEY_WRAP_PAD and self._kwp_pads and len(key) % 8:
+        if mechanism is M.AES_KEY_WRAP_PAD and self.quirks.kwp_pads_first and len(key) % 8:
             return self._wrap_padded_by_hand(info, alg, key)
         tpl = {**_TRANSIENT_SECRET, A.VALUE: key}
 
