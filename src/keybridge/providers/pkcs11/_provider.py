@@ -44,6 +44,8 @@ class Pkcs11Provider(BaseProvider):
     user PIN comes from ``user_pin``, else ``pin_source`` (``file:/path`` or a path), else the
     ``KEYBRIDGE_PKCS11_PIN`` environment variable. Keys are generated sensitive and
     non-extractable unless ``exportable=True`` (then still sensitive: they leave only wrapped).
+    ``init_args`` is the init string for modules that need one in C_Initialize (NSS softokn:
+    ``"configdir='sql:DIR' certPrefix='' keyPrefix='' secmod='secmod.db' flags="``).
     Safe to share between threads; see docs/pkcs11.md for the concurrency design.
     """
 
@@ -57,6 +59,7 @@ class Pkcs11Provider(BaseProvider):
         *,
         pin_source: str | None = None,
         cache_seconds: float = 1.0,
+        init_args: str | None = None,
     ) -> None:
         if mentions_pin(token_label) or mentions_pin(module_path):
             raise InvalidArgument(
@@ -66,7 +69,7 @@ class Pkcs11Provider(BaseProvider):
         self.token_label = token_label
         self.module_path = module_path
         self._refs: dict[tuple[str, str | None], KeyRef] = {}
-        self._pool = SessionPool(module_path, token_label, resolve_pin(user_pin, pin_source, token_label))
+        self._pool = SessionPool(module_path, token_label, resolve_pin(user_pin, pin_source, token_label), init_args)
         try:
             lib = self._pool.lib
             with lib.serialized(), translated("reading the mechanism list of token", repr(token_label)):

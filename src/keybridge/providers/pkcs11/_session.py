@@ -69,8 +69,8 @@ class Entry:
 class SessionPool:
     """Sessions for one provider: one per concurrently running call, reused, never shared."""
 
-    def __init__(self, module_path: str, token_label: str, pin: str) -> None:
-        self.lib = Library.get(module_path)
+    def __init__(self, module_path: str, token_label: str, pin: str, init_args: str | None = None) -> None:
+        self.lib = Library.get(module_path, init_args)
         self.token = self.lib.token(token_label)
         self._pin = pin
         self._mu = threading.Lock()  # slow paths only: re-login, close
