@@ -5,6 +5,11 @@ per version (CKA_ID; see :mod:`._objects`). What PKCS#11 has no attribute for (t
 window, enabled flag, the operations to restore on enable) lives in one private CKO_DATA object per
 name: CKA_LABEL = name, CKA_APPLICATION = "keybridge", CKA_VALUE = JSON
 ``{"versions": {id_hex: {...}}}``. Keys other tools made have no record and work all the same.
+
+Tokens that refuse private data objects (NSS softokn takes no CKO_DATA at all) keep the record in
+``CKA_SUBJECT`` of a private, usage-less EC public-key object instead: CKA_LABEL = name, CKA_ID =
+``META_ID``, the P-256 generator as its point (it is no one's key: it verifies nothing). Which form
+a token gets is probed once per provider with a session data object, so the probe writes nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from time import monotonic
 from typing import Any, TypeVar
 
 from pkcs11 import Attribute as A
+from pkcs11 import KeyType as KT
 from pkcs11 import ObjectClass as OC
+from pkcs11 import exceptions as px
 
 from ...errors import InvalidKeySpec, KeybridgeError, KeyNotFound
 from ...keys import KeyInfo, KeyOp, KeyRef
@@ -26,6 +33,14 @@ from ._session import Entry, SessionPool
 from ._uri import redact, shown
 
 APPLICATION = "keybridge"
+META_ID = b"keybridge-metadata"  # CKA_ID of the metadata carrier (keybridge's version ids start b"kb" + time)
+# P-256 generator, uncompressed, in a DER OCTET STRING (CKA_EC_POINT): a valid point, nobody's key.
+_CARRIER_POINT = bytes.fromhex(
+    "044104"
+    "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296"
+    "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5"
+)
+_P256_PARAMS = bytes.fromhex("06082a8648ce3d030107")
 
 VersionRecords = dict[str, dict[str, Any]]
 T = TypeVar("T")
@@ -47,6 +62,7 @@ class Catalog:
         self._ttl = cache_seconds
         self._cache: dict[str, tuple[float, list[KeyInfo]]] = {}
         self._changes = 0  # bumped by forget(): a read that overlapped a change is not cached
+        self._in_data: bool | None = None  # records in data objects (else carriers); probed on first use
         self.lock = threading.Lock()  # one read-modify-write of a metadata object (or delete) at a time
 
     def versions(self, name: str, *, fresh: bool = False) -> list[KeyInfo]:
@@ -115,10 +131,11 @@ class Catalog:
         def update(e: Entry) -> None:
             if also is not None:
                 also(e)
-            old = find_meta(e.session, name)
+            in_data = self.in_data_objects(e)
+            old = find_meta(e.session, name, in_data)
             meta = load_meta(old)
             change(meta["versions"])
-            store_meta(e.session, name, old, meta)
+            store_meta(e.session, name, old, meta, in_data)
 
         with self.lock:
             try:
@@ -134,6 +151,12 @@ class Catalog:
             found = self._pool.run(fn, action, what)
         return found
 
+    def in_data_objects(self, e: Entry) -> bool:
+        """Whether this token keeps records in private data objects (probed once, in ``e``'s session)."""
+        if self._in_data is None:
+            self._in_data = takes_private_data(e)
+        return self._in_data
+
     def forget(self, name: str) -> None:
         """Drop the cached versions of ``name``."""
         self._changes += 1
@@ -141,8 +164,8 @@ class Catalog:
 
     def _describe(self, e: Entry, name: str) -> list[KeyInfo]:
         objects = list(e.session.get_objects({A.LABEL: name}))
-        records = load_meta(find_meta(e.session, name))["versions"]
-        publics = {bytes(o[A.ID]): o for o in objects if obj.is_public(o)}
+        records = load_meta(find_meta(e.session, name, self.in_data_objects(e)))["versions"]
+        publics = {bytes(o[A.ID]): o for o in objects if obj.is_public(o)}  # the carrier's META_ID matches no key
         infos = []
         for o in objects:
             if not obj.is_key(o):
@@ -188,14 +211,30 @@ class Catalog:
 def is_meta(o: Any) -> bool:
     """True for keybridge's metadata data objects (python-pkcs11 gives data objects no class)."""
     if obj.is_key(o) or obj.is_public(o):
-        return False
+        return False  # a carrier (public key) is destroyed with the key's public keys anyway
     attrs = o.get_attributes([A.CLASS, A.APPLICATION])
     return bool(attrs.get(A.CLASS) == OC.DATA and attrs.get(A.APPLICATION) == APPLICATION)
 
 
-def find_meta(session: Any, name: str) -> Any:
-    """The keybridge CKO_DATA object of ``name`` (None if there is none)."""
-    found = list(session.get_objects({A.CLASS: OC.DATA, A.LABEL: name, A.APPLICATION: APPLICATION}))
+def takes_private_data(e: Entry) -> bool:
+    """Whether the token accepts private CKO_DATA objects (tried with a session object)."""
+    try:
+        probe = e.session.create_object(
+            {A.CLASS: OC.DATA, A.TOKEN: False, A.PRIVATE: True, A.APPLICATION: APPLICATION, A.VALUE: b"{}"}
+        )
+    except px.PKCS11Error:
+        return False
+    probe.destroy()
+    return True
+
+
+def find_meta(session: Any, name: str, in_data: bool = True) -> Any:
+    """The metadata object of ``name`` (None if there is none): data object or carrier."""
+    if in_data:
+        query = {A.CLASS: OC.DATA, A.LABEL: name, A.APPLICATION: APPLICATION}
+    else:
+        query = {A.CLASS: OC.PUBLIC_KEY, A.LABEL: name, A.ID: META_ID}
+    found = list(session.get_objects(query))
     return found[0] if found else None
 
 
@@ -204,26 +243,33 @@ def load_meta(o: Any) -> dict[str, Any]:
     if o is None:
         return {"versions": {}}
     try:
-        data = json.loads(bytes(o[A.VALUE]).decode("utf-8"))
+        data = json.loads(bytes(o[A.SUBJECT if obj.is_public(o) else A.VALUE]).decode("utf-8"))
     except ValueError:
         return {"versions": {}}
     return data if isinstance(data, dict) and isinstance(data.get("versions"), dict) else {"versions": {}}
 
 
-def store_meta(session: Any, name: str, old: Any, meta: Mapping[str, Any]) -> None:
+def store_meta(session: Any, name: str, old: Any, meta: Mapping[str, Any], in_data: bool = True) -> None:
     """Replace the metadata object (SoftHSM makes CKA_VALUE of data objects read-only)."""
     if old is not None:
         old.destroy()
     if not meta.get("versions"):
         return
+    value = json.dumps(meta, sort_keys=True).encode("utf-8")
+    common = {A.TOKEN: True, A.PRIVATE: True, A.LABEL: name}
+    if in_data:
+        session.create_object({**common, A.CLASS: OC.DATA, A.APPLICATION: APPLICATION, A.VALUE: value})
+        return
     session.create_object(
         {
-            A.CLASS: OC.DATA,
-            A.TOKEN: True,
-            A.PRIVATE: True,
-            A.LABEL: name,
-            A.APPLICATION: APPLICATION,
-            A.VALUE: json.dumps(meta, sort_keys=True).encode("utf-8"),
+            **common,
+            A.CLASS: OC.PUBLIC_KEY,
+            A.KEY_TYPE: KT.EC,
+            A.ID: META_ID,
+            A.EC_PARAMS: _P256_PARAMS,
+            A.EC_POINT: _CARRIER_POINT,
+            A.SUBJECT: value,
+            **{flag: False for flag in (A.VERIFY, A.VERIFY_RECOVER, A.ENCRYPT, A.WRAP, A.DERIVE)},
         }
     )
 
