@@ -79,7 +79,7 @@ def test_metadata_lives_in_a_carrier_because_nss_takes_no_data_objects(
     info = nss.create_key("meta-carrier", KeySpec.ec("P-256"), tags={"team": "a"})
     try:
         found = objects(nss, "meta-carrier")
-        assert (int(OC.PUBLIC_KEY), _catalog.META_ID) in found
+        assert (int(OC.PUBLIC_KEY), _catalog.meta_id("meta-carrier")) in found
         assert all(cls != int(OC.DATA) for cls, _ in found)
 
         def subject(e: object) -> object:
@@ -96,6 +96,19 @@ def test_metadata_lives_in_a_carrier_because_nss_takes_no_data_objects(
     finally:
         nss.delete_key("meta-carrier")
     assert objects(nss, "meta-carrier") == []  # the carrier goes with the key
+
+
+def test_every_key_keeps_its_own_record(nss: Pkcs11Provider) -> None:
+    # NSS keeps one public key per CKA_ID: carriers sharing an id replaced each other's records.
+    names = [f"own-record-{i}" for i in range(4)]
+    for i, name in enumerate(names):
+        nss.create_key(name, KeySpec.ec("P-256"), tags={"n": str(i)})
+    try:
+        for _ in range(2):  # cache_seconds=0: every read goes to the token
+            assert [dict(nss.get_key(name).tags) for name in names] == [{"n": str(i)} for i in range(4)]
+    finally:
+        for name in names:
+            nss.delete_key(name)
 
 
 def subject_tags(record: object, version: str | None) -> object:

@@ -8,19 +8,23 @@ name: CKA_LABEL = name, CKA_APPLICATION = "keybridge", CKA_VALUE = JSON
 
 Tokens that refuse private data objects (NSS softokn takes no CKO_DATA at all) keep the record in
 ``CKA_SUBJECT`` of a private, usage-less EC public-key object instead: CKA_LABEL = name, CKA_ID =
-``META_ID``, the P-256 generator as its point (it is no one's key: it verifies nothing). Which form
+:func:`meta_id` (name), a fresh P-256 point whose private key was never kept (it verifies
+nothing). NSS keeps one public key per CKA_ID, so the id and point are unique per carrier. Which form
 a token gets is probed once per provider with a session data object, so the probe writes nothing.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from time import monotonic
 from typing import Any, TypeVar
 
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pkcs11 import Attribute as A
 from pkcs11 import KeyType as KT
 from pkcs11 import ObjectClass as OC
@@ -33,13 +37,7 @@ from ._session import Entry, SessionPool
 from ._uri import redact, shown
 
 APPLICATION = "keybridge"
-META_ID = b"keybridge-metadata"  # CKA_ID of the metadata carrier (keybridge's version ids start b"kb" + time)
-# P-256 generator, uncompressed, in a DER OCTET STRING (CKA_EC_POINT): a valid point, nobody's key.
-_CARRIER_POINT = bytes.fromhex(
-    "044104"
-    "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296"
-    "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5"
-)
+META_ID = b"keybridge-metadata:"  # CKA_ID prefix of metadata carriers (keybridge's version ids are b"kb" + time)
 _P256_PARAMS = bytes.fromhex("06082a8648ce3d030107")
 
 VersionRecords = dict[str, dict[str, Any]]
@@ -233,7 +231,7 @@ def find_meta(session: Any, name: str, in_data: bool = True) -> Any:
     if in_data:
         query = {A.CLASS: OC.DATA, A.LABEL: name, A.APPLICATION: APPLICATION}
     else:
-        query = {A.CLASS: OC.PUBLIC_KEY, A.LABEL: name, A.ID: META_ID}
+        query = {A.CLASS: OC.PUBLIC_KEY, A.LABEL: name, A.ID: meta_id(name)}
     found = list(session.get_objects(query))
     return found[0] if found else None
 
@@ -265,13 +263,26 @@ def store_meta(session: Any, name: str, old: Any, meta: Mapping[str, Any], in_da
             **common,
             A.CLASS: OC.PUBLIC_KEY,
             A.KEY_TYPE: KT.EC,
-            A.ID: META_ID,
+            A.ID: meta_id(name),
             A.EC_PARAMS: _P256_PARAMS,
-            A.EC_POINT: _CARRIER_POINT,
+            A.EC_POINT: _carrier_point(),
             A.SUBJECT: value,
             **{flag: False for flag in (A.VERIFY, A.VERIFY_RECOVER, A.ENCRYPT, A.WRAP, A.DERIVE)},
         }
     )
+
+
+def meta_id(name: str) -> bytes:
+    """CKA_ID of the metadata carrier of ``name``: ``META_ID`` + 12 bytes of SHA-256(name)."""
+    return META_ID + hashlib.sha256(name.encode("utf-8")).digest()[:12]
+
+
+def _carrier_point() -> bytes:
+    # CKA_EC_POINT: DER OCTET STRING of the uncompressed point (65 bytes for P-256).
+    point = (
+        ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    )
+    return b"\x04\x41" + point
 
 
 def version_record(

@@ -203,7 +203,8 @@ class SessionPool:
             # log in again first, else the fresh lookup below finds nothing.
             if not self.relogin_if_logged_out() and isinstance(exc, px.NoSuchKey):
                 raise translate(action, what, integrity, exc) from exc
-        elif not isinstance(exc, _RETRY_ELSEWHERE):
+        elif not isinstance(exc, _RETRY_ELSEWHERE) and not self.relogin_if_logged_out():
+            # (A module may report a key it hides after a logout as anything: NSS says CKR_HOST_MEMORY.)
             raise translate(action, what, integrity, exc) from exc
         entry = self._take(None, action, what, integrity)
         try:
