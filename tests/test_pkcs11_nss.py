@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -140,3 +142,23 @@ def test_a_key_pair_signing_only_is_accepted_by_nss_pairwise_check(nss: Pkcs11Pr
         assert info.ops == {KeyOp.SIGN}
     finally:
         nss.delete_key("sign-only")
+
+
+def test_a_wrong_pin_is_refused_by_nss_and_named_nowhere(nss_token: Pkcs11TestToken) -> None:
+    # A fresh process, so NSS itself checks the PIN (this one is logged in already).
+    wrong = "not-" + nss_token.user_pin
+    code = (
+        "from keybridge.providers.pkcs11 import Pkcs11Provider\n"
+        "from keybridge.errors import AuthenticationError\n"
+        "import sys\n"
+        "try:\n"
+        f"    Pkcs11Provider({nss_token.module_path!r}, {nss_token.token_label!r}, sys.argv[1],"
+        f" init_args={nss_token.init_args!r})\n"
+        "except AuthenticationError as e:\n"
+        "    print('AUTH', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, wrong], capture_output=True, text=True, timeout=60)
+    assert "AUTH the user PIN for token 'NSS Certificate DB' is incorrect" in out.stdout, out.stdout + out.stderr
+    assert wrong not in out.stdout + out.stderr
+    with nss_token.provider() as p:  # the right PIN still works afterwards
+        list(p.list_keys())
