@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from urllib.parse import quote
@@ -55,3 +56,30 @@ def test_without_it_nss_fails_saying_what_to_pass(nss_token: Pkcs11TestToken) ->
     assert "ERR C_Initialize" in out.stdout, out.stdout + out.stderr
     assert "init_args=" in out.stdout
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("threading_mode", ["os", "lock"])
+def test_the_init_string_survives_reinitialisation_in_both_threading_modes(
+    nss_token: Pkcs11TestToken, threading_mode: str
+) -> None:
+    # C_Finalize + C_Initialize must pass the string again, and the lock mode (python-pkcs11 would
+    # call C_Initialize(NULL)) must pass it too. A fresh process: NSS is initialised here already.
+    code = (
+        "import sys\n"
+        "from keybridge import KeySpec\n"
+        "from keybridge.providers.pkcs11 import Pkcs11Provider, _compat\n"
+        "p = Pkcs11Provider(sys.argv[1], sys.argv[2], sys.argv[3], init_args=sys.argv[4])\n"
+        "print('OS_LOCKING', p._pool.lib.os_locking)\n"
+        f"p.create_key('reinit-{threading_mode}', KeySpec.aes(128))\n"
+        "assert _compat.reinitialize(sys.argv[1])\n"
+        f"print('AFTER', 'reinit-{threading_mode}' in {{k.ref.name for k in p.list_keys()}})\n"
+        f"p.delete_key('reinit-{threading_mode}')\n"
+        "p.close()\n"
+    )
+    assert nss_token.init_args is not None
+    args = [nss_token.module_path, nss_token.token_label, nss_token.user_pin, nss_token.init_args]
+    env = {**os.environ, "KEYBRIDGE_PKCS11_THREADING": threading_mode}
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"OS_LOCKING {threading_mode == 'os'}" in out.stdout
+    assert "AFTER True" in out.stdout
