@@ -33,7 +33,7 @@ STRESS_SECONDS = float(os.environ.get("KEYBRIDGE_STRESS_SECONDS", "5"))
 
 @pytest.fixture(scope="module")
 def provider(pkcs11_token: Pkcs11TestToken) -> Iterator[Pkcs11Provider]:
-    with Pkcs11Provider(pkcs11_token.module_path, pkcs11_token.token_label, pkcs11_token.user_pin) as p:
+    with pkcs11_token.provider() as p:
         yield p
 
 

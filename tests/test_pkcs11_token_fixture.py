@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,8 @@ from keybridge.testing._softhsm import SoftHsmToken
 pytest.importorskip("pkcs11")
 
 TEST = """
-from keybridge.providers.pkcs11 import Pkcs11Provider
-
 def test_uses(pkcs11_token):
-    with Pkcs11Provider(pkcs11_token.module_path, pkcs11_token.token_label, pkcs11_token.user_pin) as p:
+    with pkcs11_token.provider() as p:
         list(p.list_keys())
     assert pkcs11_token.user_pin not in repr(pkcs11_token)
     print("KIND", pkcs11_token.kind, pkcs11_token.token_label)
@@ -62,10 +61,18 @@ def test_env_kind_uses_an_existing_token(tmp_path: Path, softhsm_token: SoftHsmT
     assert f"KIND env {softhsm_token.token_label}" in out.stdout
 
 
+def test_nss_kind_is_an_nss_softokn_database(tmp_path: Path) -> None:
+    if shutil.which("certutil") is None:
+        pytest.skip("certutil (Debian libnss3-tools) is not installed")
+    out = child_pytest(tmp_path, {**_clean_env(), "KEYBRIDGE_TEST_TOKENS": "softhsm,nss"})
+    assert "2 passed" in out.stdout, out.stdout + out.stderr
+    assert "KIND nss NSS Certificate DB" in out.stdout
+
+
 def test_unknown_kind_is_a_usage_error_naming_the_known_ones(tmp_path: Path) -> None:
     out = child_pytest(tmp_path, {**_clean_env(), "KEYBRIDGE_TEST_TOKENS": "nitrokey"})
     assert out.returncode != 0
-    assert "unknown token kind 'nitrokey'; known kinds: softhsm, env" in out.stdout + out.stderr
+    assert "unknown token kind 'nitrokey'; known kinds: softhsm, nss, env" in out.stdout + out.stderr
 
 
 def _clean_env() -> dict[str, str]:

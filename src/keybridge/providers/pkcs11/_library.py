@@ -33,6 +33,7 @@ from ._locks import SharedExclusiveLock
 
 THREADING_ENV = "KEYBRIDGE_PKCS11_THREADING"
 _CKR_ALREADY_INITIALIZED = 0x191
+_CKR_ARGUMENTS_BAD = 0x7
 _CKR_USER_ALREADY_LOGGED_IN = 0x100
 _CKF_OS_LOCKING_OK = 0x2
 _CKU_USER = 1
@@ -103,10 +104,16 @@ class RawModule:
         self.close_session = f(_UL, _UL)(fl.C_CloseSession)
         self._session_info = f(_UL, _UL, ctypes.POINTER(_SessionInfo))(fl.C_GetSessionInfo)
 
-    def init_os_locking(self) -> int:
-        """C_Initialize with CKF_OS_LOCKING_OK; returns the CKR code."""
-        args = _InitArgs(None, None, None, None, _CKF_OS_LOCKING_OK, None)
-        return int(self.initialize(ctypes.byref(args)))
+    def init_with(self, flags: int, init_args: str | None = None) -> int:
+        """C_Initialize with ``flags`` and ``pReserved`` = ``init_args`` (NUL-terminated); the CKR code.
+
+        ``init_args`` is the module-specific init string some modules require (NSS softokn:
+        ``configdir='sql:DIR' ...``); PKCS#11 reserves the field, and modules that do not use it
+        ignore it.
+        """
+        text = ctypes.c_char_p(init_args.encode()) if init_args is not None else None
+        args = _InitArgs(None, None, None, None, flags, ctypes.cast(text, ctypes.c_void_p) if text else None)
+        return int(self.initialize(ctypes.byref(args)))  # ``text`` stays alive until this returns
 
     def session_valid(self, handle: int) -> bool:
         """True if ``handle`` is an open session of this process (used to prove no session leaks)."""
@@ -151,8 +158,9 @@ class Library:
     _registry: ClassVar[dict[str, Library]] = {}
     _registry_lock = threading.Lock()
 
-    def __init__(self, path: str, alias: str) -> None:
+    def __init__(self, path: str, alias: str, init_args: str | None = None) -> None:
         self.path = path
+        self.init_args = init_args
         self.raw = RawModule(path)
         self._mu = threading.RLock()  # guards logins/reinit; also the call lock in lock mode
         self.generation = 0
@@ -167,9 +175,11 @@ class Library:
         want_os = os.environ.get(THREADING_ENV, "os").lower() != "lock"
         existing = _compat.loaded_lib(path, alias)
         self.call_lock: AbstractContextManager[Any] | None = self._mu
+        self._want_os = False
         if existing is not None:
             self.lib: Any = existing  # someone initialised it already: mode unknown
-        elif want_os:
+        elif want_os or init_args is not None:  # python-pkcs11 could pass neither flag nor init string
+            self._want_os = want_os
             self.lib = _compat.os_locking_lib(path, self._initialize_os_locking, alias)
         else:
             self.lib = pkcs11.lib(path)
@@ -177,11 +187,18 @@ class Library:
 
     def _initialize_os_locking(self) -> None:
         # python-pkcs11 calls this instead of its C_Initialize(NULL) (see _compat.os_locking_lib).
-        rv = self.raw.init_os_locking()
+        rv = self._init()
         if rv == 0:
-            self.call_lock = None  # we own the initialisation: the module locks itself
+            if self._want_os:
+                self.call_lock = None  # we own the initialisation: the module locks itself
         elif rv != _CKR_ALREADY_INITIALIZED:
-            raise ProviderUnavailable(f"C_Initialize of PKCS#11 module {self.path} failed (CKR 0x{rv:x})")
+            hint = ""
+            if rv == _CKR_ARGUMENTS_BAD and self.init_args is None:
+                hint = "; this module may need an init string: pass init_args= (e.g. NSS softokn's configdir=...)"
+            raise ProviderUnavailable(f"C_Initialize of PKCS#11 module {self.path} failed (CKR 0x{rv:x}){hint}")
+
+    def _init(self) -> int:
+        return self.raw.init_with(_CKF_OS_LOCKING_OK if self._want_os else 0, self.init_args)
 
     @property
     def os_locking(self) -> bool:
@@ -189,17 +206,27 @@ class Library:
         return self.call_lock is None
 
     @classmethod
-    def get(cls, path: str) -> Library:
-        """The process-wide instance for ``path`` (loads and initialises the module once)."""
+    def get(cls, path: str, init_args: str | None = None) -> Library:
+        """The process-wide instance for ``path`` (loads and initialises the module once).
+
+        ``init_args`` is passed to C_Initialize (see :meth:`RawModule.init_with`); a module is
+        initialised once per process, so a second provider must give the same string.
+        """
         _compat.require_supported()
         key = os.path.realpath(path)
         if not os.path.exists(key):
             raise ProviderUnavailable(f"PKCS#11 module {path} does not exist; check module-path")
         with cls._registry_lock:
             lib = cls._registry.get(key)
+            if lib is not None and lib.init_args != init_args:
+                raise ProviderUnavailable(
+                    f"PKCS#11 module {path} is already initialised in this process with"
+                    f" {'other' if lib.init_args else 'no'} init_args; a module is initialised once per"
+                    " process, so give every provider of it the same init_args"
+                )
             if lib is None:
                 try:
-                    lib = cls(key, path)
+                    lib = cls(key, path, init_args)
                 except AttributeError as exc:  # python-pkcs11 reports a missing C_GetFunctionList so
                     raise ProviderUnavailable(
                         f"{path} is a shared library but not a PKCS#11 module (it exports no C_GetFunctionList);"
@@ -253,7 +280,7 @@ class Library:
         with self._mu:
             if _compat.is_os_locking_lib(self.lib):
                 self.raw.finalize(None)
-                self.call_lock = None if self.raw.init_os_locking() == 0 else self._mu
+                self.call_lock = None if self._init() == 0 and self._want_os else self._mu
             else:
                 self.lib.reinitialize()
             self._logins.clear()  # the finalize logged everyone out and closed every session

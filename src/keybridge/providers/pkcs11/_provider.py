@@ -28,10 +28,11 @@ from ._pin import resolve_pin
 from ._quirks import quirks_of
 from ._rejection import ImplicitRejection
 from ._session import Entry, SessionPool
+from ._sized import SizedCalls
 from ._uri import key_uri, parse, redact
 
 _GCM_IV = 12
-_OPTIONS = ("module_path", "token_label", "user_pin", "pin_source", "cache_seconds")
+_OPTIONS = ("module_path", "token_label", "user_pin", "pin_source", "cache_seconds", "init_args")
 # The token wraps only objects: key bytes come in as a short-lived session object like this.
 _TRANSIENT_SECRET = {
     A.CLASS: OC.SECRET_KEY,
@@ -49,6 +50,8 @@ class Pkcs11Provider(BaseProvider):
     user PIN comes from ``user_pin``, else ``pin_source`` (``file:/path`` or a path), else the
     ``KEYBRIDGE_PKCS11_PIN`` environment variable. Keys are generated sensitive and
     non-extractable unless ``exportable=True`` (then still sensitive: they leave only wrapped).
+    ``init_args`` is the init string for modules that need one in C_Initialize (NSS softokn:
+    ``"configdir='sql:DIR' certPrefix='' keyPrefix='' secmod='secmod.db' flags="``).
     Safe to share between threads; see docs/pkcs11.md for the concurrency design.
     """
 
@@ -62,6 +65,7 @@ class Pkcs11Provider(BaseProvider):
         *,
         pin_source: str | None = None,
         cache_seconds: float = 1.0,
+        init_args: str | None = None,
         **unknown: Any,
     ) -> None:
         # Taken only to be refused with the same InvalidArgument as every provider, not a TypeError.
@@ -76,7 +80,7 @@ class Pkcs11Provider(BaseProvider):
         self._refs: dict[tuple[str, str | None], KeyRef] = {}
         self._create_lock = threading.Lock()  # label check + object creation, one at a time
         self._rejection = ImplicitRejection()
-        self._pool = SessionPool(module_path, token_label, resolve_pin(user_pin, pin_source, token_label))
+        self._pool = SessionPool(module_path, token_label, resolve_pin(user_pin, pin_source, token_label), init_args)
         try:
             lib = self._pool.lib
             with lib.serialized(), translated("reading the mechanism list of token", repr(token_label)):
@@ -86,10 +90,11 @@ class Pkcs11Provider(BaseProvider):
             self.algorithms = mech.supported(mechanisms, self.quirks)
             self._kwp = mech.kwp_mechanism(mechanisms, self.quirks)
             self._native_export = mech.has_rsa_aes_key_wrap(mechanisms)
+            self._sized = SizedCalls(self._pool.lib.path)  # for modules whose length queries under-report
+            self._catalog = Catalog(self._pool, token_label, self._make_ref, cache_seconds)
         except BaseException:
             self._pool.close()
             raise
-        self._catalog = Catalog(self._pool, token_label, self._make_ref, cache_seconds)
 
     def __repr__(self) -> str:
         return f"<Pkcs11Provider token={self.token_label!r} module={self.module_path!r}>"
@@ -167,7 +172,7 @@ class Pkcs11Provider(BaseProvider):
                 tpl = {**private, **obj.SECRET_OFF, **obj.flags_template(obj.SECRET_FLAGS, ops)}
                 s.generate_key(KT.AES, spec.size, store=True, template=tpl)
                 return
-            pub_tpl = {**common, **obj.flags_template(obj.PUBLIC_FLAGS, ops)}
+            pub_tpl = {**common, **obj.public_flags(ops)}
             priv_tpl = {**private, **obj.flags_template(obj.PRIVATE_FLAGS, ops)}
             if spec.kty is KeyType.RSA:
                 s.generate_keypair(KT.RSA, spec.size, store=True, public_template=pub_tpl, private_template=priv_tpl)
@@ -198,7 +203,7 @@ class Pkcs11Provider(BaseProvider):
             if pub_tpl is None:
                 return
             try:
-                e.session.create_object({**pub_tpl, **common, **obj.flags_template(obj.PUBLIC_FLAGS, ops)})
+                e.session.create_object({**pub_tpl, **common, **obj.public_flags(ops)})
             except BaseException:
                 priv.destroy()  # no half-imported key left behind
                 raise
@@ -211,8 +216,23 @@ class Pkcs11Provider(BaseProvider):
         rec = version_record(
             attrs.ops, enabled=True, tags=attrs.tags, not_before=attrs.not_before, expires=attrs.expires, size=size
         )
-        self._catalog.update(name, lambda versions: versions.__setitem__(id_bytes.hex(), rec))
+        try:
+            self._catalog.update(name, lambda versions: versions.__setitem__(id_bytes.hex(), rec))
+        except BaseException:
+            self._destroy_version(name, id_bytes)  # a key without its record would lose its ops and tags
+            raise
         return self._catalog.get(name, id_bytes.hex())
+
+    def _destroy_version(self, name: str, id_bytes: bytes) -> None:
+        def destroy(e: Entry) -> None:
+            for o in list(e.session.get_objects({A.LABEL: name, A.ID: id_bytes})):
+                o.destroy()
+
+        try:
+            self._pool.run(destroy, "rolling back the new version of key", repr(name), write=True)
+        finally:
+            self._pool.invalidate_handles()
+            self._catalog.forget(name)
 
     def _rotate_key(self, name: str) -> KeyInfo:
         cur = self._catalog.versions(name, fresh=True)[-1]
@@ -227,14 +247,14 @@ class Pkcs11Provider(BaseProvider):
         def flags(e: Entry) -> None:
             for o in list(e.session.get_objects({A.LABEL: name, A.ID: _id(version) or b""})):
                 if obj.is_secret(o):
-                    table = obj.SECRET_FLAGS
+                    template = obj.flags_template(obj.SECRET_FLAGS, ops)
                 elif obj.is_public(o):
-                    table = obj.PUBLIC_FLAGS
+                    template = obj.public_flags(ops)
                 elif obj.is_key(o):
-                    table = obj.PRIVATE_FLAGS
+                    template = obj.flags_template(obj.PRIVATE_FLAGS, ops)
                 else:
                     continue
-                for attr, value in obj.flags_template(table, ops).items():
+                for attr, value in template.items():
                     o[attr] = value
 
         def change(versions: dict[str, Any]) -> None:
@@ -279,7 +299,7 @@ class Pkcs11Provider(BaseProvider):
         iv = os.urandom(_GCM_IV)
         param = mech.gcm(iv, aad)
         ct = self._pool.run(
-            lambda e: e.key(info).encrypt(data, mechanism=M.AES_GCM, mechanism_param=param),
+            lambda e: self._sized.crypt(e.session, e.key(info), data, M.AES_GCM, param),
             f"encrypting with {alg.name} and key",
             info.ref,
         )
@@ -296,7 +316,7 @@ class Pkcs11Provider(BaseProvider):
             data,
             lambda: bytes(
                 self._pool.run(
-                    lambda e: e.key(info).decrypt(data, mechanism=mechanism, mechanism_param=param),
+                    lambda e: self._sized.crypt(e.session, e.key(info), data, mechanism, param, decrypt=True),
                     f"decrypting with {alg.name} and key",
                     info.ref,
                     integrity=True,
@@ -332,7 +352,7 @@ class Pkcs11Provider(BaseProvider):
             kek = e.key(info)
             tmp = e.session.create_object(tpl)
             try:
-                return bytes(kek.wrap_key(tmp, mechanism=mechanism))
+                return self._sized.wrap_key(e.session, kek, tmp, mechanism)
             finally:
                 tmp.destroy()
 
@@ -422,7 +442,7 @@ class Pkcs11Provider(BaseProvider):
         eph_tpl = {A.EXTRACTABLE: True, A.SENSITIVE: True, A.WRAP: True, A.TOKEN: False}
         eph = e.session.generate_key(KT.AES, 256, store=False, template=eph_tpl)
         try:
-            w_target = eph.wrap_key(target, mechanism=self._kwp)
+            w_target = self._sized.wrap_key(e.session, eph, target, self._kwp)
             w_eph = kek.wrap_key(eph, mechanism=M.RSA_PKCS_OAEP, mechanism_param=mech.OAEP_SHA1)
         finally:
             eph.destroy()

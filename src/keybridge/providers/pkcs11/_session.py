@@ -69,8 +69,8 @@ class Entry:
 class SessionPool:
     """Sessions for one provider: one per concurrently running call, reused, never shared."""
 
-    def __init__(self, module_path: str, token_label: str, pin: str) -> None:
-        self.lib = Library.get(module_path)
+    def __init__(self, module_path: str, token_label: str, pin: str, init_args: str | None = None) -> None:
+        self.lib = Library.get(module_path, init_args)
         self.token = self.lib.token(token_label)
         self._pin = pin
         self._mu = threading.Lock()  # slow paths only: re-login, close
@@ -205,6 +205,7 @@ class SessionPool:
             if not self._logged_out_meanwhile(started) and isinstance(exc, px.NoSuchKey):
                 raise translate(action, what, integrity, exc) from exc
         elif not isinstance(exc, _RETRY_ELSEWHERE) and not self._logged_out_meanwhile(started):
+            # (A module may report a key it hides after a logout as anything: NSS says CKR_HOST_MEMORY.)
             raise translate(action, what, integrity, exc) from exc
         entry = self._take(None, action, what, integrity)
         try:
