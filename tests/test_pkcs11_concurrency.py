@@ -162,6 +162,7 @@ def test_mixed_stress_in_process_wide_lock_mode(pkcs11_token: Pkcs11TestToken) -
     # A fresh process: the mode is chosen when the module is first loaded.
     env = {**pkcs11_token.env, THREADING_ENV: "lock"}
     args = [sys.executable, __file__, pkcs11_token.module_path, pkcs11_token.token_label, str(min(STRESS_SECONDS, 3))]
+    args.append(pkcs11_token.init_args or "")
     out = subprocess.run(args, env=env, input=pkcs11_token.user_pin, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[:2] == ["mode=lock", "errors={}"], out.stdout
@@ -198,8 +199,8 @@ def test_object_lock_lets_a_waiting_writer_in_before_new_readers() -> None:
 
 
 if __name__ == "__main__":
-    module, label, secs = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    module, label, secs, init_args = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] or None
     pin = sys.stdin.read()
-    with Pkcs11Provider(module, label, pin) as p:
-        failures, rounds = mixed_stress(Pkcs11TestToken("child", module, label, pin), p, secs)
+    with Pkcs11Provider(module, label, pin, init_args=init_args) as p:
+        failures, rounds = mixed_stress(Pkcs11TestToken("child", module, label, pin, init_args=init_args), p, secs)
         print(f"mode={'os' if p._pool.lib.os_locking else 'lock'} errors={failures} rounds={rounds}")

@@ -85,7 +85,8 @@ def test_metadata_lives_in_a_carrier_because_nss_takes_no_data_objects(
         assert all(cls != int(OC.DATA) for cls, _ in found)
 
         def subject(e: object) -> object:
-            return json.loads(bytes(_catalog.find_meta(e.session, "meta-carrier", False)[A.SUBJECT]))  # type: ignore[attr-defined]
+            (carrier,) = _catalog.find_meta(e.session, "meta-carrier", False)  # type: ignore[attr-defined]
+            return json.loads(bytes(carrier[A.SUBJECT]))
 
         assert subject_tags(nss._pool.run(subject, "reading"), info.ref.version) == {"team": "a"}
         with nss_token.provider() as other:  # a fresh provider reads the record back from the token
