@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from .. import audit
 from ..keys import KeyOp, KeySpec, KeyType
 from ..provider import KeyProvider
-from ._conformance_support import Keys, algs_for
+from ._conformance_support import Call, Keys, algs_for
 
 
 class ConformanceBase:
@@ -24,6 +24,8 @@ class ConformanceBase:
     supports_versions: bool = True
     supports_disable: bool = True
     supports_expiry: bool = True
+    supports_import_byok: bool = True
+    threads: int = 8
 
     # ---- the matrix --------------------------------------------------------------------------------
 
@@ -78,6 +80,14 @@ class ConformanceBase:
         """Skip unless the provider claims ``alg``."""
         if alg not in provider.algorithms:
             pytest.skip(f"{provider.scheme} provider does not claim {alg}")
+
+    @staticmethod
+    def require_calls(calls: list[Call], provider: KeyProvider, spec: KeySpec) -> list[Call]:
+        """``calls`` if there are any; a key type the provider claims no algorithm for is skipped
+        with the reason, not failed."""
+        if not calls:
+            pytest.skip(f"{provider.scheme} provider claims no algorithm for {spec} keys")
+        return calls
 
     def require(self, flag: str) -> None:
         """Skip unless the class sets capability ``flag`` (e.g. ``supports_versions``)."""

@@ -29,6 +29,7 @@ from ...errors import (
     KeyExpired,
     KeyNotFound,
     OperationNotPermitted,
+    ProviderUnavailable,
     UnsupportedAlgorithm,
 )
 from ...keys import (
@@ -92,6 +93,7 @@ class InMemoryProvider(BaseProvider):
         self._keys: dict[str, list[StoredKey]] = {}
         self._path: Path | None = None
         self._sealer: Sealer | None = None
+        self._closed = False
 
     @classmethod
     def open(
@@ -166,6 +168,7 @@ class InMemoryProvider(BaseProvider):
     def _mutation(self) -> Iterator[None]:
         """Hold the lock, then persist; if persisting fails, the change is rolled back."""
         with self._lock:
+            self._check_open()
             if self._path is None or self._sealer is None:
                 with self._rollback():
                     yield
@@ -189,7 +192,17 @@ class InMemoryProvider(BaseProvider):
             self._keys = before
             raise
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ProviderUnavailable("this memory provider is closed; open a new one")
+
+    def _close(self) -> None:
+        # The keys stay in memory (a closed provider holds no file or socket), but refusing work
+        # keeps close() meaning the same on every backend.
+        self._closed = True
+
     def _versions(self, name: str) -> list[StoredKey]:
+        self._check_open()
         try:
             return self._keys[name]
         except KeyError:
@@ -251,6 +264,7 @@ class InMemoryProvider(BaseProvider):
         return self._stored(name, version).info
 
     def _list_keys(self) -> Iterator[KeyInfo]:
+        self._check_open()
         with self._lock:
             current = [self._keys[name][-1].info for name in sorted(self._keys)]
         return iter(current)
