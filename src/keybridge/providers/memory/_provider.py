@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ... import _crypto
-from ..._byok import ByokPackage, load_unwrapped
+from ..._byok import ByokPackage, is_kek, load_unwrapped
 from ..._redact import redact_uri
 from ...audit import audited
 from ...base import BaseProvider, check_options
@@ -363,7 +363,7 @@ class InMemoryProvider(BaseProvider):
 
     def _export_wrapped(self, info: KeyInfo, kek: rsa.RSAPublicKey) -> bytes:
         # Azure BYOK plaintext: PKCS#8 DER for RSA/EC, raw bytes for AES.
-        return _crypto.rsa_aes_key_wrap(kek, _keystore._material_bytes(self._material(info)))
+        return _crypto.rsa_aes_key_wrap(kek, _crypto.key_bytes(self._material(info)))
 
     # ---- BYOK import ---------------------------------------------------------------------------
 
@@ -376,7 +376,7 @@ class InMemoryProvider(BaseProvider):
             raise InvalidPackage(f"package kid {kid!r} has no /keys/NAME[/VERSION] path")
         stored = self._stored(m["name"], m["version"])
         info = stored.info
-        if not isinstance(stored.material, rsa.RSAPrivateKey) or info.ops != {KeyOp.IMPORT}:
+        if not (is_kek(info) and isinstance(stored.material, rsa.RSAPrivateKey)):
             ops = ", ".join(sorted(o.value for o in info.ops))
             raise OperationNotPermitted(
                 f"key {info.ref} ({info.spec}, ops: {ops}) is not a key-exchange key; a KEK is RSA with ops=[import]"
