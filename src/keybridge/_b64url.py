@@ -18,6 +18,9 @@ def decode(text: str) -> bytes:
     """Base64url text, padded or not; any other character (``+``, ``/``, spaces) raises
     ``ValueError``, which callers turn into the keybridge error of their context."""
     s = text.rstrip("=")
+    if "+" in s or "/" in s:
+        # b64decode(altchars=...) maps '-_' onto '+/' and would then take '+/' too.
+        raise ValueError("standard base64 ('+', '/') where base64url ('-', '_') is expected")
     try:
         return base64.b64decode(s + "=" * (-len(s) % 4), altchars=b"-_", validate=True)
     except binascii.Error as exc:

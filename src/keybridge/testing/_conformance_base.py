@@ -98,10 +98,9 @@ class ConformanceBase:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def provider(cls) -> Iterator[KeyProvider]:
+    def provider(cls) -> KeyProvider:
         """Override in the subclass with a class-scoped fixture that yields the provider under test."""
         pytest.fail(f"{cls.__name__} must define a class-scoped `provider` fixture yielding a KeyProvider")
-        return  # pragma: no cover
 
     @pytest.fixture(scope="class")
     @classmethod
