@@ -261,6 +261,10 @@ class Keys:
         if not self.can_import:
             pytest.skip(f"{self.provider.scheme} provider does not import keys (supports_import = False)")
 
+    def own(self, name: str) -> None:
+        """Delete ``name`` on :meth:`close` too (a key the test made some other way, e.g. import_byok)."""
+        self._names.append(name)
+
     def close(self) -> None:
         """Delete every key made here; a key a test already deleted is fine."""
         for name in self._names:
