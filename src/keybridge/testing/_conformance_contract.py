@@ -75,9 +75,14 @@ def byok_package(kek: rsa.RSAPublicKey, kid: str, material: PrivateKey | bytes) 
     return json.dumps(doc).encode()
 
 
-def kek_id(info: KeyInfo) -> str:
-    """The Key Vault key id a package names its KEK by: the key's own URI where that is one (Azure),
-    else an https id whose ``/keys/NAME/VERSION`` path names the key in this provider."""
+def kek_id(provider: KeyProvider, info: KeyInfo) -> str:
+    """The Key Vault key id a package names its KEK by: the provider's own ``kek_id(info)`` where it
+    has one, else the key's URI where that is an https id (Azure), else an https id whose
+    ``/keys/NAME/VERSION`` path names the key in this provider (what the in-memory one resolves)."""
+    hook = getattr(provider, "kek_id", None)
+    if callable(hook):
+        answer: str = hook(info)
+        return answer
     uri = str(info.ref)
     if uri.startswith("https://"):
         return uri
@@ -209,7 +214,7 @@ class ContractChecks(ConformanceBase):
         assert isinstance(kek.public_key, rsa.RSAPublicKey)
         material = material_for(kty_spec)
         name = unique_name()
-        info = provider.import_byok(name, byok_package(kek.public_key, kek_id(kek), material), kty_spec)
+        info = provider.import_byok(name, byok_package(kek.public_key, kek_id(provider, kek), material), kty_spec)
         new_keys.own(name)
         assert (info.ref.name, info.spec) == (name, kty_spec)
         if isinstance(material, bytes):
