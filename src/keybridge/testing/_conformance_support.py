@@ -323,6 +323,8 @@ def make_call(provider: KeyProvider, info: KeyInfo, op: KeyOp, alg: str, *, real
         digest = _synthetic(op, alg, spec)
         real = usable and KeyOp.SIGN in info.ops
         sig = provider.sign(ref, alg, digest) if real else os.urandom(64)
+        # Checked outside too, so a verify that agrees with a broken sign cannot pass for both.
+        assert not real or verify_outside(pub, alg, digest, sig), f"{alg} signature fails outside the provider"
 
         def verify(r: Ref) -> None:
             assert provider.verify(r, alg, digest, sig) is real
