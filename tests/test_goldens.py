@@ -134,3 +134,20 @@ def test_openssl_golden_package_imports_and_the_key_works(name: str) -> None:
         alg = "RS256" if isinstance(target, rsa.RSAPrivateKey) else f"ES{spec.size}"
         digest = os.urandom(sig_hash(alg).digest_size)
         assert verify_outside(target.public_key(), alg, digest, provider.sign(info.ref, alg, digest))
+
+
+def test_openssl_golden_package_imports_into_the_emulator_over_the_azure_sdk(azure_emulator) -> None:  # type: ignore[no-untyped-def]
+    """The same package sent as ``key_hsm`` by the Azure provider, opened by the emulator."""
+    from keybridge.providers.azure import AzureKeyVaultProvider
+
+    with AzureKeyVaultProvider(azure_emulator.vault_url, **azure_emulator.provider_options()) as provider:
+        kek = provider.import_key(
+            f"golden-kek-{os.urandom(4).hex()}", _pem_key(BYOK / "kek-rsa-2048.pem"), ops={KeyOp.IMPORT}
+        )
+        doc = json.loads((BYOK / "ec-p256.byok").read_bytes())
+        doc["header"]["kid"] = str(kek.ref)
+        info = provider.import_byok(f"golden-ec-{os.urandom(4).hex()}", json.dumps(doc).encode(), KeySpec.ec("P-256"))
+        target = _target("ec-p256")
+        assert not isinstance(target, bytes)
+        digest = os.urandom(32)
+        assert verify_outside(target.public_key(), "ES256", digest, provider.sign(info.ref, "ES256", digest))
