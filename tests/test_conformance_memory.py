@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
 
 from keybridge import InMemoryProvider, IntegrityError, KeyNotFound
 from keybridge._byok import ByokPackage, load_unwrapped
-from keybridge.keys import ALGORITHMS, KeyAttributes
+from keybridge.keys import ALGORITHMS, KeyAttributes, KeySpec
 from keybridge.testing import ProviderConformance
 
 pytest_plugins = ["pytester"]
@@ -37,6 +38,35 @@ class TestInMemoryProvider(ProviderConformance):
     def spare_provider(self) -> Iterator[InMemoryProvider]:
         with InMemoryProvider() as provider:
             yield provider
+
+
+class TestKeystoreProvider(ProviderConformance):
+    """The same provider saving every change to a passphrase-encrypted keystore file; the
+    passphrase must show up nowhere. Two specs keep it quick: the file, not the key type, is new here."""
+
+    specs = (KeySpec.ec("P-256"), KeySpec.aes(256))
+    passphrase = "kbconf-Passphrase-3f9d"
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def keystore(cls, tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return tmp_path_factory.mktemp("keystore") / "keys.kbks"
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def provider(cls, keystore: Path) -> Iterator[InMemoryProvider]:
+        with InMemoryProvider.open(keystore, cls.passphrase, create=True) as provider:
+            yield provider
+
+    @pytest.fixture
+    def spare_provider(self, keystore: Path) -> Iterator[InMemoryProvider]:
+        with InMemoryProvider.open(keystore, self.passphrase) as provider:
+            yield provider
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def known_secrets(cls) -> list[str]:
+        return [cls.passphrase]
 
 
 # ---- mutants: each breaks one promise while staying consistent with itself ----------------------
