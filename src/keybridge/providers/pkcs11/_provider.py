@@ -16,6 +16,7 @@ from pkcs11 import Mechanism as M
 from pkcs11 import ObjectClass as OC
 from pkcs11.util.rsa import decode_rsa_public_key
 
+from ... import _crypto
 from ..._redact import mentions_pin
 from ...base import BaseProvider, check_options
 from ...errors import IntegrityError, InvalidArgument, InvalidKeyUri, KeyNotFound, OperationNotPermitted
@@ -31,7 +32,7 @@ from ._session import Entry, SessionPool
 from ._sized import SizedCalls
 from ._uri import key_uri, parse, redact
 
-_GCM_IV = 12
+_GCM_IV = _crypto.GCM_IV
 _OPTIONS = ("module_path", "token_label", "user_pin", "pin_source", "cache_seconds", "init_args")
 # The token wraps only objects: key bytes come in as a short-lived session object like this.
 _TRANSIENT_SECRET = {
