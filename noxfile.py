@@ -7,6 +7,8 @@ install instead of one per session.
 
 from __future__ import annotations
 
+import glob
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
@@ -17,6 +19,13 @@ nox.options.default_venv_backend = "none"
 def tests(session: nox.Session) -> None:
     """The whole test suite: in-memory, SoftHSM2 (PKCS#11), emulator (Azure SDK over HTTPS), envelope."""
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def tokens(session: nox.Session) -> None:
+    """The PKCS#11 tests on every test token kind: SoftHSM2 and NSS softokn (needs libnss3-tools)."""
+    session.env["KEYBRIDGE_TEST_TOKENS"] = "softhsm,nss"
+    session.run("python", "-m", "pytest", "-rs", *session.posargs, *sorted(glob.glob("tests/test_pkcs11_*.py")))
 
 
 @nox.session
@@ -44,3 +53,5 @@ def bench(session: nox.Session) -> None:
     quick = ["--quick"] if "--quick" in session.posargs else []
     session.run("python", "benchmarks/bench_envelope.py", *quick)
     session.run("python", "benchmarks/bench_pkcs11.py", *quick)
+    session.run("python", "benchmarks/bench_ekm.py", *quick)
+    session.run("python", "benchmarks/bench_parquet.py", *quick)

@@ -14,13 +14,12 @@ from azure.keyvault.administration import KeyVaultAccessControlClient, KeyVaultP
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
+from _rbac_support import CRYPTO_USER, admin_sdk, deployer_options
 from keybridge import InMemoryProvider, InvalidArgument, KeyOp, KeySpec, OperationNotPermitted
 from keybridge.byok import transfer
 from keybridge.emulator import ManagedHsmEmulator
 from keybridge.emulator._rbac import BUILTIN_ROLES
 from keybridge.providers.azure import AzureKeyVaultProvider
-
-CRYPTO_USER = BUILTIN_ROLES["Managed HSM Crypto User"][0]
 
 
 @pytest.fixture(scope="module")
@@ -31,19 +30,13 @@ def hsm() -> Iterator[ManagedHsmEmulator]:
 
 @pytest.fixture(scope="module")
 def sdk(hsm: ManagedHsmEmulator) -> KeyVaultAccessControlClient:
-    """The administration SDK on its own (as the HSM administrator): the independent view."""
-    return KeyVaultAccessControlClient(
-        hsm.vault_url, hsm.credential(), connection_verify=hsm.ca_file, verify_challenge_resource=False
-    )
+    return admin_sdk(hsm)
 
 
 @pytest.fixture(scope="module")
 def target(hsm: ManagedHsmEmulator, sdk: KeyVaultAccessControlClient) -> Iterator[AzureKeyVaultProvider]:
     """A deployer: Crypto User on every key (creates the KEK, imports) and role management."""
-    deployer = str(uuid.uuid4())
-    sdk.create_role_assignment("/keys", CRYPTO_USER, deployer)
-    sdk.create_role_assignment("/", BUILTIN_ROLES["Managed HSM Policy Administrator"][0], deployer)
-    options = {**hsm.provider_options(), "credential": hsm.credential(deployer)}
+    options = deployer_options(hsm, sdk)
     with AzureKeyVaultProvider(hsm.vault_url, **options) as provider:
         yield provider
 

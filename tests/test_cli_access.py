@@ -14,15 +14,13 @@ pytest.importorskip("azure.keyvault.administration")
 from azure.keyvault.administration import KeyVaultAccessControlClient
 from click.testing import CliRunner
 
+from _rbac_support import admin_sdk, deployer_options
 from keybridge import KeySpec, OperationNotPermitted, register_provider
 from keybridge.cli import main
 from keybridge.cli._app import app
 from keybridge.emulator import ManagedHsmEmulator
-from keybridge.emulator._rbac import BUILTIN_ROLES
 from keybridge.providers import azure
 from keybridge.providers.azure import AzureKeyVaultProvider
-
-CRYPTO_USER = BUILTIN_ROLES["Managed HSM Crypto User"][0]
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +31,13 @@ def hsm() -> Iterator[ManagedHsmEmulator]:
 
 @pytest.fixture(scope="module")
 def sdk(hsm: ManagedHsmEmulator) -> KeyVaultAccessControlClient:
-    return KeyVaultAccessControlClient(
-        hsm.vault_url, hsm.credential(), connection_verify=hsm.ca_file, verify_challenge_resource=False
-    )
+    return admin_sdk(hsm)
 
 
 @pytest.fixture(scope="module")
 def deployer(hsm: ManagedHsmEmulator, sdk: KeyVaultAccessControlClient) -> Iterator[AzureKeyVaultProvider]:
     """The CLI's identity: Crypto User on every key, Policy Administrator for role assignments."""
-    who = str(uuid.uuid4())
-    sdk.create_role_assignment("/keys", CRYPTO_USER, who)
-    sdk.create_role_assignment("/", BUILTIN_ROLES["Managed HSM Policy Administrator"][0], who)
-    options = {**hsm.provider_options(), "credential": hsm.credential(who)}
+    options = deployer_options(hsm, sdk)
     register_provider("https", lambda uri, **o: azure.from_uri(uri, **{**options, **o}), replace=True)
     try:
         with AzureKeyVaultProvider(hsm.vault_url, **options) as provider:

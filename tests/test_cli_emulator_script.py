@@ -93,3 +93,18 @@ def test_json_and_print_env_together_is_a_usage_error() -> None:
     done = _kb("emulator", "--json", "--print-env", env=ENV)
     assert done.returncode == 2
     assert "--json and --print-env" in done.stderr
+
+
+def test_audit_log_records_each_cli_request(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    proc = _start("--json", "--audit-log", str(log))
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        created = _kb("keys", "create", f"{info['url']}/keys/audited", "--kty", "EC", env={**ENV, **info["env"]})
+        assert created.returncode == 0, created.stderr
+    finally:
+        _stop(proc)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(r["operationName"] == "KeyCreate" and r["httpStatusCode"] == 200 for r in records), records
+    assert oct(log.stat().st_mode & 0o777) == "0o600"

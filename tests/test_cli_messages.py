@@ -112,7 +112,7 @@ def _raised_messages() -> list[tuple[str, str]]:
     """Every literal message a library call is given (f-string fields filled with a number)."""
     out = []
     for path in sorted(SRC.rglob("*.py")):
-        if {"cli", "testing", "emulator"} & set(path.relative_to(SRC).parts):
+        if {"cli", "testing", "emulator", "parquet"} & set(path.relative_to(SRC).parts):  # no CLI reaches these
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not (isinstance(node, ast.Call) and node.args):

@@ -4,17 +4,22 @@ are broken in ways a self-consistent backend would not notice on its own."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
 
 from keybridge import InMemoryProvider, IntegrityError, KeyNotFound
-from keybridge.keys import KeyAttributes
+from keybridge._byok import ByokPackage, load_unwrapped
+from keybridge.keys import ALGORITHMS, KeyAttributes, KeySpec
 from keybridge.testing import ProviderConformance
 
 pytest_plugins = ["pytester"]
@@ -29,18 +34,63 @@ class TestInMemoryProvider(ProviderConformance):
         with InMemoryProvider() as provider:
             yield provider
 
+    @pytest.fixture
+    def spare_provider(self) -> Iterator[InMemoryProvider]:
+        with InMemoryProvider() as provider:
+            yield provider
+
+
+class TestKeystoreProvider(ProviderConformance):
+    """The same provider saving every change to a passphrase-encrypted keystore file; the
+    passphrase must show up nowhere. Two specs keep it quick: the file, not the key type, is new here."""
+
+    specs = (KeySpec.ec("P-256"), KeySpec.aes(256))
+    passphrase = "kbconf-Passphrase-3f9d"
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def keystore(cls, tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return tmp_path_factory.mktemp("keystore") / "keys.kbks"
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def provider(cls, keystore: Path) -> Iterator[InMemoryProvider]:
+        with InMemoryProvider.open(keystore, cls.passphrase, create=True) as provider:
+            yield provider
+
+    @pytest.fixture
+    def spare_provider(self, keystore: Path) -> Iterator[InMemoryProvider]:
+        with InMemoryProvider.open(keystore, self.passphrase) as provider:
+            yield provider
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def known_secrets(cls) -> list[str]:
+        return [cls.passphrase]
+
 
 # ---- mutants: each breaks one promise while staying consistent with itself ----------------------
 
 
 class DerEcdsaSignatures(InMemoryProvider):
-    """ES* signatures in DER instead of raw r||s (its own verify would need the same mistake)."""
+    """ES* signatures in DER instead of raw r||s, and a verify that expects DER: only the suite's
+    independent check can tell (``BaseProvider.verify`` must not be what catches it)."""
 
     def _sign(self, info: Any, alg: Any, digest: bytes) -> bytes:
         key = self._material(info)
         if isinstance(key, ec.EllipticCurvePrivateKey):
             return key.sign(digest, ec.ECDSA(Prehashed(alg.hash)))
         return super()._sign(info, alg, digest)
+
+    def verify(self, ref: Any, alg: str, digest: bytes, signature: bytes) -> bool:
+        public = self.get_key(ref).public_key
+        if not isinstance(public, ec.EllipticCurvePublicKey):
+            return super().verify(ref, alg, digest, signature)
+        try:
+            public.verify(signature, digest, ec.ECDSA(Prehashed(ALGORITHMS[alg].hash)))  # type: ignore[arg-type]
+        except (InvalidSignature, ValueError):
+            return False
+        return True
 
 
 class PssMaxSalt(InMemoryProvider):
@@ -53,6 +103,18 @@ class PssMaxSalt(InMemoryProvider):
             pss = padding.PSS(mgf=padding.MGF1(alg.hash), salt_length=padding.PSS.MAX_LENGTH)
             return key.sign(digest, pss, Prehashed(alg.hash))
         return super()._sign(info, alg, digest)
+
+    def verify(self, ref: Any, alg: str, digest: bytes, signature: bytes) -> bool:
+        public, h = self.get_key(ref).public_key, ALGORITHMS[alg].hash
+        if not (alg.startswith("PS") and isinstance(public, rsa.RSAPublicKey) and h is not None):
+            return super().verify(ref, alg, digest, signature)
+        try:  # the same mistake on both sides: it agrees with itself
+            public.verify(
+                signature, digest, padding.PSS(mgf=padding.MGF1(h), salt_length=padding.PSS.AUTO), Prehashed(h)
+            )
+        except (InvalidSignature, ValueError):
+            return False
+        return True
 
 
 class Oaep256WithMgf1Sha1(InMemoryProvider):
@@ -126,6 +188,63 @@ class TwoAuditEventsPerSign(InMemoryProvider):
         return super().sign(ref, alg, digest)
 
 
+class DropsTheCause(InMemoryProvider):
+    """A failed GCM decryption raised without the backend's error behind it."""
+
+    def _decrypt(self, info: Any, alg: Any, data: bytes, aad: bytes | None) -> bytes:
+        try:
+            return super()._decrypt(info, alg, data, aad)
+        except IntegrityError:
+            raise IntegrityError("decryption failed") from None
+
+
+class KeyInTheMessage(InMemoryProvider):
+    """A failed decryption names the key by its bytes."""
+
+    def _decrypt(self, info: Any, alg: Any, data: bytes, aad: bytes | None) -> bytes:
+        try:
+            return super()._decrypt(info, alg, data, aad)
+        except IntegrityError as exc:
+            secret = self._material(info)
+            shown = secret.hex() if isinstance(secret, bytes) else "?"
+            raise IntegrityError(f"decryption with key {shown} failed") from exc
+
+
+class UsableAfterClose(InMemoryProvider):
+    """close() does nothing: the provider keeps working."""
+
+    def _close(self) -> None:
+        pass
+
+
+class ByokOaepSha256(InMemoryProvider):
+    """BYOK import opens the package's AES key with OAEP-SHA256 (Azure uses SHA-1): it only
+    agrees with a package encoder that makes the same mistake."""
+
+    def _import_byok(self, name: str, package: bytes, spec: Any, attrs: Any) -> Any:
+        pkg = ByokPackage.from_json(package)
+        kek = self._kek_for(pkg.kid)
+        k = kek.key_size // 8
+        oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+        try:
+            eph = kek.decrypt(pkg.ciphertext[:k], oaep)
+        except ValueError as exc:
+            raise IntegrityError("package does not open") from exc
+        material = load_unwrapped(aes_key_unwrap_with_padding(eph, pkg.ciphertext[k:]), spec)
+        return self._add(name, spec, material, attrs, hsm_protected=True)
+
+
+class RacySign(InMemoryProvider):
+    """sign() passes the digest through shared state: under threads, a key signs another's digest."""
+
+    _pending = b""
+
+    def _sign(self, info: Any, alg: Any, digest: bytes) -> bytes:
+        self._pending = digest
+        time.sleep(0.001)  # the window another thread's digest slips into
+        return super()._sign(info, alg, self._pending)
+
+
 MUTANTS: dict[type[InMemoryProvider], str] = {
     DerEcdsaSignatures: "test_signature_verifies_outside_with_the_public_key",
     PssMaxSalt: "test_signature_verifies_outside_with_the_public_key",
@@ -137,6 +256,11 @@ MUTANTS: dict[type[InMemoryProvider], str] = {
     IgnoresExpiry: "test_key_outside_its_validity_window_is_refused",
     ExportsAnything: "test_non_exportable_key_cannot_leave",
     TwoAuditEventsPerSign: "test_every_operation_emits_exactly_one_audit_event",
+    DropsTheCause: "test_integrity_failure_keeps_the_backend_error_as_cause",
+    KeyInTheMessage: "test_no_secret_in_messages_or_reprs",
+    UsableAfterClose: "test_use_after_close_raises_provider_unavailable",
+    ByokOaepSha256: "test_byok_package_made_outside_imports_and_works",
+    RacySign: "test_many_threads_on_one_provider_all_get_correct_results",
 }
 
 _SUITE_ON_MUTANT = """
@@ -147,6 +271,11 @@ class TestMutant(ProviderConformance):
     @pytest.fixture(scope="class")
     @classmethod
     def provider(cls, mutant_class):
+        with mutant_class() as provider:
+            yield provider
+
+    @pytest.fixture
+    def spare_provider(self, mutant_class):
         with mutant_class() as provider:
             yield provider
 """
@@ -171,3 +300,20 @@ def test_suite_fails_a_provider_that_breaks_the_protocol(pytester: pytest.Pytest
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) >= 1, f"{mutant.__name__} passed {test_name}: {outcomes}"
     assert outcomes.get("errors", 0) == 0, result.stdout.str()  # it must fail on purpose, not by crashing
+
+
+class SymmetricOnly(InMemoryProvider):
+    """Claims only the AES algorithms, yet makes RSA and EC keys: a key type with no claimed
+    algorithm, which the suite must skip (with the reason) rather than trip over."""
+
+    algorithms = frozenset(a for a, spec in ALGORITHMS.items() if spec.kty.value == "oct")
+
+
+def test_suite_skips_a_key_type_with_no_claimed_algorithm(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_mutant=_SUITE_ON_MUTANT)
+    result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider", "-rs", plugins=[_MutantPlugin(SymmetricOnly)])
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0, result.stdout.str()
+    assert outcomes.get("errors", 0) == 0, result.stdout.str()
+    assert outcomes.get("passed", 0) > 0
+    assert "claims no algorithm for RSA-2048 keys" in result.stdout.str()

@@ -2,59 +2,24 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 
+from _ekm_support import make_cert, make_pki
 from keybridge import open_provider
 from keybridge.ekm import Client, ClientRule, EkmError, EkmServer, ExportedKey
+from keybridge.errors import ProviderUnavailable
 from keybridge.keys import KeyOp, KeySpec
-
-
-def _cert(
-    path: Path, cn: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None, san: bool = False
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-    )
-    b = b.not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-    b = b.issuer_name(issuer[0].subject if issuer else name)
-    b = b.add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-    if san:
-        import ipaddress
-
-        b = b.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        )
-    cert = b.sign(issuer[1] if issuer else key, hashes.SHA256())
-    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    path.with_suffix(".key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert, key
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("pki")
-    ca = _cert(d / "ca", "test root", None)
-    _cert(d / "server", "localhost", ca, san=True)
-    _cert(d / "hsm", "contoso.managedhsmclient.azure.net", ca)
-    _cert(d / "stranger", "evil.example", ca)
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
@@ -207,16 +172,73 @@ def test_slow_hsm_answers_request_timeout(softhsm_token, pki: Path) -> None:  # 
 
 
 def test_client_cert_from_another_root_fails_the_handshake(proxy, pki: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    import ssl
-
     server, _ = proxy
-    other = _cert(tmp_path / "other-ca", "other root", None)
-    _cert(tmp_path / "imposter", "contoso.managedhsmclient.azure.net", other)
+    other = make_cert(tmp_path / "other-ca", "other root", None)
+    make_cert(tmp_path / "imposter", "contoso.managedhsmclient.azure.net", other)
     c = Client(
         server.url,
         ca_file=str(pki / "ca.crt"),
         cert_file=str(tmp_path / "imposter.crt"),
         key_file=str(tmp_path / "imposter.key"),
     )
-    with pytest.raises((ssl.SSLError, ConnectionError)):
+    with pytest.raises(ProviderUnavailable, match="TLS"):
         c.info()
+
+
+def test_one_tls_connection_is_reused_and_close_ends_it(softhsm_token, pki: Path) -> None:  # type: ignore[no-untyped-def]
+    with open_provider(softhsm_token.uri(pin=False), user_pin=softhsm_token.user_pin) as hsm:
+        name = f"ekm-ka-{os.urandom(4).hex()}"
+        hsm.create_key(name, KeySpec.aes(256), ops=[KeyOp.WRAP_KEY, KeyOp.UNWRAP_KEY])
+        server = EkmServer(
+            hsm,
+            [ExportedKey("k", name)],
+            cert_file=str(pki / "server.crt"),
+            key_file=str(pki / "server.key"),
+            client_ca_file=str(pki / "ca.crt"),
+            clients=[ClientRule("contoso.managedhsmclient.azure.net")],
+            deadline=5.0,
+        )
+        c = _client(server, pki)
+        c.info()
+        sock = c._conn.sock  # type: ignore[union-attr]
+        wrapped = c.wrap_key("k", "A256KW", bytes(range(32)))
+        assert c.unwrap_key("k", "A256KW", wrapped) == bytes(range(32))
+        assert c._conn.sock is sock  # type: ignore[union-attr]  # no new handshake per call
+        server.close()
+        with pytest.raises(ProviderUnavailable, match="cannot reach the EKM proxy"):
+            c.info()  # the kept-alive connection gets no answer after close, nor does a new one
+
+
+def test_disabled_key_is_403_keydisabled(softhsm_token, pki: Path) -> None:  # type: ignore[no-untyped-def]
+    with open_provider(softhsm_token.uri(pin=False), user_pin=softhsm_token.user_pin) as hsm:
+        info = hsm.create_key(f"ekm-dis-{os.urandom(4).hex()}", KeySpec.aes(256))
+        server = EkmServer(
+            hsm,
+            [ExportedKey("k", info.ref.name)],
+            cert_file=str(pki / "server.crt"),
+            key_file=str(pki / "server.key"),
+            client_ca_file=str(pki / "ca.crt"),
+            clients=[ClientRule("contoso.managedhsmclient.azure.net")],
+            deadline=5.0,
+        )
+        try:
+            c = _client(server, pki)
+            wrapped = c.wrap_key("k", "A256KWP", bytes(32))
+            hsm.set_enabled(info.ref.name, False)
+            for call in (lambda: c.metadata("k"), lambda: c.wrap_key("k", "A256KWP", bytes(32))):
+                with pytest.raises(EkmError) as err:
+                    call()
+                assert (err.value.status, err.value.code) == (403, "KeyDisabled")
+            with pytest.raises(EkmError) as err:
+                c.unwrap_key("k", "A256KWP", wrapped)
+            assert (err.value.status, err.value.code) == (403, "KeyDisabled")
+        finally:
+            server.close()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8443", "127.0.0.1:8443", "https:///contoso"])
+def test_client_wants_an_https_url(pki: Path, url: str) -> None:
+    from keybridge.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="https://HOST"):
+        Client(url, ca_file=str(pki / "ca.crt"), cert_file=str(pki / "hsm.crt"), key_file=str(pki / "hsm.key"))

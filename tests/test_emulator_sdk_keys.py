@@ -250,7 +250,7 @@ def test_exportable_keys_need_a_release_policy(client: KeyClient) -> None:
     with pytest.raises(HttpResponseError) as err:
         client.create_ec_key(_name(), curve="P-256", exportable=True)
     assert err.value.status_code == 400
-    policy = b'{"version":"1.0.0","anyOf":[{"authority":"https://attest.example","allOf":[]}]}'
+    policy = b'{"version":"1.0.0","anyOf":[{"authority":"https://attest.example","allOf":[{"claim":"c","equals":1}]}]}'
     key = client.create_ec_key(
         _name(), curve="P-256", exportable=True, release_policy=KeyReleasePolicy(policy, immutable=True)
     )

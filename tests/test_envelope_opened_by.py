@@ -69,7 +69,7 @@ def test_one_shot_stream_file_and_rewrap_name_the_key(memory: InMemoryProvider, 
 def test_rotation_reports_the_older_version_that_opened_it(memory: InMemoryProvider) -> None:
     old = _current(memory, "a")
     message = encrypt(b"before rotation", Keyring(memory.key("a")))
-    memory.create_key("a", KeySpec.aes(256))  # a new version
+    memory.rotate_key("a")  # a new version
     new = _current(memory, "a")
     assert new != old
     ring = Keyring(memory.key("a"))

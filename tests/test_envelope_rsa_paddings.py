@@ -137,15 +137,18 @@ def test_pkcs11_mechanism_table_for_sha2_oaep() -> None:
 
     from keybridge.keys import algorithm
     from keybridge.providers.pkcs11 import _mechanisms as mech
+    from keybridge.providers.pkcs11._quirks import TokenQuirks
+
+    plain, sha1_only = TokenQuirks(), TokenQuirks(oaep_sha1_only=True)
 
     for name, h, mgf in (("RSA-OAEP-384", M.SHA384, MGF.SHA384), ("RSA-OAEP-512", M.SHA512, MGF.SHA512)):
         assert mech.rsa_decryption(algorithm(name)) == (M.RSA_PKCS_OAEP, (h, mgf, None))
     assert mech.rsa_decryption(algorithm("RSA1_5")) == (M.RSA_PKCS, None)
     oaep = {int(M.RSA_PKCS_OAEP): None}
-    assert {"RSA-OAEP-384", "RSA-OAEP-512"} <= mech.supported({**oaep, int(M.SHA384): None, int(M.SHA512): None}, "X")
-    # Claimed only where the token lists the digest too, and never on SoftHSM.
-    assert "RSA-OAEP-512" not in mech.supported({**oaep, int(M.SHA384): None}, "X")
-    assert not {"RSA-OAEP-384"} & mech.supported({**oaep, int(M.SHA384): None}, "SoftHSM project")
+    assert {"RSA-OAEP-384", "RSA-OAEP-512"} <= mech.supported({**oaep, int(M.SHA384): None, int(M.SHA512): None}, plain)
+    # Claimed only where the token lists the digest too, and never on a SHA-1-only OAEP token (SoftHSM).
+    assert "RSA-OAEP-512" not in mech.supported({**oaep, int(M.SHA384): None}, plain)
+    assert not {"RSA-OAEP-384"} & mech.supported({**oaep, int(M.SHA384): None}, sha1_only)
 
 
 # ---- Azure: neither SHA-2 OAEP beyond 256 -----------------------------------------------------------

@@ -167,7 +167,9 @@ def test_pin_file_first_line_only(tmp_path: Path) -> None:
 
 
 def test_unknown_provider_option_is_a_typed_error_naming_the_accepted_ones() -> None:
-    with pytest.raises(InvalidArgument, match=r"bogus.*allowed: cache_seconds, module_path, pin_source, user_pin"):
+    with pytest.raises(
+        InvalidArgument, match=r"bogus.*allowed: cache_seconds, init_args, module_path, pin_source, user_pin"
+    ):
         open_provider("pkcs11:token=t?module-path=/x.so", bogus=1)
 
 

@@ -7,8 +7,6 @@ it. :mod:`keybridge.byok` re-exports :class:`ByokPackage` as its public home.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import json
 import os
@@ -21,12 +19,21 @@ from urllib.parse import urlsplit
 from cryptography.exceptions import UnsupportedAlgorithm as _CryptoUnsupported
 from cryptography.hazmat.primitives import serialization
 
+from . import _b64url
 from ._files import atomic_write
 from ._redact import redact_uri
 from .errors import InvalidKeySpec, InvalidPackage
-from .keys import KeySpec, KeyType, PrivateKey
+from .keys import KeyInfo, KeyOp, KeySpec, KeyType, PrivateKey
 
-__all__ = ["ByokPackage", "b64url_decode", "b64url_encode", "is_full_key_id", "load_unwrapped", "strip_der_padding"]
+__all__ = [
+    "ByokPackage",
+    "b64url_decode",
+    "b64url_encode",
+    "is_full_key_id",
+    "is_kek",
+    "load_unwrapped",
+    "strip_der_padding",
+]
 
 SCHEMA_VERSION = "1.0.0"
 ALG = "dir"
@@ -80,19 +87,24 @@ def _host_ok(host: str | None, netloc: str) -> bool:
     return bool(_DNS_NAME.fullmatch(host))
 
 
+def is_kek(info: KeyInfo) -> bool:
+    """True for a key-exchange key: an RSA key whose only operation is ``import`` (Azure's rule;
+    ``KeySpec.check_ops`` already keeps ``import`` exclusive)."""
+    return info.spec.kty is KeyType.RSA and info.ops == {KeyOp.IMPORT}
+
+
 def b64url_encode(data: bytes) -> str:
     """Base64url without padding (what Azure tools and the SDK write)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return _b64url.encode(data)
 
 
 def b64url_decode(text: str, what: str = "value") -> bytes:
     """Base64url, padded or not; anything else raises :class:`InvalidPackage`."""
     if not isinstance(text, str):
         raise InvalidPackage(f"{what} must be a base64url string, got {type(text).__name__}")
-    s = text.strip().rstrip("=")
     try:
-        return base64.b64decode(s + "=" * (-len(s) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError) as exc:
+        return _b64url.decode(text.strip())
+    except ValueError as exc:
         raise InvalidPackage(f"{what} is not valid base64url") from exc
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives import padding as sympadding
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -37,6 +37,16 @@ CBC_IV = 16
 # KeyProvider protocol's encrypt() has no room for, so they are not in keys.ALGORITHMS.
 CBC_ALGORITHMS = {f"A{bits}CBC{pad}": (bits, pad == "PAD") for bits in (128, 192, 256) for pad in ("", "PAD")}
 OAEP_SHA1 = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
+
+
+def key_bytes(material: PrivateKey | bytes) -> bytes:
+    """Key material as bytes: PKCS#8 DER (unencrypted) for RSA/EC, the raw bytes for AES. What Azure
+    BYOK wraps and what the keystore stores; one encoder, so the two cannot disagree."""
+    if isinstance(material, (bytes, bytearray, memoryview)):
+        return bytes(material)
+    return material.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def rsa_encryption_padding(alg: AlgorithmSpec) -> padding.AsymmetricPadding:
@@ -168,10 +178,11 @@ def gcm_decrypt(key: bytes, data: bytes, aad: bytes | None) -> bytes:
         raise IntegrityError("AES-GCM authentication failed: wrong key, wrong aad or damaged ciphertext") from exc
 
 
-def rsa_aes_key_wrap(kek: rsa.RSAPublicKey, plaintext: bytes) -> bytes:
-    """CKM_RSA_AES_KEY_WRAP: fresh AES-256 key under RSA-OAEP-SHA1, then RFC 5649 over ``plaintext``."""
+def rsa_aes_key_wrap(kek: rsa.RSAPublicKey, plaintext: bytes, *, oaep: padding.OAEP = OAEP_SHA1) -> bytes:
+    """CKM_RSA_AES_KEY_WRAP: fresh AES-256 key under RSA-OAEP-SHA1, then RFC 5649 over ``plaintext``.
+    Managed HSM's release also wraps with SHA-256/384 OAEP (``RSA_AES_KEY_WRAP_256/384``): ``oaep``."""
     eph = os.urandom(32)
-    return kek.encrypt(eph, OAEP_SHA1) + aes_key_wrap_with_padding(eph, plaintext)
+    return kek.encrypt(eph, oaep) + aes_key_wrap_with_padding(eph, plaintext)
 
 
 def rsa_aes_key_unwrap(kek: rsa.RSAPrivateKey, blob: bytes) -> bytes:

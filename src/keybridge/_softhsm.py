@@ -2,8 +2,9 @@
 
 A token lives in a directory of its own with its own ``SOFTHSM2_CONF``, so nothing touches the
 machine's tokens, and gets random PINs that are never printed. SoftHSM reads that variable only in
-``C_Initialize``, so a module already loaded in this process is initialised again. Nothing here
-imports python-pkcs11: this is file and process plumbing around ``softhsm2-util``.
+``C_Initialize``, so a module already loaded in this process is initialised again (through the
+PKCS#11 backend's public ``reinitialize``, imported only then). Otherwise this is file and process
+plumbing around ``softhsm2-util``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,21 +70,12 @@ class SoftHsmToken:
 
 
 def _reinitialize_loaded(module_path: str) -> None:
-    """Make a module loaded before SOFTHSM2_CONF changed read the new configuration. The PKCS#11
-    backend is looked up in ``sys.modules``, never imported: if it is not loaded, its first
-    ``C_Initialize`` will read the new configuration anyway."""
-    if "pkcs11" not in sys.modules:
-        return  # first C_Initialize is still to come and will read the new conf
-    session_mod = sys.modules.get("keybridge.providers.pkcs11._library")
-    real = os.path.realpath(module_path)
-    if session_mod is not None and real in session_mod.Library._registry:
-        session_mod.Library._registry[real].reinitialize()
+    """Make a module loaded before SOFTHSM2_CONF changed read the new configuration."""
+    try:
+        from .providers.pkcs11._compat import reinitialize
+    except ImportError:  # no python-pkcs11: nothing in this process can have loaded the module
         return
-    loaded = sys.modules["pkcs11"]._loaded
-    for path in (module_path, real):
-        if path in loaded:
-            loaded[path].reinitialize()
-            return
+    reinitialize(module_path)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 from cryptography.hazmat.primitives import serialization
 
 from .. import _crypto
-from .._byok import ByokPackage
+from .._byok import ByokPackage, is_kek
 from ..errors import (
     IntegrityError,
     InvalidArgument,
@@ -230,7 +230,7 @@ def _kek(target: KeyProvider, name: str, kek: KeyRef | str | None, size: int) ->
         info = target.create_key(f"{name}-kek-{secrets.token_hex(4)}", KeySpec.rsa(size), ops=[KeyOp.IMPORT])
         return info, True
     info = target.get_key(kek)
-    if info.spec.kty is not KeyType.RSA or info.ops != {KeyOp.IMPORT}:
+    if not is_kek(info):
         raise InvalidArgument(f"{info.ref} cannot be a KEK: it must be an RSA key whose only operation is 'import'")
     return info, False
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from cryptography.exceptions import UnsupportedAlgorithm as _CryptoUnsupported
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .. import __version__
 from .._byok import ByokPackage, is_full_key_id, load_unwrapped, strip_der_padding
-from .._crypto import rsa_aes_key_unwrap, rsa_aes_key_wrap
+from .._crypto import key_bytes, rsa_aes_key_unwrap, rsa_aes_key_wrap
 from ..errors import InvalidArgument, InvalidKeySpec, InvalidPackage
-from ..keys import RSA_SIZES, KeySpec, KeyType, PrivateKey
+from ..keys import RSA_SIZES, KeySpec, PrivateKey
 
 __all__ = ["check_kek_id", "implied_specs", "load_kek_public_key", "load_unwrapped", "unwrap", "wrap_for_azure"]
 
@@ -72,12 +72,8 @@ def check_kek_id(kek_id: str) -> str:
 
 def encode_target(key: PrivateKey | bytes) -> bytes:
     """The plaintext Azure expects: PKCS#8 DER for RSA and EC, the raw bytes for AES."""
-    spec = KeySpec.of(key)  # also refuses sizes and curves Azure does not take
-    if spec.kty is KeyType.OCT:
-        return bytes(key)  # type: ignore[arg-type]
-    assert isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey))
-    der = serialization.Encoding.DER
-    return key.private_bytes(der, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    KeySpec.of(key)  # refuses sizes and curves Azure does not take
+    return key_bytes(key)
 
 
 def make_package(kek_id: str, ciphertext: bytes, generator: str | None) -> ByokPackage:

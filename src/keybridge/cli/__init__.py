@@ -23,7 +23,6 @@ from ..errors import KeybridgeError, MissingDependency
 __all__ = ["main"]
 
 EXIT_ERROR = 1
-EXIT_USAGE = 2
 _CAUGHT = (signal.SIGTERM, signal.SIGHUP)
 
 

@@ -9,6 +9,7 @@ from ._access import access
 from ._byok import byok, demo
 from ._common import keystore_option
 from ._doctor import doctor
+from ._ekm import ekm
 from ._emulator import emulator
 from ._envelope import decrypt, encrypt, rewrap
 from ._keys import keys
@@ -31,5 +32,5 @@ def app(keystore: str | None, progress: bool | None) -> None:
     """
 
 
-for command in (keys, byok, demo, emulator, encrypt, decrypt, rewrap, sign, access, doctor):
+for command in (keys, byok, demo, emulator, encrypt, decrypt, rewrap, sign, access, ekm, doctor):
     app.add_command(command)

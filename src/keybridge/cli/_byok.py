@@ -19,6 +19,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from .._byok import is_kek
 from .._files import atomic_write
 from .._softhsm import find_softhsm_module, throwaway_token
 from ..byok import (
@@ -130,14 +131,14 @@ def kek_show(key_uri: str, pem: str | None, force: bool, as_json: bool) -> None:
     handle = open_cli_key(key_uri)
     with handle.provider:
         info = handle.info()
-    is_kek = info.spec.kty is KeyType.RSA and info.ops == {KeyOp.IMPORT}
+    kek = is_kek(info)
     steps = [f"KEK {info.ref} ({info.spec}, ops: {', '.join(sorted(o.value for o in info.ops))})"]
-    if not is_kek:
+    if not kek:
         steps.append("warning: this is not a key-exchange key (an RSA key with ops exactly [import])")
     if pem:
         cli_write(pem, _pem(info), force=force, mode=0o644)
         steps.append(f"Wrote its public key to {pem}")
-    emit({"kek": key_info_dict(info), "is_kek": is_kek, "pem": pem}, _lines(steps), as_json=as_json)
+    emit({"kek": key_info_dict(info), "is_kek": kek, "pem": pem}, _lines(steps), as_json=as_json)
 
 
 @byok.command("export")

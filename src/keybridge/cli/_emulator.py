@@ -66,11 +66,32 @@ Press Ctrl-C to stop.
     metavar="SPEC",
     help="Inject faults, e.g. 'error_rate=0.3,statuses=429/503,retry_after=0,latency=0.05,drop_rate=0.01,seed=1'.",
 )
+@click.option(
+    "--audit-log",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Append a Managed HSM AuditEvent record (JSON lines) per request to this file.",
+)
+@click.option(
+    "--rbac",
+    type=click.Choice(["default", "strict"]),
+    default="default",
+    show_default=True,
+    help="strict: the first principal gets no Crypto User; key use must be granted (keybridge access grant).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one line of JSON (url, ca_file, env, pid), then serve.")
 @click.option(
     "--print-env", is_flag=True, help="Print 'export KEYBRIDGE_...=...' lines for the CLI to use it, then serve."
 )
-def emulator(port: int, state_dir: str | None, faults: str | None, as_json: bool, print_env: bool) -> None:
+def emulator(
+    port: int,
+    state_dir: str | None,
+    faults: str | None,
+    audit_log: str | None,
+    rbac: str,
+    as_json: bool,
+    print_env: bool,
+) -> None:
     """Run a local Azure Key Vault / Managed HSM keys endpoint over HTTPS.
 
     In scripts: `keybridge emulator --port 0 --print-env > emu.env &`, wait until emu.env is not
@@ -80,7 +101,9 @@ def emulator(port: int, state_dir: str | None, faults: str | None, as_json: bool
         raise click.UsageError("--json and --print-env are alternatives; pick one")
     try:
         spec = Faults.parse(faults) if faults else None
-        hsm = ManagedHsmEmulator(port=port, faults=spec, state_dir=state_dir, require_token=False).start()
+        hsm = ManagedHsmEmulator(
+            port=port, faults=spec, state_dir=state_dir, require_token=False, rbac=rbac, audit_log=audit_log
+        ).start()
     except KeybridgeError as exc:
         raise click.ClickException(cli_message(exc)) from None
     stop = threading.Event()

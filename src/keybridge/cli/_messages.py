@@ -12,6 +12,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._crypto import GCM_IV, GCM_TAG
 from .._redact import redact_uri
 from ..envelope import EncryptedDataKey, as_materials
 from ..envelope._keyring import _KEY_WRAP
@@ -69,7 +70,7 @@ def cli_message(exc: BaseException) -> str:
 
 # ---- who can open a message --------------------------------------------------------------------
 
-_GCM_SUFFIX = struct.pack(">II", 128, 12)  # ESDK raw AES keyring: tag bits, IV length, then the IV
+_GCM_SUFFIX = struct.pack(">II", 8 * GCM_TAG, GCM_IV)  # ESDK raw AES keyring: tag bits, IV length, then the IV
 
 
 def _edk_name(edk: EncryptedDataKey) -> str:

@@ -34,11 +34,11 @@ _LOG_EVERY = 1.0
 
 def human_bytes(n: float) -> str:
     """``n`` bytes as ``1.5 MiB`` (binary units, one decimal above bytes)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
             return f"{int(n)} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    raise AssertionError("unreachable")
+    return f"{n:.1f} TiB"
 
 
 def progress_wanted() -> bool:

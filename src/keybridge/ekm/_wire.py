@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-
+from .. import _b64url
 from ..errors import InvalidArgument
 
 API_VERSION = "0.1-preview"
@@ -19,7 +17,7 @@ PROVIDER_ALG = {
 
 def b64u(data: bytes) -> str:
     """Unpadded base64url, as every EKM blob and integer travels."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return _b64url.encode(data)
 
 
 def unb64u(text: object, field: str) -> bytes:
@@ -27,6 +25,6 @@ def unb64u(text: object, field: str) -> bytes:
     if not isinstance(text, str) or "=" in text or not text:
         raise InvalidArgument(f"field {field!r} must be non-empty unpadded base64url")
     try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
+        return _b64url.decode(text)
+    except ValueError:
         raise InvalidArgument(f"field {field!r} is not valid unpadded base64url") from None

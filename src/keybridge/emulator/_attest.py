@@ -9,6 +9,7 @@ certificate, issued by a CA made for this emulator instance, is in ``certificate
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import hashlib
 import json
@@ -62,10 +63,19 @@ class Attestor:
         leaf = _cert(leaf_cn, self._key, ca_cn, ca_key, ca=False)
         pem = serialization.Encoding.PEM
         self.chain_pem = leaf.public_bytes(pem) + ca.public_bytes(pem)
+        der = serialization.Encoding.DER
+        self._x5c = [base64.b64encode(c.public_bytes(der)).decode("ascii") for c in (leaf, ca)]
         self._x5t = encode_b64(leaf.fingerprint(hashes.SHA256()))
 
-    def _jws(self, claims: dict[str, Any]) -> bytes:
-        header = {"alg": "ES256", "typ": "JWT", "x5t#S256": self._x5t}
+    def sign(self, claims: dict[str, Any]) -> str:
+        """A compact JWS (ES256) of ``claims`` whose header carries the chain (``x5c``), as the
+        service's secure key release answers are signed."""
+        return self._jws(claims, x5c=True).decode("ascii")
+
+    def _jws(self, claims: dict[str, Any], *, x5c: bool = False) -> bytes:
+        header: dict[str, Any] = {"alg": "ES256", "typ": "JWT", "x5t#S256": self._x5t}
+        if x5c:
+            header["x5c"] = list(self._x5c)
         signing_input = ".".join(encode_b64(json.dumps(p, sort_keys=True).encode()) for p in (header, claims))
         digest = hashlib.sha256(signing_input.encode("ascii")).digest()
         signature = _crypto.ecdsa_der_to_raw(self._key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256()))), 256)

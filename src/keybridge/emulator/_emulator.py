@@ -9,19 +9,24 @@ import secrets
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import rsa
 from typing_extensions import Self
 
 from .._files import atomic_write
 from ..errors import InvalidArgument, OutputExists, ProviderUnavailable
 from ..provider import KeyProvider, open_provider
+from ._admin import Admin
+from ._audit import AuditLog, AuditRecord
 from ._auth import EmulatorCredential
 from ._faults import FaultInjector, Faults
 from ._rbac import Rbac
 from ._records import RETENTION_DAYS
+from ._release import AttestationIssuer, rsa_jwk
 from ._routes import Router
 from ._server import MAX_CONNECTIONS, REQUEST_TIMEOUT, EmulatorServer
 from ._tls import make_server_context
@@ -32,6 +37,7 @@ __all__ = ["ManagedHsmEmulator"]
 _KEYSTORE = "keys.kbks"
 _STATE = "vault.json"
 _PASSPHRASE = "passphrase"
+_SETTINGS = "settings.json"
 
 
 class ManagedHsmEmulator:
@@ -55,6 +61,11 @@ class ManagedHsmEmulator:
     Time is the emulator's own: :meth:`advance` moves it forward, and what has come due then
     happens as in the service: rotation policies make new versions, and soft-deleted keys are
     purged ``retention_days`` (Managed HSM allows 7 to 90; default 90) after deletion.
+
+    ``audit_log`` (a file path) and/or ``audit`` (a callable taking a dict) receive one Managed
+    HSM ``AuditEvent`` record per answered request, 401 challenges and denials included; see
+    :mod:`keybridge.emulator._audit` and docs/emulator.md for the fields. ``KeyVaultSettingsClient``
+    and ``KeyVaultBackupClient`` work too: full backups go to folders under :attr:`backup_dir`.
     """
 
     def __init__(
@@ -68,6 +79,8 @@ class ManagedHsmEmulator:
         retention_days: int = RETENTION_DAYS,
         request_timeout: float = REQUEST_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        audit_log: str | Path | None = None,
+        audit: Callable[[AuditRecord], None] | None = None,
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise InvalidArgument(f"port must be 0 (any free port) or 1-65535, got {port!r}")
@@ -91,8 +104,10 @@ class ManagedHsmEmulator:
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self._port = port
         self._credential = EmulatorCredential()
+        self._issuer = AttestationIssuer()
         self._require_token = require_token
         self.rbac = Rbac(self._credential.get_token().token, strict=rbac == "strict")
+        self._audit = self._audit_log(audit_log, audit)
         self._server: EmulatorServer | None = None
         self._thread: threading.Thread | None = None
         self._tmp: Path | None = None
@@ -101,6 +116,8 @@ class ManagedHsmEmulator:
         self._vault = Vault(self.provider, self._save_state if self.state_dir else None, retention_days=retention_days)
         if self.state_dir is not None and (self.state_dir / _STATE).exists():
             self._load_state(self.state_dir / _STATE)
+        settings = self.state_dir / _SETTINGS if self.state_dir is not None else None
+        self._admin = Admin(self._vault, lambda: Path(self.backup_dir), settings)
 
     def __repr__(self) -> str:
         where = self.vault_url if self._server else "stopped"
@@ -120,13 +137,14 @@ class ManagedHsmEmulator:
             self._server = EmulatorServer(
                 ctx,
                 self._port,
-                Router(self._vault),
+                Router(self._vault, self._issuer, self._admin),
                 token,
                 injector,
                 request_timeout=self._request_timeout,
                 max_connections=self._max_connections,
             )
             self._server.rbac = self.rbac
+            self._server.audit = self._audit
         except OSError as exc:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise ProviderUnavailable(f"cannot listen on 127.0.0.1:{self._port}: {exc.strerror}") from exc
@@ -187,6 +205,17 @@ class ManagedHsmEmulator:
         self._running()
         return str(self._ca_file)
 
+    @property
+    def backup_dir(self) -> str:
+        """Where full backups land: ``<state_dir>/backups``, else this run's temporary directory
+        (deleted by :meth:`stop`). A container URL ``https://HOST/CONTAINER`` is the folder
+        ``HOST/CONTAINER`` inside it."""
+        if self.state_dir is not None:
+            return str(self.state_dir / "backups")
+        self._running()
+        assert self._tmp is not None  # made by start(), with the server
+        return str(self._tmp / "backups")
+
     def credential(self, principal: str | None = None) -> EmulatorCredential:
         """A TokenCredential whose token this emulator accepts: as the first principal (which
         holds Administrator and Crypto Officer, and Crypto User unless ``rbac="strict"``), or as
@@ -198,6 +227,47 @@ class ManagedHsmEmulator:
     def provider_options(self) -> dict[str, Any]:
         """Keyword arguments for ``AzureKeyVaultProvider``/``open_provider``/``KeyClient``."""
         return {"credential": self._credential, "connection_verify": self.ca_file, "verify_challenge_resource": False}
+
+    # ---- secure key release -------------------------------------------------------------------
+
+    @property
+    def attestation_authority(self) -> str:
+        """The attestation authority this emulator trusts, to name in release policies
+        (``{"anyOf": [{"authority": hsm.attestation_authority, "allOf": [...]}]}``)."""
+        return self._issuer.authority
+
+    def attestation_token(
+        self,
+        claims: Mapping[str, Any] | None = None,
+        *,
+        runtime_key: rsa.RSAPublicKey | None = None,
+        lifetime: float = 3600,
+    ) -> str:
+        """An attestation token (RS256 JWT) from :attr:`attestation_authority`, as Microsoft Azure
+        Attestation would issue one to a confidential workload: ``claims`` plus ``iss``/``iat``/
+        ``nbf``/``exp`` in emulator time (so :meth:`advance` expires it). ``runtime_key`` (the
+        workload's RSA public key, which a release wraps the key for) goes into
+        ``x-ms-runtime.keys``. Pass the token to ``KeyClient.release_key``."""
+        if claims is not None and not isinstance(claims, Mapping):
+            raise InvalidArgument(f"claims must be a mapping of claim names to values, got {type(claims).__name__}")
+        if runtime_key is not None and not isinstance(runtime_key, rsa.RSAPublicKey):
+            raise InvalidArgument("runtime_key must be an RSA public key (cryptography's RSAPublicKey)")
+        if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or not 1 <= lifetime <= 86400 * 365:
+            raise InvalidArgument(f"lifetime must be from 1 second to a year, got {lifetime!r}")
+        body = dict(claims or {})
+        if runtime_key is not None:
+            runtime = body.get("x-ms-runtime") or {}
+            if not isinstance(runtime, Mapping):
+                raise InvalidArgument("claims['x-ms-runtime'] must be an object when runtime_key is given")
+            body["x-ms-runtime"] = {**runtime, "keys": [{"kid": "runtime-key", **rsa_jwk(runtime_key)}]}
+        try:
+            return self._issuer.token(body, self._vault.now(), int(lifetime))
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"claims must be JSON values ({exc})") from None
+
+    def attestation_jwks(self) -> dict[str, Any]:
+        """The JSON Web Key Set of :attr:`attestation_authority`, to check its tokens with."""
+        return self._issuer.jwks()
 
     # ---- time ----------------------------------------------------------------------------------
 
@@ -218,6 +288,22 @@ class ManagedHsmEmulator:
             raise InvalidArgument(f"advance() moves time forward only, by less than 3000 years; got {total} seconds")
         self._vault.advance(int(total))
         return self.now()
+
+    # ---- audit ---------------------------------------------------------------------------------
+
+    def _audit_log(self, path: str | Path | None, callback: Callable[[AuditRecord], None] | None) -> AuditLog | None:
+        if callback is not None and not callable(callback):
+            raise InvalidArgument(f"audit must be a callable taking one record (a dict), got {type(callback).__name__}")
+        if path is None and callback is None:
+            return None
+        if path is not None and not isinstance(path, (str, Path)):
+            raise InvalidArgument(f"audit_log must be a file path, got {type(path).__name__}")
+        try:
+            audit = AuditLog(path, callback, self.rbac)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot open the audit log {path}: {exc.strerror}; pass a writable path") from None
+        audit.require_token = self._require_token
+        return audit
 
     # ---- persistence ---------------------------------------------------------------------------
 

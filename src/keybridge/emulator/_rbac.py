@@ -107,6 +107,13 @@ def required_action(method: str, parts: list[str]) -> tuple[str, str] | None:
     (the router then answers 404/405 as it would anyway)."""
     head, n = (parts[0] if parts else ""), len(parts)
     name = parts[1] if n > 1 else ""
+    if head in ("backup", "prebackup", "restore", "prerestore") or (
+        head == "keys" and n == 3 and parts[2] == "restore"
+    ):
+        kind = "backup" if "backup" in head else "restore"
+        return f"{_P}{kind}/{'status' if n > 1 and head != 'keys' else 'start'}/action", "/"
+    if head == "settings":  # the service names no settings action; role management's stand in
+        return f"{_P}roleDefinitions/{'write' if method == 'PATCH' else 'read'}/action", "/"
     scope = f"/keys/{name}" if name and name != "restore" else "/keys"
     if head == "rng":
         return _P + "rng/action", "/"

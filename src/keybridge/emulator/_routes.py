@@ -16,16 +16,20 @@ from .. import _crypto
 from ..errors import KeybridgeError
 from ..keys import AES_SIZES, CURVES, RSA_SIZES, KeyInfo, KeyOp, KeySpec, KeyType, algorithm
 from ..providers.memory import InMemoryProvider
-from . import _byok_import, _wire
+from . import _byok_import, _release, _wire
+from ._admin import Admin
 from ._attest import Attestor
 from ._errors import ApiError, bad, from_keybridge
+from ._external import EkmRoutes
 from ._jwk import key_type, material_from_jwk
 from ._records import Entry, check_tags, decode_b64, encode_b64
+from ._release import AttestationIssuer
 from ._vault import Vault
 
 __all__ = ["Router"]
 
 Answer = tuple[int, "dict[str, Any] | None"]
+Reply = Answer | tuple[int, "dict[str, Any] | None", dict[str, str]]  # some answers add headers
 _CRYPTO = {
     "encrypt": KeyOp.ENCRYPT,
     "decrypt": KeyOp.DECRYPT,
@@ -51,16 +55,28 @@ def _obj(body: Mapping[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
-class Router:
+def _exportable(body: Mapping[str, Any]) -> bool:
+    # The provider holds the flag too, so that only exportable keys can leave it (by release).
+    return _obj(body, "attributes").get("exportable") is True
+
+
+class Router(EkmRoutes):
     """Maps (method, path segments) to handlers; each returns (status, JSON body or None)."""
 
-    def __init__(self, vault: Vault) -> None:
+    def __init__(self, vault: Vault, issuer: AttestationIssuer | None = None, admin: Admin | None = None) -> None:
         self.vault = vault
+        self.admin = admin  # settings and backup/restore jobs (see :mod:`._admin`)
+        self.issuer = issuer or AttestationIssuer()
         self._attestor: Attestor | None = None  # made on first use: most runs never attest
 
-    def handle(
-        self, method: str, parts: list[str], query: Mapping[str, str], body: dict[str, Any], base: str
-    ) -> Answer:
+    @property
+    def attestor(self) -> Attestor:
+        """The emulator's attestation CA and signer (key attestation, release answers)."""
+        if self._attestor is None:
+            self._attestor = Attestor()
+        return self._attestor
+
+    def handle(self, method: str, parts: list[str], query: Mapping[str, str], body: dict[str, Any], base: str) -> Reply:
         """Route one request; unknown paths are 404, known paths with another method 405."""
         handler = self._route(method, parts)
         with self.vault.lock:
@@ -74,11 +90,13 @@ class Router:
                 exc.message = self.vault.public_message(exc.message, base)
                 raise
 
-    def _route(self, method: str, parts: list[str]) -> Callable[..., Answer]:
+    def _route(self, method: str, parts: list[str]) -> Callable[..., Reply]:
         n = len(parts)
         head = parts[0] if parts else ""
-        table: dict[str, Callable[..., Answer]] = {}
-        if head == "keys" and n == 1:
+        table: Mapping[str, Callable[..., Reply]] = {}
+        if self.admin is not None and self.admin.routes(parts):
+            table = self.admin.table(parts)
+        elif head == "keys" and n == 1:
             table = {"GET": self.list_keys}
         elif head == "keys" and n == 2 and parts[1] == "restore":
             table = {"POST": self.restore}
@@ -105,6 +123,8 @@ class Router:
             table = {"POST": self.recover}
         elif head == "rng" and n == 1:
             table = {"POST": self.rng}
+        elif head == "ekm":
+            table = self.ekm_table(parts)
         if not table:
             raise ApiError(404, "NotFound", f"no such operation: /{'/'.join(parts)}")
         if method not in table:
@@ -141,6 +161,8 @@ class Router:
 
     def create(self, parts: list[str], query: Mapping[str, str], body: dict[str, Any], base: str) -> Answer:
         """POST /keys/{name}/create."""
+        if isinstance(_obj(body, "attributes").get("external_key"), dict):
+            return self.create_external(parts, query, body, base)
         kty = body.get("kty")
         kind = key_type(kty) if kty is not None else None
         if kind is None:
@@ -149,12 +171,13 @@ class Router:
         if exponent not in (None, 65537):
             raise bad("public_exponent must be 65537")
         spec = self._spec(kind, body.get("key_size"), body.get("crv"))
+        export = _exportable(body)
         entry, ver = self.vault.add(
             parts[1],
             kind,
             str(kty),
             body.get("key_ops"),
-            lambda pname, ops: self.vault.provider.create_key(pname, spec, ops=ops),
+            lambda pname, ops: self.vault.provider.create_key(pname, spec, ops=ops, exportable=export),
             attributes=_obj(body, "attributes"),
             tags=check_tags(body.get("tags") or {}),
             release_policy=body.get("release_policy"),
@@ -182,11 +205,14 @@ class Router:
         hsm = body.get("Hsm", body.get("hsm"))
         wire_kty = str(kty) if str(kty).endswith("-HSM") or not (hsm or "key_hsm" in jwk) else f"{kty}-HSM"
         make: Callable[[str, list[str] | None], KeyInfo]
+        export = _exportable(body)
+        if "key_hsm" in jwk and export:
+            raise bad("the emulator cannot release BYOK-imported keys: import them with exportable false")
         if "key_hsm" in jwk:
             make = _byok_import.importer(self.vault, decode_b64(jwk["key_hsm"], "key.key_hsm"), kind, jwk.get("crv"))
         else:
             material = material_from_jwk(jwk)
-            make = lambda pname, ops: self.vault.provider.import_key(pname, material, ops=ops)  # noqa: E731
+            make = lambda pname, ops: self.vault.provider.import_key(pname, material, ops=ops, exportable=export)  # noqa: E731
         entry, ver = self.vault.add(
             parts[1],
             kind,
@@ -290,10 +316,11 @@ class Router:
         return entry, ver.id
 
     def release(self, parts: list[str], query: Mapping[str, str], body: dict[str, Any], base: str) -> Answer:
-        """POST /keys/{name}[/{version}]/release: the key is resolved (404 as the service would),
-        but secure key release needs an attestation service, which the emulator does not have."""
+        """POST /keys/{name}[/{version}]/release: secure key release (see :mod:`._release`)."""
         entry, vid = self._extra_target(parts)
-        raise ApiError(501, "NotImplemented", f"secure key release of {base}/keys/{entry.name}/{vid} is not emulated")
+        api = query.get("api-version", "7.6")
+        value = _release.release(self.vault, self.issuer, self.attestor, base, entry, entry.versions[vid], body, api)
+        return 200, {"value": value}
 
     def attestation(self, parts: list[str], query: Mapping[str, str], body: dict[str, Any], base: str) -> Answer:
         """GET /keys/{name}[/{version}]/attestation: the KeyBundle with ``attributes.attestation``,
@@ -301,11 +328,9 @@ class Router:
         entry, vid = self._extra_target(parts)
         ver = entry.versions[vid]
         info = self.vault.info(entry, ver)
-        if self._attestor is None:
-            self._attestor = Attestor()
         answer = _wire.bundle(base, entry, ver, info)
         kid = _wire.kid(base, entry, ver)
-        answer["attributes"]["attestation"] = self._attestor.attestation(kid, ver, info, self.vault.now())
+        answer["attributes"]["attestation"] = self.attestor.attestation(kid, ver, info, self.vault.now())
         return 200, answer
 
     # ---- key operations ------------------------------------------------------------------------

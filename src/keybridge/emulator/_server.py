@@ -30,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from ._audit import AuditLog
 from ._auth import challenge, token_ok
 from ._errors import ApiError, bad
 from ._faults import FaultInjector
@@ -100,6 +101,7 @@ class EmulatorServer(ThreadingHTTPServer):
         self.request_timeout = request_timeout
         self.max_connections = max_connections
         self.rbac: Rbac | None = None  # set by the emulator; None: any accepted token may do anything
+        self.audit: AuditLog | None = None  # set by the emulator when asked for an audit log
         self.vault_url = f"https://127.0.0.1:{self.server_address[1]}"
         self._open: dict[Any, _Conn] = {}  # connection -> its worker and state
         self._refusers = threading.BoundedSemaphore(_REFUSERS)
@@ -203,6 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = _IDLE_TIMEOUT
     server: EmulatorServer
     _served = False
+    _started: float | None = None  # when _dispatch began the current request (for audit durationMs)
 
     def setup(self) -> None:
         super().setup()
@@ -234,6 +237,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: dict[str, Any] | None, headers: dict[str, str] | None = None) -> None:
         data = b"" if body is None else json.dumps(body).encode("utf-8")
+        if self.server.audit is not None:  # before the answer, so a client that has it finds the record
+            self.server.audit.record(
+                method=self.command, target=self.path, headers=self.headers, base=self._base(),
+                caller=self.client_address[0], status=status, body=body, started=self._started,
+            )  # fmt: skip
         self.send_response(status)
         self.send_header("x-ms-request-id", str(uuid.uuid4()))
         for k, v in (headers or {}).items():
@@ -276,6 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
         return f"https://{host}" if _LOCAL_HOST.fullmatch(host) else self.server.vault_url
 
     def _dispatch(self) -> None:
+        self._started = time.monotonic()
         try:
             raw = self._read_body()  # first, so the request deadline never includes injected latency
             if self._fault():
@@ -286,8 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
             url = urlsplit(self.path)
             parts = [unquote(p) for p in url.path.split("/")[1:]]
             query = dict(parse_qsl(url.query, keep_blank_values=True))
-            status, body = self._authorized(parts, query, _json(raw))
-            self._send(status, body)
+            self._send(*self._authorized(parts, query, _json(raw)))  # (status, body[, headers])
         except ApiError as exc:
             headers = dict(exc.headers)
             if exc.status == 401:
@@ -297,7 +305,7 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("emulator failed on %s %s", self.command, urlsplit(self.path).path)
             self._send(500, ApiError(500, "InternalError", "the emulator hit an internal error").body())
 
-    def _authorized(self, parts: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
+    def _authorized(self, parts: list[str], query: dict[str, str], body: dict[str, Any]) -> tuple[Any, ...]:
         rbac = self.server.rbac
         if rbac is None:
             return self.server.router.handle(self.command, parts, query, body, self._base())

@@ -36,6 +36,7 @@ from ._records import (
     entry_from_json,
     parse_duration,
 )
+from ._release import check_release_policy, replaced_release_policy
 
 __all__ = ["Vault"]
 _YEAR_10000 = 253402300800  # unix seconds; datetime cannot hold later times
@@ -184,15 +185,14 @@ class Vault:
         self._refuse_deleted(name)
         spec_ops = self.check_ops(kind, ops)
         exportable = attributes.get("exportable") is True
-        if release_policy is not None and not isinstance(release_policy, dict):
-            raise bad("release_policy must be an object")
-        if exportable and not release_policy:
-            raise bad("Exportable keys must have a release policy (release_policy).")
+        policy = check_release_policy(release_policy)
+        if exportable and policy is None:
+            raise bad("AKV.SKR.1004: Exportable keys must have release policy.")
         pname = existing.pname if existing else self._pname(name)
         info = self.call(make, pname, ["import"] if spec_ops == ["import"] else None)
         t = self.now()
         ver = Version(info.ref.version or "", kty, spec_ops, dict(tags), created=t, updated=t, exportable=exportable)
-        ver.release_policy = dict(release_policy) if isinstance(release_policy, dict) else None
+        ver.release_policy = policy
         self._apply_attributes(ver, attributes)
         entry = existing or Entry(name, pname, retention=self.retention_days)
         entry.versions[ver.id] = ver
@@ -246,12 +246,13 @@ class Vault:
     # ---- changing ------------------------------------------------------------------------------
 
     def update(self, name: str, vid: str | None, body: Mapping[str, Any]) -> tuple[Entry, Version]:
-        """PATCH: key_ops, attributes (enabled, nbf, exp) and tags of one version."""
+        """PATCH: key_ops, attributes (enabled, nbf, exp), tags and release policy of one version."""
         entry = self.active(name)
         ver = self.version(entry, vid)
         attributes = body.get("attributes") or {}
         if not isinstance(attributes, dict):
             raise bad("attributes must be an object")
+        policy = replaced_release_policy(ver, body.get("release_policy"))  # checked before any change
         if "key_ops" in body and body["key_ops"] is not None:
             ops = self.check_ops(self.info(entry, ver).spec, body["key_ops"])
             if (ops == ["import"]) != (ver.ops == ["import"]):
@@ -262,6 +263,8 @@ class Vault:
         self._apply_attributes(ver, attributes)
         if "tags" in body and body["tags"] is not None:
             ver.tags = check_tags(body["tags"])
+        if policy is not None:
+            ver.release_policy = policy
         if isinstance(attributes.get("enabled"), bool):
             self.call(self.provider.set_enabled, self.ref(entry, ver), attributes["enabled"])
         ver.updated = self.now()
@@ -276,6 +279,8 @@ class Vault:
         info = self.call(self.provider.rotate_key, entry.pname)
         t = self.now() if at is None else at
         ver = Version(info.ref.version or "", cur.kty, list(cur.ops), dict(cur.tags), created=t, updated=t)
+        # the provider keeps the current version's exportable flag; the service its release policy
+        ver.exportable, ver.release_policy = cur.exportable, copy.deepcopy(cur.release_policy)
         expiry = ((entry.policy or {}).get("attributes") or {}).get("expiryTime")
         if expiry:
             ver.exp = ver.created + parse_duration(expiry)

@@ -37,6 +37,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .._crypto import GCM_IV, GCM_TAG
 from ..errors import (
     IntegrityError,
     InvalidArgument,
@@ -62,8 +63,8 @@ __all__ = [
 ]
 
 DEFAULT_NAMESPACE = "keybridge"
-_GCM_TAG_BITS = 128
-_GCM_IV = 12
+_GCM_TAG_BITS = 8 * GCM_TAG
+_GCM_IV = GCM_IV
 _KEY_WRAP = frozenset({"A128KW", "A192KW", "A256KW", "CKM_AES_KEY_WRAP", "CKM_AES_KEY_WRAP_PAD"})
 _RSA_OAEP = ("RSA-OAEP", "RSA-OAEP-256", "RSA-OAEP-384", "RSA-OAEP-512")
 _RSA_WRAP = frozenset({*_RSA_OAEP, "RSA1_5"})

@@ -17,13 +17,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature, encode_dss_signature
 
+from .._crypto import GCM_IV, GCM_TAG
 from ..errors import IntegrityError, InvalidArgument, InvalidMessage
 
 __all__ = ["DEFAULT_SUITE", "PUBLIC_KEY_CONTEXT_KEY", "RESERVED_CONTEXT_PREFIX", "Signer", "Suite", "Verifier"]
 
 KEY_LEN = 32  # AES-256 data key, derived key and commit key
-IV_LEN = 12
-TAG_LEN = 16
+IV_LEN = GCM_IV  # every v2 suite is AES-GCM with a 96-bit IV and a 128-bit tag
+TAG_LEN = GCM_TAG
 MESSAGE_ID_LEN = 32
 COMMIT_LEN = 32
 

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from .. import audit
 from ..keys import KeyOp, KeySpec, KeyType
 from ..provider import KeyProvider
-from ._conformance_support import Keys, algs_for
+from ._conformance_support import Call, Keys, algs_for
 
 
 class ConformanceBase:
@@ -24,6 +24,8 @@ class ConformanceBase:
     supports_versions: bool = True
     supports_disable: bool = True
     supports_expiry: bool = True
+    supports_import_byok: bool = True
+    threads: int = 8
 
     # ---- the matrix --------------------------------------------------------------------------------
 
@@ -79,6 +81,14 @@ class ConformanceBase:
         if alg not in provider.algorithms:
             pytest.skip(f"{provider.scheme} provider does not claim {alg}")
 
+    @staticmethod
+    def require_calls(calls: list[Call], provider: KeyProvider, spec: KeySpec) -> list[Call]:
+        """``calls`` if there are any; a key type the provider claims no algorithm for is skipped
+        with the reason, not failed."""
+        if not calls:
+            pytest.skip(f"{provider.scheme} provider claims no algorithm for {spec} keys")
+        return calls
+
     def require(self, flag: str) -> None:
         """Skip unless the class sets capability ``flag`` (e.g. ``supports_versions``)."""
         if not getattr(self, flag):
@@ -88,10 +98,9 @@ class ConformanceBase:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def provider(cls) -> Iterator[KeyProvider]:
+    def provider(cls) -> KeyProvider:
         """Override in the subclass with a class-scoped fixture that yields the provider under test."""
         pytest.fail(f"{cls.__name__} must define a class-scoped `provider` fixture yielding a KeyProvider")
-        return  # pragma: no cover
 
     @pytest.fixture(scope="class")
     @classmethod

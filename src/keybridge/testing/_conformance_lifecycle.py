@@ -217,8 +217,7 @@ class LifecycleChecks(ConformanceBase):
         self.require("supports_disable")
         info = new_keys.create(kty_spec)
         name = info.ref.name
-        calls = claimed_calls(provider, info)
-        assert calls, f"no claimed algorithm fits {kty_spec}"
+        calls = self.require_calls(claimed_calls(provider, info), provider, kty_spec)
         assert provider.set_enabled(name, False).enabled is False
         assert provider.get_key(name).enabled is False
         for call in calls:

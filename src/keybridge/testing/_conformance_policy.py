@@ -95,7 +95,7 @@ class PolicyChecks(ConformanceBase):
         export_refusal = _refusal(provider, "export_key").__name__
         expect("export_key", lambda: provider.export_key(name), outcome=export_refusal, key=name)
         expect("get_key", lambda: provider.get_key(unique_name()), outcome="KeyNotFound")
-        if self.supports_disable:
+        if self.supports_disable and calls:
             expect("disable_key", lambda: provider.set_enabled(name, False), key=name)
             refused = calls[0]
             expect(AUDIT_NAME[refused.op], partial(refused.run, name), outcome="KeyDisabled", alg=refused.alg, key=name)

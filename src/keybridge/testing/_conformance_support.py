@@ -261,6 +261,10 @@ class Keys:
         if not self.can_import:
             pytest.skip(f"{self.provider.scheme} provider does not import keys (supports_import = False)")
 
+    def own(self, name: str) -> None:
+        """Delete ``name`` on :meth:`close` too (a key the test made some other way, e.g. import_byok)."""
+        self._names.append(name)
+
     def close(self) -> None:
         """Delete every key made here; a key a test already deleted is fine."""
         for name in self._names:
@@ -319,6 +323,8 @@ def make_call(provider: KeyProvider, info: KeyInfo, op: KeyOp, alg: str, *, real
         digest = _synthetic(op, alg, spec)
         real = usable and KeyOp.SIGN in info.ops
         sig = provider.sign(ref, alg, digest) if real else os.urandom(64)
+        # Checked outside too, so a verify that agrees with a broken sign cannot pass for both.
+        assert not real or verify_outside(pub, alg, digest, sig), f"{alg} signature fails outside the provider"
 
         def verify(r: Ref) -> None:
             assert provider.verify(r, alg, digest, sig) is real

@@ -3,6 +3,7 @@ must pass, whoever wrote it. See docs/testing.md for a walk-through."""
 
 from __future__ import annotations
 
+from ._conformance_contract import ContractChecks
 from ._conformance_crypto import CryptoChecks
 from ._conformance_lifecycle import LifecycleChecks
 from ._conformance_policy import PolicyChecks
@@ -10,7 +11,7 @@ from ._conformance_policy import PolicyChecks
 __all__ = ["ProviderConformance"]
 
 
-class ProviderConformance(LifecycleChecks, CryptoChecks, PolicyChecks):
+class ProviderConformance(LifecycleChecks, CryptoChecks, PolicyChecks, ContractChecks):
     """Base class of a pytest test class that proves a provider follows the keybridge protocol.
 
     Subclass it (the subclass name must start with ``Test``) and give it a **class-scoped**
@@ -65,6 +66,16 @@ class ProviderConformance(LifecycleChecks, CryptoChecks, PolicyChecks):
         ``set_enabled``; a disabled key (version) raises ``KeyDisabled`` for every operation.
     ``supports_expiry = True``
         ``not_before``/``expires`` are stored and enforced with ``KeyExpired``.
+    ``supports_import_byok = True``
+        ``import_byok`` of a .byok package (built by the suite with ``cryptography``) under an RSA
+        KEK with ``ops={KeyOp.IMPORT}``; off, ``import_byok`` must raise ``UnsupportedAlgorithm``.
+    ``threads = 8``
+        Threads of the concurrency test (sign, wrap, decrypt, unwrap at once, every result checked).
+
+    Also always checked: ``IntegrityError`` keeps the backend's error as ``__cause__``; no spelling
+    of an imported key's secret, nor any of ``known_secrets``, is in a repr, message or audit event;
+    after ``close()`` the ``spare_provider`` raises ``ProviderUnavailable``. A key type with no
+    claimed algorithm skips, with the reason, the tests that need one.
 
     Always checked: metadata and ``get_key``/``list_keys``/``list_versions``; a name in use refused
     by ``create_key``/``import_key`` (``KeyExists``); a name holding a PIN attribute refused without
@@ -82,5 +93,7 @@ class ProviderConformance(LifecycleChecks, CryptoChecks, PolicyChecks):
 
     Fixtures the suite adds (usable in extra tests of the subclass): ``shared_keys`` (class-scoped
     :class:`Keys` cache: one key per spec, generated once because RSA keygen is slow on HSMs),
-    ``new_keys`` (keys one test owns and may change), ``audit_events`` and ``byok_kek``.
+    ``new_keys`` (keys one test owns and may change), ``audit_events`` and ``byok_kek``. Fixtures the
+    subclass may override: ``spare_provider`` (a new provider like ``provider``, closed by the close
+    test; skipped without it) and ``known_secrets`` (the PIN, passphrase or token in use).
     """

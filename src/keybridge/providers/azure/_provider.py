@@ -126,6 +126,7 @@ class AzureKeyVaultProvider(BaseProvider):
         self._borrowed_transport = False  # closing a client closes its transport: not ours to close
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str | None], tuple[float, KeyInfo]] = {}
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"<AzureKeyVaultProvider {self.vault_url} managed_hsm={self.managed_hsm}>"
@@ -154,8 +155,11 @@ class AzureKeyVaultProvider(BaseProvider):
         """The underlying ``KeyClient`` (created, with its credential, on first use)."""
         credential = self.credential
         with self._lock:
+            self._check_open()
             if self._client is None:
-                self._client = KeyClient(self.vault_url, credential, **self._client_kwargs)
+                self._client = KeyClient(
+                    self.vault_url, credential, raw_request_hook=_rest.correlate, **self._client_kwargs
+                )
             return self._client
 
     @property
@@ -170,6 +174,7 @@ class AzureKeyVaultProvider(BaseProvider):
                 " policies (az role assignment create); only Managed HSM has provider.access"
             )
         with self._lock:
+            self._check_open()
             if self._access is None:
                 self._access = AccessControl(self)
             return self._access
@@ -228,8 +233,13 @@ class AzureKeyVaultProvider(BaseProvider):
             hit = self._cache.get((name, version))
         return hit[1] if hit and hit[0] > time.monotonic() else None
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ProviderUnavailable(f"this azure provider for {self.vault_url} is closed; open a new one")
+
     def _close(self) -> None:
         with self._lock:
+            self._closed = True  # a later call must not quietly open a new client (and credential)
             client, self._client = self._client, None
             access, self._access = self._access, None
             self._cache.clear()

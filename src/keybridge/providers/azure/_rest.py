@@ -10,8 +10,6 @@ construction, and saves the extra GET the crypto client does before its first op
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 from urllib.parse import quote
 
@@ -19,14 +17,14 @@ from azure.core.exceptions import HttpResponseError
 from azure.core.rest import HttpRequest
 from azure.keyvault.keys import KeyClient
 
-from ... import _crypto
+from ... import _b64url, _crypto, audit
 from ...errors import ProviderUnavailable
 from ...keys import KeyInfo
 
 
 def b64url(data: bytes) -> str:
     """Base64url without padding, as Key Vault sends and accepts it."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return _b64url.encode(data)
 
 
 def _field(doc: dict[str, Any], name: str, what: str) -> bytes:
@@ -34,9 +32,18 @@ def _field(doc: dict[str, Any], name: str, what: str) -> bytes:
     if not isinstance(value, str):
         raise ProviderUnavailable(f"{what}: the service response has no {name!r} field")
     try:
-        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError) as exc:
+        return _b64url.decode(value)
+    except ValueError as exc:
         raise ProviderUnavailable(f"{what}: the service returned a malformed {name!r} field") from exc
+
+
+def correlate(request: Any) -> None:
+    """``raw_request_hook``: send the audited operation's correlation id as the request's
+    ``x-ms-client-request-id`` (otherwise azure-core's random one stays), so keybridge's audit
+    event and the service's audit record of each request of that operation share one id."""
+    cid = audit.correlation_id()
+    if cid is not None:
+        request.http_request.headers["x-ms-client-request-id"] = cid
 
 
 def key_operation(client: KeyClient, info: KeyInfo, op: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,6 @@ _KEY_VAULT_SUFFIXES = (
     ".vault.usgovcloudapi.net",
     ".vault.microsoftazure.de",
 )
-_MANAGED_HSM_SUFFIXES = (".managedhsm.azure.net", ".managedhsm.azure.cn", ".managedhsm.usgovcloudapi.net")
 
 
 def _shown(uri: object) -> str:
@@ -82,9 +81,3 @@ def is_key_vault_host(vault_url: str) -> bool:
     """True for a (non-HSM) Azure Key Vault: no AES keys, no symmetric algorithms."""
     host = urlsplit(vault_url).hostname or ""
     return host.endswith(_KEY_VAULT_SUFFIXES)
-
-
-def is_managed_hsm_host(vault_url: str) -> bool:
-    """True for an Azure Managed HSM host name."""
-    host = urlsplit(vault_url).hostname or ""
-    return host.endswith(_MANAGED_HSM_SUFFIXES)

@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from ... import _crypto
 from ..._byok import b64url_decode, b64url_encode
 from ..._files import atomic_write
 from ...errors import AuthenticationError, IntegrityError, InvalidArgument, KeybridgeError, ProviderUnavailable
@@ -55,8 +56,8 @@ MAGIC = b"KBKS"
 FORMAT = 1
 _HEADER = struct.Struct(">4sBBBB16s")
 _CHECK = 32
-_NONCE = 12
-_TAG = 16
+_NONCE = _crypto.GCM_IV
+_TAG = _crypto.GCM_TAG
 _DIGEST = 32
 MIN_SIZE = _HEADER.size + _CHECK + _NONCE + _TAG + _DIGEST
 DEFAULT_LOG2N, DEFAULT_R, DEFAULT_P = 15, 8, 1
@@ -178,14 +179,6 @@ class Sealer:
 # ---- body <-> keys -----------------------------------------------------------------------------
 
 
-def _material_bytes(material: Material) -> bytes:
-    if isinstance(material, bytes):
-        return material
-    return material.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
 def _time(t: _dt.datetime | None) -> str | None:
     return None if t is None else t.isoformat()
 
@@ -205,7 +198,7 @@ def _encode_version(s: StoredKey) -> dict[str, Any]:
         "tags": dict(i.tags),
         "hsm_protected": i.hsm_protected,
         "exportable": i.exportable,
-        "material": b64url_encode(_material_bytes(s.material)),
+        "material": b64url_encode(_crypto.key_bytes(s.material)),
     }
 
 

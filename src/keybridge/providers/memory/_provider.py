@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ... import _crypto
-from ..._byok import ByokPackage, load_unwrapped
+from ..._byok import ByokPackage, is_kek, load_unwrapped
 from ..._redact import redact_uri
 from ...audit import audited
 from ...base import BaseProvider, check_options
@@ -29,6 +29,7 @@ from ...errors import (
     KeyExpired,
     KeyNotFound,
     OperationNotPermitted,
+    ProviderUnavailable,
     UnsupportedAlgorithm,
 )
 from ...keys import (
@@ -92,6 +93,7 @@ class InMemoryProvider(BaseProvider):
         self._keys: dict[str, list[StoredKey]] = {}
         self._path: Path | None = None
         self._sealer: Sealer | None = None
+        self._closed = False
 
     @classmethod
     def open(
@@ -166,6 +168,7 @@ class InMemoryProvider(BaseProvider):
     def _mutation(self) -> Iterator[None]:
         """Hold the lock, then persist; if persisting fails, the change is rolled back."""
         with self._lock:
+            self._check_open()
             if self._path is None or self._sealer is None:
                 with self._rollback():
                     yield
@@ -189,7 +192,17 @@ class InMemoryProvider(BaseProvider):
             self._keys = before
             raise
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ProviderUnavailable("this memory provider is closed; open a new one")
+
+    def _close(self) -> None:
+        # The keys stay in memory (a closed provider holds no file or socket), but refusing work
+        # keeps close() meaning the same on every backend.
+        self._closed = True
+
     def _versions(self, name: str) -> list[StoredKey]:
+        self._check_open()
         try:
             return self._keys[name]
         except KeyError:
@@ -251,6 +264,7 @@ class InMemoryProvider(BaseProvider):
         return self._stored(name, version).info
 
     def _list_keys(self) -> Iterator[KeyInfo]:
+        self._check_open()
         with self._lock:
             current = [self._keys[name][-1].info for name in sorted(self._keys)]
         return iter(current)
@@ -349,7 +363,7 @@ class InMemoryProvider(BaseProvider):
 
     def _export_wrapped(self, info: KeyInfo, kek: rsa.RSAPublicKey) -> bytes:
         # Azure BYOK plaintext: PKCS#8 DER for RSA/EC, raw bytes for AES.
-        return _crypto.rsa_aes_key_wrap(kek, _keystore._material_bytes(self._material(info)))
+        return _crypto.rsa_aes_key_wrap(kek, _crypto.key_bytes(self._material(info)))
 
     # ---- BYOK import ---------------------------------------------------------------------------
 
@@ -373,7 +387,7 @@ class InMemoryProvider(BaseProvider):
             raise InvalidPackage(f"package kid {kid!r} has no /keys/NAME[/VERSION] path")
         stored = self._stored(m["name"], m["version"])
         info = stored.info
-        if not isinstance(stored.material, rsa.RSAPrivateKey) or info.ops != {KeyOp.IMPORT}:
+        if not (is_kek(info) and isinstance(stored.material, rsa.RSAPrivateKey)):
             ops = ", ".join(sorted(o.value for o in info.ops))
             raise OperationNotPermitted(
                 f"key {info.ref} ({info.spec}, ops: {ops}) is not a key-exchange key; a KEK is RSA with ops=[import]"

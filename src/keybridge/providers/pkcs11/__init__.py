@@ -27,14 +27,15 @@ from ._uri import parse, redact
 __all__ = ["MODULE_ENV", "PIN_ENV", "THREADING_ENV", "Pkcs11Provider", "from_uri"]
 
 MODULE_ENV = "KEYBRIDGE_PKCS11_MODULE"
-OPTIONS = ("module_path", "user_pin", "pin_source", "cache_seconds")
+OPTIONS = ("module_path", "user_pin", "pin_source", "cache_seconds", "init_args")
 
 
 def from_uri(uri: str, **options: Any) -> Pkcs11Provider:
     """A provider for an RFC 7512 URI (``pkcs11:token=T[;object=NAME]?module-path=...&pin-...``).
 
     ``options`` may give ``module_path``, ``user_pin`` and ``pin_source`` (they win over the URI)
-    and ``cache_seconds``. Without a module path in either, ``$KEYBRIDGE_PKCS11_MODULE`` is used.
+    and ``cache_seconds``; ``init_args`` (the module's C_Initialize string) may also come from the
+    query attribute ``x-init-args``. Without a module path in either, ``$KEYBRIDGE_PKCS11_MODULE`` is used.
     """
     u = parse(uri)
     check_options("pkcs11", options, OPTIONS)
@@ -50,4 +51,11 @@ def from_uri(uri: str, **options: Any) -> Pkcs11Provider:
     source = options.get("pin_source")
     if pin is None and source is None:
         pin, source = u.query.get("pin-value"), u.query.get("pin-source")
-    return Pkcs11Provider(module, token, pin, pin_source=source, cache_seconds=float(options.get("cache_seconds", 1.0)))
+    return Pkcs11Provider(
+        module,
+        token,
+        pin,
+        pin_source=source,
+        cache_seconds=float(options.get("cache_seconds", 1.0)),
+        init_args=options.get("init_args") or u.query.get("x-init-args"),
+    )

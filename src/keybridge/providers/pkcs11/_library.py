@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import hmac
+import itertools
 import os
 import threading
 import weakref
@@ -24,13 +25,15 @@ from contextlib import AbstractContextManager, nullcontext, suppress
 from typing import Any, ClassVar, Protocol
 
 import pkcs11
-from pkcs11 import _pkcs11
 from pkcs11 import exceptions as px
 
 from ...errors import AuthenticationError, ProviderUnavailable
+from . import _compat
+from ._locks import SharedExclusiveLock
 
 THREADING_ENV = "KEYBRIDGE_PKCS11_THREADING"
 _CKR_ALREADY_INITIALIZED = 0x191
+_CKR_ARGUMENTS_BAD = 0x7
 _CKR_USER_ALREADY_LOGGED_IN = 0x100
 _CKF_OS_LOCKING_OK = 0x2
 _CKU_USER = 1
@@ -101,10 +104,16 @@ class RawModule:
         self.close_session = f(_UL, _UL)(fl.C_CloseSession)
         self._session_info = f(_UL, _UL, ctypes.POINTER(_SessionInfo))(fl.C_GetSessionInfo)
 
-    def init_os_locking(self) -> int:
-        """C_Initialize with CKF_OS_LOCKING_OK; returns the CKR code."""
-        args = _InitArgs(None, None, None, None, _CKF_OS_LOCKING_OK, None)
-        return int(self.initialize(ctypes.byref(args)))
+    def init_with(self, flags: int, init_args: str | None = None) -> int:
+        """C_Initialize with ``flags`` and ``pReserved`` = ``init_args`` (NUL-terminated); the CKR code.
+
+        ``init_args`` is the module-specific init string some modules require (NSS softokn:
+        ``configdir='sql:DIR' ...``); PKCS#11 reserves the field, and modules that do not use it
+        ignore it.
+        """
+        text = ctypes.c_char_p(init_args.encode()) if init_args is not None else None
+        args = _InitArgs(None, None, None, None, flags, ctypes.cast(text, ctypes.c_void_p) if text else None)
+        return int(self.initialize(ctypes.byref(args)))  # ``text`` stays alive until this returns
 
     def session_valid(self, handle: int) -> bool:
         """True if ``handle`` is an open session of this process (used to prove no session leaks)."""
@@ -116,22 +125,6 @@ class RawModule:
         if int(self._session_info(handle, ctypes.byref(info))):
             return None
         return int(info.state)
-
-
-class _OsLockingLib(_pkcs11.lib):
-    """python-pkcs11's lib whose ``initialize`` asks the module for OS locking (via ctypes)."""
-
-    def initialize(self) -> None:
-        raw = _RAW_BY_PATH[self.so]
-        rv = raw.init_os_locking()
-        if rv == 0:
-            _OWNED.add(self.so)
-        elif rv != _CKR_ALREADY_INITIALIZED:
-            raise ProviderUnavailable(f"C_Initialize of PKCS#11 module {self.so} failed (CKR 0x{rv:x})")
-
-
-_RAW_BY_PATH: dict[str, RawModule] = {}
-_OWNED: set[str] = set()  # paths this process initialised with OS locking
 
 
 class ForkAware(Protocol):
@@ -156,36 +149,56 @@ class Library:
     ``call_lock`` is what to hold around every PKCS#11 call: None when the module locks itself
     (OS locking), else the process-wide lock. ``generation`` changes whenever every session and
     object handle became invalid (re-initialisation, or a ``fork``: the child must not use them).
+    ``epoch`` changes whenever some cached object handles may have gone stale (objects destroyed,
+    or a new login: SoftHSM hands out new handles for private objects then). ``objects`` is held
+    shared around calls that only use token objects and exclusively around calls that create,
+    destroy or change them (see :mod:`._locks`).
     """
 
     _registry: ClassVar[dict[str, Library]] = {}
     _registry_lock = threading.Lock()
 
-    def __init__(self, path: str, alias: str) -> None:
+    def __init__(self, path: str, alias: str, init_args: str | None = None) -> None:
         self.path = path
+        self.init_args = init_args
         self.raw = RawModule(path)
-        _RAW_BY_PATH[path] = self.raw
         self._mu = threading.RLock()  # guards logins/reinit; also the call lock in lock mode
         self.generation = 0
+        self._epochs = itertools.count(1)
+        self.epoch = 0
+        self._relogins = itertools.count(1)
+        self.relogins = 0  # bumped by every relogin(): a search that overlapped one may have missed keys
+        self.objects = SharedExclusiveLock()
         self._forked = False
         self._logins: dict[int, _Login] = {}
         self._dependents: weakref.WeakSet[ForkAware] = weakref.WeakSet()
         want_os = os.environ.get(THREADING_ENV, "os").lower() != "lock"
-        existing = pkcs11._loaded.get(path) or pkcs11._loaded.get(alias)
+        existing = _compat.loaded_lib(path, alias)
         self.call_lock: AbstractContextManager[Any] | None = self._mu
+        self._want_os = False
         if existing is not None:
             self.lib: Any = existing  # someone initialised it already: mode unknown
-        elif want_os:
-            self.lib = _OsLockingLib(path)
-            if path in _OWNED:
-                self.call_lock = None
-            for name in (path, alias):  # later pkcs11.lib(path) calls share this instance
-                pkcs11._loaded.setdefault(name, self.lib)
-            # The module stays loaded for the life of the process: python-pkcs11's dealloc cannot
-            # run on a Python subclass during interpreter shutdown, so keep one reference forever.
-            ctypes.pythonapi.Py_IncRef(ctypes.py_object(self.lib))
+        elif want_os or init_args is not None:  # python-pkcs11 could pass neither flag nor init string
+            self._want_os = want_os
+            self.lib = _compat.os_locking_lib(path, self._initialize_os_locking, alias)
         else:
             self.lib = pkcs11.lib(path)
+        _compat.register_reinitializer(path, self.reinitialize)
+
+    def _initialize_os_locking(self) -> None:
+        # python-pkcs11 calls this instead of its C_Initialize(NULL) (see _compat.os_locking_lib).
+        rv = self._init()
+        if rv == 0:
+            if self._want_os:
+                self.call_lock = None  # we own the initialisation: the module locks itself
+        elif rv != _CKR_ALREADY_INITIALIZED:
+            hint = ""
+            if rv == _CKR_ARGUMENTS_BAD and self.init_args is None:
+                hint = "; this module may need an init string: pass init_args= (e.g. NSS softokn's configdir=...)"
+            raise ProviderUnavailable(f"C_Initialize of PKCS#11 module {self.path} failed (CKR 0x{rv:x}){hint}")
+
+    def _init(self) -> int:
+        return self.raw.init_with(_CKF_OS_LOCKING_OK if self._want_os else 0, self.init_args)
 
     @property
     def os_locking(self) -> bool:
@@ -193,16 +206,27 @@ class Library:
         return self.call_lock is None
 
     @classmethod
-    def get(cls, path: str) -> Library:
-        """The process-wide instance for ``path`` (loads and initialises the module once)."""
+    def get(cls, path: str, init_args: str | None = None) -> Library:
+        """The process-wide instance for ``path`` (loads and initialises the module once).
+
+        ``init_args`` is passed to C_Initialize (see :meth:`RawModule.init_with`); a module is
+        initialised once per process, so a second provider must give the same string.
+        """
+        _compat.require_supported()
         key = os.path.realpath(path)
         if not os.path.exists(key):
             raise ProviderUnavailable(f"PKCS#11 module {path} does not exist; check module-path")
         with cls._registry_lock:
             lib = cls._registry.get(key)
+            if lib is not None and lib.init_args != init_args:
+                raise ProviderUnavailable(
+                    f"PKCS#11 module {path} is already initialised in this process with"
+                    f" {'other' if lib.init_args else 'no'} init_args; a module is initialised once per"
+                    " process, so give every provider of it the same init_args"
+                )
             if lib is None:
                 try:
-                    lib = cls(key, path)
+                    lib = cls(key, path, init_args)
                 except AttributeError as exc:  # python-pkcs11 reports a missing C_GetFunctionList so
                     raise ProviderUnavailable(
                         f"{path} is a shared library but not a PKCS#11 module (it exports no C_GetFunctionList);"
@@ -222,6 +246,10 @@ class Library:
         lock = self.call_lock
         return nullcontext() if lock is None else lock
 
+    def bump_epoch(self) -> None:
+        """Cached object handles may be stale now: every session drops its cache before next use."""
+        self.epoch = next(self._epochs)  # next() on a count is atomic under the GIL; += is not
+
     def watch_fork(self, dependent: ForkAware) -> None:
         """Have ``dependent.after_fork()`` called in a forked child (held weakly)."""
         self._dependents.add(dependent)
@@ -231,6 +259,7 @@ class Library:
         # forever, so replace them. The standard requires C_Initialize again; that is done lazily
         # by check_fork(), so a child that never touches the token (e.g. a worker pool) pays nothing.
         self._mu = threading.RLock()
+        self.objects = SharedExclusiveLock()
         if self.call_lock is not None:
             self.call_lock = self._mu
         self._forked = True
@@ -249,9 +278,9 @@ class Library:
     def reinitialize(self) -> None:
         """C_Finalize + C_Initialize (picks up a new SOFTHSM2_CONF); every session becomes invalid."""
         with self._mu:
-            if isinstance(self.lib, _OsLockingLib):
+            if _compat.is_os_locking_lib(self.lib):
                 self.raw.finalize(None)
-                self.call_lock = None if self.raw.init_os_locking() == 0 else self._mu
+                self.call_lock = None if self._init() == 0 and self._want_os else self._mu
             else:
                 self.lib.reinitialize()
             self._logins.clear()  # the finalize logged everyone out and closed every session
@@ -321,14 +350,16 @@ class Library:
                 return  # another thread did it already
             if state is not None:
                 self._log_in(login.session, token, login.pin)
-                return
-            session = token.open(rw=True)  # the login session itself was closed behind our back
-            try:
-                self._log_in(session, token, login.pin)
-            except BaseException:
-                session.close()
-                raise
-            login.session = session
+            else:
+                session = token.open(rw=True)  # the login session itself was closed behind our back
+                try:
+                    self._log_in(session, token, login.pin)
+                except BaseException:
+                    session.close()
+                    raise
+                login.session = session
+            self.relogins = next(self._relogins)
+            self.bump_epoch()  # handles of private objects found before the logout are dead
 
     def release_login(self, token: Any, generation: int) -> None:
         """Drop one reference; the last one logs out and closes the login session."""

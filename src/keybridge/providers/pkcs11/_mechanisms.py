@@ -11,14 +11,13 @@ from pkcs11 import MGF, GCMParams
 from pkcs11 import Mechanism as M
 
 from ...keys import AlgorithmSpec
+from ._compat import forge_mechanism
+from ._quirks import TokenQuirks
 
 # CKF_* bits a CK_MECHANISM_INFO may carry. SoftHSM 2.6 ORs into an uninitialised value for
 # AES-GCM, so bits outside this set mean "garbage": then only the mechanism's presence counts.
 _KNOWN_FLAGS = 0x1 | 0x3FFFF00 | 0x80000000
 _CKF_ENCRYPT, _CKF_DECRYPT, _CKF_SIGN, _CKF_WRAP, _CKF_UNWRAP = 0x100, 0x200, 0x800, 0x20000, 0x40000
-
-# RFC 5649 is CKM_AES_KEY_WRAP_KWP (0x210B) in PKCS#11 3.x; SoftHSM implements it under 0x210A.
-_SOFTHSM = "SoftHSM"
 
 _PREFIX = {  # DER DigestInfo headers for RSASSA-PKCS1-v1_5 over a precomputed digest (RFC 8017 §9.2)
     "SHA256": bytes.fromhex("3031300d060960864801650304020105000420"),
@@ -31,17 +30,7 @@ _CKM_RSA_AES_KEY_WRAP = 0x1054
 _CKZ_DATA_SPECIFIED = 1
 
 
-def _mechanism(value: int, name: str) -> M:
-    """The ``Mechanism`` for ``value``, made if python-pkcs11 lacks it: its calls accept only members."""
-    try:
-        return M(value)
-    except ValueError:  # python-pkcs11 0.10 has no RSA_AES_KEY_WRAP
-        member = int.__new__(M, value)
-        member._name_, member._value_ = name, value
-        return member
-
-
-RSA_AES_KEY_WRAP = _mechanism(_CKM_RSA_AES_KEY_WRAP, "RSA_AES_KEY_WRAP")
+RSA_AES_KEY_WRAP = forge_mechanism(_CKM_RSA_AES_KEY_WRAP, "RSA_AES_KEY_WRAP")  # python-pkcs11 0.10 lacks it
 
 
 def _flags_ok(info_flags: int | None, needed: int) -> bool:
@@ -64,11 +53,14 @@ def read_mechanisms(slot: Any) -> dict[int, int | None]:
     return out
 
 
-def kwp_mechanism(mechs: Mapping[int, int | None], manufacturer: str) -> M | None:
-    """The mechanism that does RFC 5649 on this token, if any."""
+def kwp_mechanism(mechs: Mapping[int, int | None], quirks: TokenQuirks) -> M | None:
+    """The mechanism that does RFC 5649 on this token, if any.
+
+    RFC 5649 is CKM_AES_KEY_WRAP_KWP (0x210B) in PKCS#11 3.x; SoftHSM implements it under 0x210A.
+    """
     if int(M.AES_KEY_WRAP_KWP) in mechs:
         return M.AES_KEY_WRAP_KWP
-    if int(M.AES_KEY_WRAP_PAD) in mechs and manufacturer.startswith(_SOFTHSM):
+    if int(M.AES_KEY_WRAP_PAD) in mechs and quirks.pad_is_rfc5649:
         return M.AES_KEY_WRAP_PAD
     return None
 
@@ -78,7 +70,7 @@ def has_rsa_aes_key_wrap(mechs: Mapping[int, int | None]) -> bool:
     return _CKM_RSA_AES_KEY_WRAP in mechs and _flags_ok(mechs[_CKM_RSA_AES_KEY_WRAP], _CKF_WRAP)
 
 
-def supported(mechs: Mapping[int, int | None], manufacturer: str) -> frozenset[str]:
+def supported(mechs: Mapping[int, int | None], quirks: TokenQuirks) -> frozenset[str]:
     """JWA names whose private/secret half the token performs correctly."""
 
     def has(mech: M, needed: int) -> bool:
@@ -89,11 +81,11 @@ def supported(mechs: Mapping[int, int | None], manufacturer: str) -> frozenset[s
         algs |= {"A128GCM", "A192GCM", "A256GCM"}
     if has(M.AES_KEY_WRAP, _CKF_WRAP | _CKF_UNWRAP):
         algs |= {"A128KW", "A192KW", "A256KW", "CKM_AES_KEY_WRAP"}
-    if kwp_mechanism(mechs, manufacturer) is not None:
+    if kwp_mechanism(mechs, quirks) is not None:
         algs.add("CKM_AES_KEY_WRAP_PAD")
     if has(M.RSA_PKCS_OAEP, _CKF_DECRYPT):
         algs.add("RSA-OAEP")
-        if not manufacturer.startswith(_SOFTHSM):  # SoftHSM 2.6/2.7 accept only SHA-1 OAEP parameters
+        if not quirks.oaep_sha1_only:
             algs.add("RSA-OAEP-256")
             # SHA-384/512 OAEP where the token also lists the digest: its MGF1 needs the same hash.
             algs |= {f"RSA-OAEP-{h[3:]}" for h in ("SHA384", "SHA512") if int(_HASH_MECH[h][0]) in mechs}

@@ -84,6 +84,18 @@ def flags_template(flags: Mapping[KeyOp, Any], ops: Iterable[KeyOp]) -> dict[Any
     return {attr: op in wanted for op, attr in flags.items()}
 
 
+def public_flags(ops: Iterable[KeyOp]) -> dict[Any, bool]:
+    """CKA_ usage attributes of a public key: ``ops`` plus the public twin of each private op.
+
+    NSS checks a new key pair by using both halves (verify what the private key signed, decrypt
+    what the public key encrypted) and refuses it with CKR_KEY_TYPE_INCONSISTENT when the public
+    half may not. Granting the twins gives nothing away: anyone with the public key can verify or
+    encrypt in software, and keybridge enforces the key's ops from its own record.
+    """
+    wanted = set(ops)
+    return flags_template(PUBLIC_FLAGS, wanted | {_PUBLIC_TWIN[op] for op in wanted if op in _PUBLIC_TWIN})
+
+
 def spec_of(obj: Any, attrs: Mapping[Any, Any], meta: Mapping[str, Any]) -> KeySpec:
     """The KeySpec of a secret or private key object (raises InvalidKeySpec for others)."""
     if isinstance(obj, P11Secret):

@@ -16,6 +16,7 @@ from pkcs11 import Mechanism as M
 from pkcs11 import ObjectClass as OC
 from pkcs11.util.rsa import decode_rsa_public_key
 
+from ... import _crypto
 from ..._redact import mentions_pin
 from ...base import BaseProvider, check_options
 from ...errors import IntegrityError, InvalidArgument, InvalidKeyUri, KeyNotFound, OperationNotPermitted
@@ -25,12 +26,14 @@ from . import _objects as obj
 from ._catalog import Catalog, is_meta, version_record
 from ._errors import translated
 from ._pin import resolve_pin
+from ._quirks import quirks_of
 from ._rejection import ImplicitRejection
 from ._session import Entry, SessionPool
+from ._sized import SizedCalls
 from ._uri import key_uri, parse, redact
 
-_GCM_IV = 12
-_OPTIONS = ("module_path", "token_label", "user_pin", "pin_source", "cache_seconds")
+_GCM_IV = _crypto.GCM_IV
+_OPTIONS = ("module_path", "token_label", "user_pin", "pin_source", "cache_seconds", "init_args")
 # The token wraps only objects: key bytes come in as a short-lived session object like this.
 _TRANSIENT_SECRET = {
     A.CLASS: OC.SECRET_KEY,
@@ -48,6 +51,8 @@ class Pkcs11Provider(BaseProvider):
     user PIN comes from ``user_pin``, else ``pin_source`` (``file:/path`` or a path), else the
     ``KEYBRIDGE_PKCS11_PIN`` environment variable. Keys are generated sensitive and
     non-extractable unless ``exportable=True`` (then still sensitive: they leave only wrapped).
+    ``init_args`` is the init string for modules that need one in C_Initialize (NSS softokn:
+    ``"configdir='sql:DIR' certPrefix='' keyPrefix='' secmod='secmod.db' flags="``).
     Safe to share between threads; see docs/pkcs11.md for the concurrency design.
     """
 
@@ -61,6 +66,7 @@ class Pkcs11Provider(BaseProvider):
         *,
         pin_source: str | None = None,
         cache_seconds: float = 1.0,
+        init_args: str | None = None,
         **unknown: Any,
     ) -> None:
         # Taken only to be refused with the same InvalidArgument as every provider, not a TypeError.
@@ -75,22 +81,21 @@ class Pkcs11Provider(BaseProvider):
         self._refs: dict[tuple[str, str | None], KeyRef] = {}
         self._create_lock = threading.Lock()  # label check + object creation, one at a time
         self._rejection = ImplicitRejection()
-        self._pool = SessionPool(module_path, token_label, resolve_pin(user_pin, pin_source, token_label))
+        self._pool = SessionPool(module_path, token_label, resolve_pin(user_pin, pin_source, token_label), init_args)
         try:
             lib = self._pool.lib
             with lib.serialized(), translated("reading the mechanism list of token", repr(token_label)):
                 mechanisms = mech.read_mechanisms(self._pool.token.slot)
-            maker = str(lib.lib.manufacturer_id)
             self.mechanisms: Mapping[int, int | None] = mechanisms
-            self.algorithms = mech.supported(mechanisms, maker)
-            self._kwp = mech.kwp_mechanism(mechanisms, maker)
+            self.quirks = quirks_of(self._pool.token)  # from CK_TOKEN_INFO, never the library's name
+            self.algorithms = mech.supported(mechanisms, self.quirks)
+            self._kwp = mech.kwp_mechanism(mechanisms, self.quirks)
             self._native_export = mech.has_rsa_aes_key_wrap(mechanisms)
-            # SoftHSM < 2.7 zero-pads to 8 bytes *before* RFC 5649 (see docs/pkcs11.md).
-            self._kwp_pads = maker.startswith("SoftHSM") and tuple(lib.lib.library_version) < (2, 7)
+            self._sized = SizedCalls(self._pool.lib.path)  # for modules whose length queries under-report
+            self._catalog = Catalog(self._pool, token_label, self._make_ref, cache_seconds)
         except BaseException:
             self._pool.close()
             raise
-        self._catalog = Catalog(self._pool, token_label, self._make_ref, cache_seconds)
 
     def __repr__(self) -> str:
         return f"<Pkcs11Provider token={self.token_label!r} module={self.module_path!r}>"
@@ -168,7 +173,7 @@ class Pkcs11Provider(BaseProvider):
                 tpl = {**private, **obj.SECRET_OFF, **obj.flags_template(obj.SECRET_FLAGS, ops)}
                 s.generate_key(KT.AES, spec.size, store=True, template=tpl)
                 return
-            pub_tpl = {**common, **obj.flags_template(obj.PUBLIC_FLAGS, ops)}
+            pub_tpl = {**common, **obj.public_flags(ops)}
             priv_tpl = {**private, **obj.flags_template(obj.PRIVATE_FLAGS, ops)}
             if spec.kty is KeyType.RSA:
                 s.generate_keypair(KT.RSA, spec.size, store=True, public_template=pub_tpl, private_template=priv_tpl)
@@ -176,7 +181,7 @@ class Pkcs11Provider(BaseProvider):
                 pub_tpl[A.EC_PARAMS] = obj.ec_params(spec)
                 s.generate_keypair(KT.EC, store=True, public_template=pub_tpl, private_template=priv_tpl)
 
-        self._pool.run(generate, "generating key", repr(name))
+        self._pool.run(generate, "generating key", repr(name), write=True)
         return self._record(name, id_bytes, spec, attrs)
 
     def _import_key(self, name: str, key: PrivateKey | bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
@@ -199,12 +204,12 @@ class Pkcs11Provider(BaseProvider):
             if pub_tpl is None:
                 return
             try:
-                e.session.create_object({**pub_tpl, **common, **obj.flags_template(obj.PUBLIC_FLAGS, ops)})
+                e.session.create_object({**pub_tpl, **common, **obj.public_flags(ops)})
             except BaseException:
                 priv.destroy()  # no half-imported key left behind
                 raise
 
-        self._pool.run(create, "importing key", repr(name))
+        self._pool.run(create, "importing key", repr(name), write=True)
         return self._record(name, id_bytes, spec, attrs)
 
     def _record(self, name: str, id_bytes: bytes, spec: KeySpec, attrs: KeyAttributes) -> KeyInfo:
@@ -212,8 +217,23 @@ class Pkcs11Provider(BaseProvider):
         rec = version_record(
             attrs.ops, enabled=True, tags=attrs.tags, not_before=attrs.not_before, expires=attrs.expires, size=size
         )
-        self._catalog.update(name, lambda versions: versions.__setitem__(id_bytes.hex(), rec))
+        try:
+            self._catalog.update(name, lambda versions: versions.__setitem__(id_bytes.hex(), rec))
+        except BaseException:
+            self._destroy_version(name, id_bytes)  # a key without its record would lose its ops and tags
+            raise
         return self._catalog.get(name, id_bytes.hex())
+
+    def _destroy_version(self, name: str, id_bytes: bytes) -> None:
+        def destroy(e: Entry) -> None:
+            for o in list(e.session.get_objects({A.LABEL: name, A.ID: id_bytes})):
+                o.destroy()
+
+        try:
+            self._pool.run(destroy, "rolling back the new version of key", repr(name), write=True)
+        finally:
+            self._pool.invalidate_handles()
+            self._catalog.forget(name)
 
     def _rotate_key(self, name: str) -> KeyInfo:
         cur = self._catalog.versions(name, fresh=True)[-1]
@@ -226,19 +246,17 @@ class Pkcs11Provider(BaseProvider):
         ops = info.ops if enabled else frozenset()
 
         def flags(e: Entry) -> None:
-            for o in e.session.get_objects({A.LABEL: name, A.ID: _id(version) or b""}):
+            for o in list(e.session.get_objects({A.LABEL: name, A.ID: _id(version) or b""})):
                 if obj.is_secret(o):
-                    table = obj.SECRET_FLAGS
+                    template = obj.flags_template(obj.SECRET_FLAGS, ops)
                 elif obj.is_public(o):
-                    table = obj.PUBLIC_FLAGS
+                    template = obj.public_flags(ops)
                 elif obj.is_key(o):
-                    table = obj.PRIVATE_FLAGS
+                    template = obj.flags_template(obj.PRIVATE_FLAGS, ops)
                 else:
                     continue
-                for attr, value in obj.flags_template(table, ops).items():
+                for attr, value in template.items():
                     o[attr] = value
-
-        self._pool.run(flags, "changing the usage flags of key", info.ref)
 
         def change(versions: dict[str, Any]) -> None:
             rec = versions.get(version) or version_record(
@@ -247,7 +265,7 @@ class Pkcs11Provider(BaseProvider):
             rec["ops"], rec["enabled"] = sorted(op.value for op in info.ops), enabled
             versions[version] = rec
 
-        self._catalog.update(name, change)
+        self._catalog.update(name, change, also=flags)  # one exclusive call: no reader sees half
         return self._catalog.get(name, info.ref.version)
 
     def _delete_key(self, name: str) -> None:
@@ -260,7 +278,7 @@ class Pkcs11Provider(BaseProvider):
 
         with self._catalog.lock:
             try:
-                self._pool.run(destroy, "deleting key", repr(name))
+                self._pool.run(destroy, "deleting key", repr(name), write=True)
             finally:  # also after a partial failure: some handles may point nowhere now
                 self._pool.invalidate_handles()
                 self._catalog.forget(name)
@@ -282,7 +300,7 @@ class Pkcs11Provider(BaseProvider):
         iv = os.urandom(_GCM_IV)
         param = mech.gcm(iv, aad)
         ct = self._pool.run(
-            lambda e: e.key(info).encrypt(data, mechanism=M.AES_GCM, mechanism_param=param),
+            lambda e: self._sized.crypt(e.session, e.key(info), data, M.AES_GCM, param),
             f"encrypting with {alg.name} and key",
             info.ref,
         )
@@ -299,7 +317,7 @@ class Pkcs11Provider(BaseProvider):
             data,
             lambda: bytes(
                 self._pool.run(
-                    lambda e: e.key(info).decrypt(data, mechanism=mechanism, mechanism_param=param),
+                    lambda e: self._sized.crypt(e.session, e.key(info), data, mechanism, param, decrypt=True),
                     f"decrypting with {alg.name} and key",
                     info.ref,
                     integrity=True,
@@ -327,7 +345,7 @@ class Pkcs11Provider(BaseProvider):
 
     def _wrap_key(self, info: KeyInfo, alg: AlgorithmSpec, key: bytes) -> bytes:
         mechanism = self._aes_wrap_mechanism(alg)
-        if mechanism is M.AES_KEY_WRAP_PAD and self._kwp_pads and len(key) % 8:
+        if mechanism is M.AES_KEY_WRAP_PAD and self.quirks.kwp_pads_first and len(key) % 8:
             return self._wrap_padded_by_hand(info, alg, key)
         tpl = {**_TRANSIENT_SECRET, A.VALUE: key}
 
@@ -335,7 +353,7 @@ class Pkcs11Provider(BaseProvider):
             kek = e.key(info)
             tmp = e.session.create_object(tpl)
             try:
-                return bytes(kek.wrap_key(tmp, mechanism=mechanism))
+                return self._sized.wrap_key(e.session, kek, tmp, mechanism)
             finally:
                 tmp.destroy()
 
@@ -425,7 +443,7 @@ class Pkcs11Provider(BaseProvider):
         eph_tpl = {A.EXTRACTABLE: True, A.SENSITIVE: True, A.WRAP: True, A.TOKEN: False}
         eph = e.session.generate_key(KT.AES, 256, store=False, template=eph_tpl)
         try:
-            w_target = eph.wrap_key(target, mechanism=self._kwp)
+            w_target = self._sized.wrap_key(e.session, eph, target, self._kwp)
             w_eph = kek.wrap_key(eph, mechanism=M.RSA_PKCS_OAEP, mechanism_param=mech.OAEP_SHA1)
         finally:
             eph.destroy()

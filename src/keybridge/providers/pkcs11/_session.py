@@ -1,10 +1,11 @@
-"""Sessions for one provider: a lock-free pool, transparent recovery, errors translated.
+"""Sessions for one provider: a pool without a pool lock, transparent recovery, errors translated.
 
 Each call takes an idle session (or opens one), so threads never share a session; the module
 itself is made thread-safe by :mod:`._library`. ``list.pop()`` and ``list.append()`` are atomic
-under the GIL, so the hot path takes no lock: a session is either in the idle list or in the hands
-of exactly one call. Object handles are cached per session, since handles found in one session
-stay valid while it is open.
+under the GIL, so the hot path takes no pool lock: a session is either in the idle list or in the hands
+of exactly one call. Object handles are cached per session and dropped whenever the library's
+epoch moves (objects destroyed, a new login). Calls that write token objects hold the library's
+object lock exclusively, every other call holds it shared (see :mod:`._locks` for why).
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ __all__ = ["Entry", "SessionPool"]
 T = TypeVar("T")
 
 _RETRY_SESSION = (px.SessionHandleInvalid, px.SessionClosed, px.UserNotLoggedIn)
-_RETRY_HANDLE = (px.ObjectHandleInvalid, px.KeyHandleInvalid)
+_RETRY_HANDLE = (
+    px.ObjectHandleInvalid,
+    px.KeyHandleInvalid,
+    px.WrappingKeyHandleInvalid,
+    px.UnwrappingKeyHandleInvalid,
+)
+# A search an earlier error left open in this session (python-pkcs11 finalises it only when its
+# generator is collected): this session is unusable until then, another one is fine.
+_RETRY_ELSEWHERE = (px.OperationActive, px.OperationNotInitialized)
 
 
 class Entry:
@@ -60,29 +69,51 @@ class Entry:
 class SessionPool:
     """Sessions for one provider: one per concurrently running call, reused, never shared."""
 
-    def __init__(self, module_path: str, token_label: str, pin: str) -> None:
-        self.lib = Library.get(module_path)
+    def __init__(self, module_path: str, token_label: str, pin: str, init_args: str | None = None) -> None:
+        self.lib = Library.get(module_path, init_args)
         self.token = self.lib.token(token_label)
         self._pin = pin
         self._mu = threading.Lock()  # slow paths only: re-login, close
         self._idle: list[Entry] = []
         self._closed = False
-        self.epoch = 0  # bumped when objects are destroyed so cached handles are dropped
         self._generation = self.lib.acquire_login(self.token, pin)
         self.lib.watch_fork(self)
 
-    def run(self, fn: Callable[[Entry], T], action: str, what: object = None, *, integrity: bool = False) -> T:
+    def run(
+        self,
+        fn: Callable[[Entry], T],
+        action: str,
+        what: object = None,
+        *,
+        integrity: bool = False,
+        write: bool = False,
+    ) -> T:
         """``fn(entry)`` on a session no other call uses meanwhile.
 
         An invalid session, a stale object handle or a lost login is repaired and ``fn`` retried
         once. PKCS#11 errors become keybridge errors naming ``action`` and ``what`` (with
-        ``integrity``, failures that mean "does not authenticate" become IntegrityError).
+        ``integrity``, failures that mean "does not authenticate" become IntegrityError). ``write``
+        says ``fn`` creates, destroys or changes token objects: it then runs alone.
         """
+        objects = self.lib.objects
+        if write:
+            objects.acquire_exclusive()
+            try:
+                return self._run(fn, action, what, integrity)
+            finally:
+                objects.release_exclusive()
+        objects.acquire_shared()
+        try:
+            return self._run(fn, action, what, integrity)
+        finally:
+            objects.release_shared()
+
+    def _run(self, fn: Callable[[Entry], T], action: str, what: object, integrity: bool) -> T:
         try:
             entry = self._idle.pop()
         except IndexError:
             entry = None
-        if entry is None or entry.generation != self.lib.generation or entry.epoch != self.epoch:
+        if entry is None or entry.generation != self.lib.generation or entry.epoch != self.lib.epoch:
             entry = self._take(entry, action, what, integrity)
         lock = self.lib.call_lock
         try:
@@ -109,9 +140,9 @@ class SessionPool:
             except IndexError:
                 entry = None
         if entry is not None and entry.generation == self.lib.generation:
-            if entry.epoch != self.epoch:
+            if entry.epoch != self.lib.epoch:
                 entry.cache.clear()
-                entry.epoch = self.epoch
+                entry.epoch = self.lib.epoch
             return entry
         try:  # none idle, or re-initialised / forked: _open drops the other stale ones too
             return self._open()
@@ -134,7 +165,7 @@ class SessionPool:
                     self.token = self.lib.token(self.token.label)
                     self._generation = self.lib.acquire_login(self.token, self._pin)
         with self.lib.serialized():
-            return Entry(self.token.open(rw=True), self._generation, self.epoch)
+            return Entry(self.token.open(rw=True), self._generation, self.lib.epoch)
 
     def _discard(self, entry: Entry) -> None:
         if entry.generation == self.lib.generation:  # else C_Finalize closed it (or a fork copied it)
@@ -151,7 +182,7 @@ class SessionPool:
 
     def _settle(self, entry: Entry, exc: BaseException) -> None:
         """Return ``entry`` after ``exc``, or close it if ``exc`` says the session is broken."""
-        if isinstance(exc, _RETRY_SESSION):
+        if isinstance(exc, _RETRY_SESSION + _RETRY_ELSEWHERE):
             self._discard(entry)
         else:
             if isinstance(exc, _RETRY_HANDLE):
@@ -162,15 +193,19 @@ class SessionPool:
         self, entry: Entry, exc: px.PKCS11Error, fn: Callable[[Entry], T], action: str, what: object, integrity: bool
     ) -> T:
         # Slow path: repair what ``exc`` says is broken, then run ``fn`` once more.
+        started = entry.epoch  # == the library's epoch when fn began (run/_take ensure it)
         self._settle(entry, exc)
         if isinstance(exc, _RETRY_SESSION):
             self._drain()  # one session died: the others most likely with it (C_CloseAllSessions)
             if isinstance(exc, px.UserNotLoggedIn):
                 self._relogin()
-        elif isinstance(exc, px.NoSuchKey):
-            if not self.relogin_if_logged_out():  # private objects vanish when logged out
+        elif isinstance(exc, (px.NoSuchKey, *_RETRY_HANDLE)):
+            # Private objects vanish, and their handles die, when someone logs the process out:
+            # log in again first, else the fresh lookup below finds nothing.
+            if not self._logged_out_meanwhile(started) and isinstance(exc, px.NoSuchKey):
                 raise translate(action, what, integrity, exc) from exc
-        elif not isinstance(exc, _RETRY_HANDLE):
+        elif not isinstance(exc, _RETRY_ELSEWHERE) and not self._logged_out_meanwhile(started):
+            # (A module may report a key it hides after a logout as anything: NSS says CKR_HOST_MEMORY.)
             raise translate(action, what, integrity, exc) from exc
         entry = self._take(None, action, what, integrity)
         try:
@@ -183,6 +218,12 @@ class SessionPool:
             raise
         self._give(entry)
         return result
+
+    def _logged_out_meanwhile(self, started: int) -> bool:
+        # A logout from elsewhere *during* a call surfaces as anything (SoftHSM: GeneralError, which
+        # would read as a bad tag on decrypt). Worth another try if the process is logged out now,
+        # or was and another thread already logged in again (the epoch moved since ``started``).
+        return self.relogin_if_logged_out() or self.lib.epoch != started
 
     def relogin_if_logged_out(self) -> bool:
         """Log in again if someone logged the process out (private objects vanish then).
@@ -202,7 +243,7 @@ class SessionPool:
 
     def invalidate_handles(self) -> None:
         """Objects were destroyed: cached handles may now point nowhere (or elsewhere)."""
-        self.epoch += 1
+        self.lib.bump_epoch()
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's sessions (the child must not use or close them)."""

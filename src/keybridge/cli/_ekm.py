@@ -1,0 +1,262 @@
+"""``keybridge ekm serve`` runs the EKM proxy until SIGTERM/Ctrl-C; ``keybridge ekm check`` calls a
+running proxy as Managed HSM would (info, metadata, a wrap/unwrap round trip per key)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import threading
+import time
+from typing import Any
+
+import click
+from rich.table import Table
+
+from ..ekm import Client, ClientRule, EkmServer, ExportedKey
+from ..ekm._wire import unb64u
+from ..errors import IntegrityError, KeybridgeError
+from ._common import cli_uri, emit, json_option, open_cli_provider
+
+__all__ = ["ekm"]
+
+_KEY_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+_OPS = {"wrap": "wrapKey", "unwrap": "unwrapKey", "wrapkey": "wrapKey", "unwrapkey": "unwrapKey"}
+_BUDGET_MS = 250.0  # Managed HSM's timeout for every proxy call
+
+
+@click.group("ekm")
+def ekm() -> None:
+    """Serve Managed HSM external keys from your own HSM, and check a running proxy."""
+
+
+def parse_key(text: str) -> tuple[str, str, frozenset[str]]:
+    """``[ID=]NAME[:ops]`` as (external key id, provider key name, EKM operations); ops are a
+    comma list of ``wrap``/``unwrap`` (or ``wrapKey``/``unwrapKey``), both by default."""
+    head, _, ops_text = text.partition(":")
+    key_id, _, name = head.rpartition("=")
+    key_id = key_id or name
+    if not name or not _KEY_ID.fullmatch(key_id):
+        raise click.BadParameter(
+            f"{text!r}: use [ID=]NAME[:wrap,unwrap], where the external key ID is 1-64 letters, digits and '-'",
+            param_hint="--key",
+        )
+    ops = {_OPS.get(o.strip().lower(), "") for o in ops_text.split(",")} if ops_text else set(_OPS.values())
+    if "" in ops:
+        raise click.BadParameter(f"{text!r}: operations are wrap and unwrap (comma separated)", param_hint="--key")
+    return key_id, name, frozenset(ops)
+
+
+@ekm.command("serve")
+@click.option("--provider", "provider_uri", required=True, metavar="URI", help="Provider URI (pkcs11:..., memory:).")
+@click.option(
+    "--key",
+    "keys",
+    multiple=True,
+    required=True,
+    metavar="[ID=]NAME[:ops]",
+    help="Export provider key NAME as external key ID (default NAME); ops: wrap,unwrap (default both).",
+)
+@click.option("--cert", "cert_file", required=True, type=click.Path(dir_okay=False), help="Server certificate PEM.")
+@click.option("--key-file", required=True, type=click.Path(dir_okay=False), help="Server private key PEM.")
+@click.option(
+    "--client-ca", required=True, type=click.Path(dir_okay=False), help="Root CA PEM of Managed HSM's client cert."
+)
+@click.option("--allow-cn", multiple=True, required=True, metavar="CN", help="Allowed client certificate subject CN.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=443, show_default=True, help="0 picks a free port.")
+@click.option("--prefix", default="", metavar="PATH", help="Path prefix, e.g. /contoso/prod.")
+@click.option(
+    "--deadline-ms", type=click.IntRange(1, 60000), default=250, show_default=True, help="Answer 408 past this."
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning"]),
+    default="info",
+    show_default=True,
+    help="stderr log: info logs every call's request_context and client CN.",
+)
+@json_option
+def serve(
+    provider_uri: str,
+    keys: tuple[str, ...],
+    cert_file: str,
+    key_file: str,
+    client_ca: str,
+    allow_cn: tuple[str, ...],
+    host: str,
+    port: int,
+    prefix: str,
+    deadline_ms: int,
+    log_level: str,
+    as_json: bool,
+) -> None:
+    """Serve the Managed HSM EKM proxy API until SIGTERM or Ctrl-C."""
+    _log_to_stderr(log_level)
+    exported = [ExportedKey(i, n, ops) for i, n, ops in (parse_key(k) for k in keys)]
+    if len({k.key_id for k in exported}) != len(exported):
+        raise click.BadParameter("each external key ID may be given once", param_hint="--key")
+    if (prefix and not re.fullmatch(r"(/[A-Za-z0-9-]+)+", prefix.rstrip("/"))) or len(prefix) > 64:
+        raise click.BadParameter(
+            "use up to 64 characters of /-separated letters, digits and '-'", param_hint="--prefix"
+        )
+    provider = open_cli_provider(cli_uri(provider_uri))
+    stop = threading.Event()
+    # In place before the URL is printed, so a supervisor that signals on "ready" cannot beat it.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server = None
+    try:
+        for k in exported:  # a mistyped key name fails now, with its name, not on Managed HSM's first call
+            provider.get_key(k.ref)
+        server = EkmServer(
+            provider,
+            exported,
+            cert_file=cert_file,
+            key_file=key_file,
+            client_ca_file=client_ca,
+            clients=[ClientRule(cn) for cn in allow_cn],
+            prefix=prefix,
+            host=host,
+            port=port,
+            deadline=deadline_ms / 1000,
+        )
+        ids = sorted(k.key_id for k in exported)
+        if as_json:
+            click.echo(json.dumps({"url": server.url, "pid": os.getpid(), "keys": ids}, sort_keys=True))
+        else:
+            click.echo(f"EKM proxy: {server.url}  keys: {', '.join(ids)}  (Ctrl-C or SIGTERM stops)")
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            server.close()
+        provider.close()
+    if not as_json:
+        click.echo("stopped")
+
+
+def _log_to_stderr(level: str) -> None:
+    # Only the proxy's own logger: the provider's audit events have their own sinks.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("keybridge.ekm")
+    log.addHandler(handler)
+    log.setLevel(level.upper())
+    log.propagate = False
+
+
+def _round_trip(client: Client, key_id: str, md: dict[str, Any], algs: dict[str, str]) -> dict[str, Any]:
+    """Wrap and unwrap a fresh random key, as Managed HSM would; RSA wraps are also made locally
+    from the reported ``n``/``e`` so an unwrap-only key is checked and the public key is proven."""
+    ops = set(md.get("key_ops") or ())
+    rsa = md.get("key_type") == "RSA"
+    alg = algs["RSA" if rsa else "oct"]
+    secret = os.urandom(32)
+    row: dict[str, Any] = {"alg": alg, "wrap_ms": None, "unwrap_ms": None}
+    wrapped = None
+    if "wrapKey" in ops:
+        t = time.perf_counter()
+        wrapped = client.wrap_key(key_id, alg, secret)
+        row["wrap_ms"] = round((time.perf_counter() - t) * 1000, 2)
+    if rsa:
+        wrapped = _local_oaep(md, alg, secret)
+    if "unwrapKey" in ops and wrapped is not None:
+        t = time.perf_counter()
+        got = client.unwrap_key(key_id, alg, wrapped)
+        row["unwrap_ms"] = round((time.perf_counter() - t) * 1000, 2)
+        if got != secret:
+            raise IntegrityError("unwrap did not return the key that was wrapped")
+    return row
+
+
+def _local_oaep(md: dict[str, Any], alg: str, secret: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    n = int.from_bytes(unb64u(md.get("n"), "n"), "big")
+    e = int.from_bytes(unb64u(md.get("e"), "e"), "big")
+    digest = hashes.SHA256() if alg == "RSA-OAEP-256" else hashes.SHA1()
+    oaep = padding.OAEP(mgf=padding.MGF1(digest), algorithm=digest, label=None)
+    return rsa.RSAPublicNumbers(e, n).public_key().encrypt(secret, oaep)
+
+
+class EkmCheckFailed(KeybridgeError):
+    """A check that ran but found failures: the CLI prints this one line and exits 1."""
+
+
+@ekm.command("check")
+@click.argument("url")
+@click.option("--cert", "cert_file", required=True, type=click.Path(dir_okay=False), help="Client certificate PEM.")
+@click.option("--key-file", required=True, type=click.Path(dir_okay=False), help="Client private key PEM.")
+@click.option("--ca", "ca_file", required=True, type=click.Path(dir_okay=False), help="Proxy's root CA PEM.")
+@click.option("--key", "key_ids", multiple=True, metavar="ID", help="External key ID to exercise (repeatable).")
+@click.option(
+    "--oct-alg", type=click.Choice(["A256KWP", "A256KW"]), default="A256KWP", show_default=True, help="For oct keys."
+)
+@click.option(
+    "--rsa-alg",
+    type=click.Choice(["RSA-OAEP-256", "RSA-OAEP"]),
+    default="RSA-OAEP-256",
+    show_default=True,
+    help="For RSA keys.",
+)
+@click.option("--pool", default="keybridge-check", show_default=True, help="pool_name in request_context.")
+@json_option
+def check(
+    url: str,
+    cert_file: str,
+    key_file: str,
+    ca_file: str,
+    key_ids: tuple[str, ...],
+    oct_alg: str,
+    rsa_alg: str,
+    pool: str,
+    as_json: bool,
+) -> None:
+    """Call a running EKM proxy as Managed HSM does; exit 1 if any call fails."""
+    with Client(url, ca_file=ca_file, cert_file=cert_file, key_file=key_file, pool_name=pool) as client:
+        t = time.perf_counter()
+        info = client.info()
+        info_ms = round((time.perf_counter() - t) * 1000, 2)
+        rows = []
+        for key_id in key_ids:
+            row: dict[str, Any] = {"key": key_id, "ok": False, "error": None}
+            try:
+                md = client.metadata(key_id)
+                row.update(key_type=md.get("key_type"), key_size=md.get("key_size"), key_ops=md.get("key_ops"))
+                row.update(_round_trip(client, key_id, md, {"oct": oct_alg, "RSA": rsa_alg}))
+                slow = [ms for ms in (row["wrap_ms"], row["unwrap_ms"]) if ms is not None and ms > _BUDGET_MS]
+                row["ok"] = not slow
+                row["error"] = f"slower than Managed HSM's {_BUDGET_MS:.0f} ms timeout" if slow else None
+            except KeybridgeError as exc:
+                row["error"] = str(exc)
+            rows.append(row)
+    failed = [r for r in rows if not r["ok"]]
+    data = {"url": url, "info": info, "info_ms": info_ms, "keys": rows, "ok": not failed}
+    emit(data, _table(info, info_ms, rows), as_json=as_json)
+    if failed:
+        first = failed[0]
+        raise EkmCheckFailed(f"EKM check failed for {len(failed)} key(s); {first['key']}: {first['error']}")
+
+
+def _table(info: dict[str, Any], info_ms: float, rows: list[dict[str, Any]]) -> Table:
+    table = Table(
+        title=f"{info.get('proxy_name')} ({info.get('ekm_product')}), api {info.get('api_version')}, info {info_ms} ms"
+    )
+    for col in ("key", "type", "ops", "alg", "wrap ms", "unwrap ms", "result"):
+        table.add_column(col)
+    for r in rows:
+        kind = f"{r.get('key_type')}-{r.get('key_size')}" if r.get("key_type") else "-"
+        table.add_row(
+            r["key"],
+            kind,
+            ",".join(r.get("key_ops") or ()) or "-",
+            r.get("alg") or "-",
+            str(r.get("wrap_ms") or "-"),
+            str(r.get("unwrap_ms") or "-"),
+            "ok" if r["ok"] else f"FAIL: {r['error']}",
+        )
+    return table

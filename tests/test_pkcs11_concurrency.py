@@ -1,0 +1,206 @@
+"""Cached handles and the key catalog under logout and concurrent key management, on real tokens.
+
+Runs on every token kind in ``$KEYBRIDGE_TEST_TOKENS`` (default: a throwaway SoftHSM2 token).
+``KEYBRIDGE_STRESS_SECONDS`` sets how long the mixed stress runs (default 5 s; 60 s for a soak).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
+
+from keybridge import KeySpec
+from keybridge.testing._softhsm import Pkcs11TestToken
+
+pytest.importorskip("pkcs11")
+
+from keybridge.providers.pkcs11 import THREADING_ENV, Pkcs11Provider
+
+DIGEST = hashlib.sha256(b"concurrency").digest()
+STRESS_SECONDS = float(os.environ.get("KEYBRIDGE_STRESS_SECONDS", "5"))
+
+
+@pytest.fixture(scope="module")
+def provider(pkcs11_token: Pkcs11TestToken) -> Iterator[Pkcs11Provider]:
+    with pkcs11_token.provider() as p:
+        yield p
+
+
+def verify_es256(p: Pkcs11Provider, name: str, sig: bytes) -> None:
+    """Check an ES256 signature with cryptography, not with the provider that made it."""
+    pub = p.get_key(name).public_key
+    assert isinstance(pub, ec.EllipticCurvePublicKey)
+    r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+    pub.verify(encode_dss_signature(r, s), DIGEST, ec.ECDSA(Prehashed(hashes.SHA256())))
+
+
+def log_out_from_another_session(token: Pkcs11TestToken, p: Pkcs11Provider, *, check: bool = True) -> None:
+    """C_Logout through a session keybridge does not own: logs out every session of the process."""
+    lib = p._pool.lib
+    with lib.serialized():  # in lock mode the module has no locks of its own: unlocked calls crash it
+        other = lib.lib.get_token(token_label=token.token_label).open(rw=True)
+        try:
+            rv = lib.raw.logout(other.handle)
+        finally:
+            other.close()
+    if check:  # under load another thread may log in again at once
+        assert rv == 0
+        assert not lib.logged_in(p._pool.token)
+
+
+def test_logout_by_another_session_is_recovered_for_cached_handles(
+    pkcs11_token: Pkcs11TestToken, provider: Pkcs11Provider
+) -> None:
+    provider.create_key("logout-kek", KeySpec.aes(256))
+    provider.create_key("logout-ec", KeySpec.ec("P-256"))
+    dek = os.urandom(32)
+
+    def wrap() -> None:
+        assert provider.unwrap_key("logout-kek", "A256KW", provider.wrap_key("logout-kek", "A256KW", dek)) == dek
+
+    def sign() -> None:
+        verify_es256(provider, "logout-ec", provider.sign("logout-ec", "ES256", DIGEST))
+
+    def listing() -> None:
+        assert {"logout-kek", "logout-ec"} <= {k.ref.name for k in provider.list_keys()}
+
+    checks: list[Callable[[], None]] = [wrap, sign, listing, wrap]
+    for check in checks:
+        for warm in checks:  # every pooled session caches handles that the logout kills
+            warm()
+        log_out_from_another_session(pkcs11_token, provider)
+        check()
+    provider.delete_key("logout-kek")
+    provider.delete_key("logout-ec")
+
+
+def mixed_stress(
+    token: Pkcs11TestToken, provider: Pkcs11Provider, seconds: float
+) -> tuple[dict[str, int], dict[str, int]]:
+    """7 crypto threads and 1 key-management thread for ``seconds``: (errors by kind, rounds done)."""
+    keks = [f"busy-kek-{i}" for i in range(3)]
+    for name in keks:
+        provider.create_key(name, KeySpec.aes(256))
+    provider.create_key("busy-ec", KeySpec.ec("P-256"))
+    provider.create_key("busy-toggle", KeySpec.aes(128))
+    permanent = {*keks, "busy-ec", "busy-toggle"}
+    errors: collections.Counter[str] = collections.Counter()
+    done: collections.Counter[str] = collections.Counter()
+    stop = time.monotonic() + seconds
+    start = threading.Barrier(8)
+
+    def crypto(n: int) -> None:
+        start.wait()
+        i = 0
+        while time.monotonic() < stop:
+            i += 1
+            try:
+                if i % 8 == 0:
+                    missing = permanent - {k.ref.name for k in provider.list_keys()}
+                    assert not missing, f"list_keys missed {sorted(missing)}"
+                elif i % 3 == 0:
+                    verify_es256(provider, "busy-ec", provider.sign("busy-ec", "ES256", DIGEST))
+                else:
+                    kek, dek = keks[(n + i) % 3], os.urandom(32)
+                    assert provider.unwrap_key(kek, "A256KW", provider.wrap_key(kek, "A256KW", dek)) == dek
+                done["crypto"] += 1
+            except Exception as exc:  # counted, so the assertion shows every kind at once
+                errors[f"{type(exc).__name__}: {exc} (cause {type(exc.__cause__).__name__})"] += 1
+
+    def manage() -> None:
+        start.wait()
+        i = 0
+        while time.monotonic() < stop:
+            i += 1
+            try:
+                assert provider.set_enabled("busy-toggle", i % 2 == 0).enabled is (i % 2 == 0)
+                provider.set_enabled(keks[i % 3], True)  # rewrites flags and metadata of a key in use
+                provider.create_key(f"busy-tmp-{i}", KeySpec.aes(128))
+                provider.delete_key(f"busy-tmp-{i}")
+                if i % 3 == 0:  # another library in the process logs out while crypto runs
+                    log_out_from_another_session(token, provider, check=False)
+                done["manage"] += 1
+            except Exception as exc:
+                errors[f"manager {type(exc).__name__}: {exc} (cause {type(exc.__cause__).__name__})"] += 1
+
+    threads = [threading.Thread(target=crypto, args=(n,)) for n in range(7)] + [threading.Thread(target=manage)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if not any(k.ref.name.startswith("busy-tmp-") for k in provider.list_keys()):
+        done["clean"] = 1
+    for name in permanent:
+        provider.delete_key(name)
+    return dict(errors), dict(done)
+
+
+def test_mixed_key_management_and_crypto_from_eight_threads_without_errors(
+    pkcs11_token: Pkcs11TestToken, provider: Pkcs11Provider
+) -> None:
+    assert provider._pool.lib.os_locking, "expected the default mode: CKF_OS_LOCKING_OK, calls in parallel"
+    errors, done = mixed_stress(pkcs11_token, provider, STRESS_SECONDS)
+    print(f"stress {STRESS_SECONDS:g} s: {done}")
+    assert errors == {}
+    assert done["crypto"] > 0
+    assert done["manage"] > 0
+    assert done["clean"] == 1  # no temporary key left behind
+
+
+def test_mixed_stress_in_process_wide_lock_mode(pkcs11_token: Pkcs11TestToken) -> None:
+    # A fresh process: the mode is chosen when the module is first loaded.
+    env = {**pkcs11_token.env, THREADING_ENV: "lock"}
+    args = [sys.executable, __file__, pkcs11_token.module_path, pkcs11_token.token_label, str(min(STRESS_SECONDS, 3))]
+    args.append(pkcs11_token.init_args or "")
+    out = subprocess.run(args, env=env, input=pkcs11_token.user_pin, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:2] == ["mode=lock", "errors={}"], out.stdout
+
+
+def test_object_lock_lets_a_waiting_writer_in_before_new_readers() -> None:
+    from keybridge.providers.pkcs11._locks import SharedExclusiveLock
+
+    lock, order = SharedExclusiveLock(), []
+    lock.acquire_shared()  # a long crypto call in progress
+
+    def writer() -> None:
+        lock.acquire_exclusive()
+        order.append("writer")
+        lock.release_exclusive()
+
+    def reader() -> None:
+        lock.acquire_shared()
+        order.append("reader")
+        lock.release_shared()
+
+    w = threading.Thread(target=writer)
+    w.start()
+    while not lock._writers_waiting:  # the writer is queued behind the running reader
+        time.sleep(0.001)
+    r = threading.Thread(target=reader)
+    r.start()
+    time.sleep(0.05)
+    assert order == []  # the new reader waits behind the queued writer, which waits for the first
+    lock.release_shared()
+    w.join(5)
+    r.join(5)
+    assert order == ["writer", "reader"]
+
+
+if __name__ == "__main__":
+    module, label, secs, init_args = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] or None
+    pin = sys.stdin.read()
+    with Pkcs11Provider(module, label, pin, init_args=init_args) as p:
+        failures, rounds = mixed_stress(Pkcs11TestToken("child", module, label, pin, init_args=init_args), p, secs)
+        print(f"mode={'os' if p._pool.lib.os_locking else 'lock'} errors={failures} rounds={rounds}")
