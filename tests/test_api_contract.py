@@ -175,6 +175,11 @@ def test_open_key_returns_a_handle_that_closes_its_provider(closing: _Closing) -
         assert key.info().name == "k"
         assert _Closing.closed == 0
     assert _Closing.closed == 1
+    # Closed means closed, even for a backend whose own _close() refuses nothing.
+    with pytest.raises(keybridge.ProviderUnavailable, match="closed"):
+        key.info()
+    with pytest.raises(keybridge.ProviderUnavailable, match="closed"):
+        key.encrypt(Algorithm.A256GCM, b"x")
 
 
 def test_open_key_closes_the_provider_it_opened_when_the_uri_is_bad(closing: _Closing) -> None:

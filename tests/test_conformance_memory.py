@@ -211,9 +211,10 @@ class KeyInTheMessage(InMemoryProvider):
 
 
 class UsableAfterClose(InMemoryProvider):
-    """close() does nothing: the provider keeps working."""
+    """close() does nothing: the provider keeps working (BaseProvider.close refuses work after it,
+    so the mutant has to replace close itself)."""
 
-    def _close(self) -> None:
+    def close(self) -> None:
         pass
 
 

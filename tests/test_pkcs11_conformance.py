@@ -35,16 +35,6 @@ class TestPkcs11Provider(ProviderConformance):
         with pkcs11_token.provider() as p:
             yield p
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="get_key and the local public-key operations are answered from the key catalog after"
-        " close(); the closed check belongs in BaseProvider.close (base.py, another change)",
-    )
-    def test_use_after_close_raises_provider_unavailable(
-        self, provider: Pkcs11Provider, spare_provider: Pkcs11Provider
-    ) -> None:
-        super().test_use_after_close_raises_provider_unavailable(provider, spare_provider)
-
     @pytest.fixture(scope="class")
     @classmethod
     def known_secrets(cls, pkcs11_token: Pkcs11TestToken) -> list[str]:

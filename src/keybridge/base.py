@@ -37,6 +37,7 @@ from .errors import (
     KeyExpired,
     KeyNotFound,
     OperationNotPermitted,
+    ProviderUnavailable,
     UnsupportedAlgorithm,
     UnsupportedOperation,
 )
@@ -70,6 +71,7 @@ class BaseProvider:
     # Key Vault semantics, for a backend that stores another service's keys (the emulator's
     # in-memory store): creating under an existing name adds a version instead of refusing.
     _create_adds_version: bool = False
+    _base_closed: bool = False  # set by close(); backends may keep their own flag as well
     unsupported: Mapping[str, str] = MappingProxyType({})
     """Operations this backend declares it cannot do, each with the reason shown in
     :class:`~keybridge.errors.UnsupportedOperation`. Subtracted from :attr:`capabilities`: for an
@@ -299,6 +301,7 @@ class BaseProvider:
     def wrap_key(self, ref: KeyRef | str, alg: str, key: bytes) -> bytes:
         """Wrap key material under the key (RSA wraps run locally from the public key)."""
         with audited("wrap_key", self.scheme, ref, alg) as ev:
+            self._refuse_closed()
             key = _bytes(key, "key")
             info, a = self._usable(ref, KeyOp.WRAP_KEY, alg, ev)
             _crypto.check_input(a, info.spec, "wrap_key", key)
@@ -317,6 +320,7 @@ class BaseProvider:
     def encrypt(self, ref: KeyRef | str, alg: str, data: bytes, *, aad: bytes | None = None) -> bytes:
         """Encrypt (RSA encryption runs locally from the public key)."""
         with audited("encrypt", self.scheme, ref, alg) as ev:
+            self._refuse_closed()
             data, aad = _bytes(data, "data"), _optional_bytes(aad)
             info, a = self._usable(ref, KeyOp.ENCRYPT, alg, ev)
             self._check_aad(a, aad)
@@ -372,7 +376,11 @@ class BaseProvider:
             return self._export_wrapped(info, kek)
 
     def close(self) -> None:
-        """Release what the backend holds. Idempotent."""
+        """Release what the backend holds. Idempotent. Afterwards every operation raises
+        :class:`~keybridge.errors.ProviderUnavailable` saying the provider is closed (also where
+        the backend could still answer, from a cache or a public key), so that closing means the
+        same on every backend."""
+        self._base_closed = True
         self._close()
 
     def __enter__(self) -> Self:
@@ -396,8 +404,15 @@ class BaseProvider:
             detail = f"it can do: {', '.join(sorted(self.capabilities)) or 'nothing'}"
         return UnsupportedOperation(self.scheme, operation, detail)
 
+    def _refuse_closed(self) -> None:
+        if self._base_closed:
+            raise ProviderUnavailable(
+                f"this {self.scheme} provider is closed; open a new one (keybridge.open_provider)"
+            )
+
     def _require(self, operation: str) -> None:
         # Checked first so that nothing reaches a backend that cannot finish the operation.
+        self._refuse_closed()
         if operation not in self.capabilities:
             raise self._unsupported(operation)
 
