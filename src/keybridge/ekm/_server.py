@@ -32,7 +32,7 @@ from ..errors import (
 from ..provider import KeyProvider
 from ._wire import API_VERSION, PROVIDER_ALG, b64u, unb64u
 
-__all__ = ["ClientRule", "EkmServer", "ExportedKey"]
+__all__ = ["ClientRule", "EkmServer", "ExportedKey", "within"]
 
 logger = logging.getLogger("keybridge.ekm")
 _PATH = re.compile(
@@ -147,9 +147,8 @@ class EkmServer:
         key = self.keys.get(m["key"])
         if key is None:
             raise _Fail(404, "KeyNotFound", f"external key {m['key']!r} is not exported by this proxy")
-        future = self._pool.submit(self._operate, key, m["op"], req)
         try:
-            return future.result(timeout=self.deadline)
+            return within(self._pool, lambda: self._operate(key, m["op"], req), self.deadline)
         except concurrent.futures.TimeoutError:
             raise _Fail(408, "RequestTimeout", f"the HSM did not answer within {self.deadline * 1000:.0f} ms") from None
 
@@ -202,6 +201,15 @@ class _Httpd(ThreadingHTTPServer):
         # guidance asks for rejected clients) instead of printing a traceback to stderr.
         exc = sys.exc_info()[1]
         logger.warning("ekm connection from %s failed: %s: %s", client_address[0], type(exc).__name__, exc)
+
+
+def within(pool: concurrent.futures.Executor, fn: Callable[[], _T], deadline: float) -> _T:
+    """Run ``fn`` on ``pool``; raise :class:`concurrent.futures.TimeoutError` past ``deadline`` s.
+
+    Both front ends (EKM and XKS) answer a timeout in their own words but must never hold a
+    caller past its budget; a late HSM result is dropped.
+    """
+    return pool.submit(fn).result(timeout=deadline)
 
 
 def _load(fn: Callable[..., None], what: str, *paths: str) -> None:
