@@ -9,7 +9,10 @@ import hashlib
 import http.client
 import json
 import os
+import signal
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+import keybridge
 from _ekm_support import make_pki
 from keybridge import open_provider
 from keybridge.ekm import ExportedKey, XksServer
@@ -31,6 +35,7 @@ AKID, SECRET, REGION = "AKIAXKSTEST0000001", "xks-test-secret-0123456789abcdef",
 OLD_AKID, OLD_SECRET = "AKIAXKSTEST0000000", "the-previous-secret-still-valid"
 PREFIX = "/example/prefix"
 BOTH = frozenset({"encrypt", "decrypt"})
+SRC = str(Path(keybridge.__file__).resolve().parents[1])
 MD = {"awsPrincipalArn": "arn:aws:iam::123456789012:user/Alice", "kmsOperation": "Encrypt", "kmsRequestId": "r-1"}
 
 
@@ -323,3 +328,51 @@ def test_closed_server_serves_nothing(pki: Path) -> None:
         server.close()
         with pytest.raises(OSError):
             _send(server, pki, "health", {"requestMetadata": MD})
+
+
+def test_cli_serves_xks_until_sigterm(tmp_path: Path, pki: Path) -> None:
+    material, store = os.urandom(32), tmp_path / "ks.kbks"
+    with open_provider("memory:", keystore=store, passphrase="pass-phrase", create=True) as p:
+        p.import_key("gcm", material, ops=[KeyOp.ENCRYPT, KeyOp.DECRYPT])
+        p.import_key("aes128", os.urandom(16), ops=[KeyOp.ENCRYPT])
+    env = {**os.environ, "PYTHONPATH": SRC, "KEYBRIDGE_KEYSTORE": str(store), "KEYBRIDGE_PASSPHRASE": "pass-phrase"}
+    env["XKS_SECRET"] = SECRET
+    cmd = [sys.executable, "-m", "keybridge.cli", "ekm", "serve", "--api", "xks", "--provider", "memory:"]
+    cmd += ["--key", "xks.key_1=gcm", "--cert", str(pki / "server.crt"), "--key-file", str(pki / "server.key")]
+    tail = ["--xks-access-key-id", AKID, "--xks-secret-env", "XKS_SECRET", "--xks-region", REGION]
+    tail += ["--prefix", PREFIX, "--port", "0", "--json"]
+
+    def run(*args: str, **kw: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cmd, *args], env={**env, **kw}, capture_output=True, text=True, timeout=60)
+
+    unset = run("--xks-access-key-id", AKID, "--xks-secret-env", "NOT_SET", "--xks-region", REGION)
+    assert unset.returncode == 2
+    assert "NOT_SET" in unset.stderr
+    assert "Traceback" not in unset.stderr
+    not_aes = run("--key", "w=aes128", *tail)
+    assert not_aes.returncode == 1
+    assert not_aes.stderr.splitlines() == ["keybridge: error: key 'aes128' is oct-128; XKS serves AES-256 keys only"]
+    proc = subprocess.Popen([*cmd, *tail], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert ready["keys"] == ["xks.key_1"]
+        port = int(ready["url"].split(":")[2].split("/")[0])
+
+        class Url:  # what _send reads from a server
+            url = f"https://127.0.0.1:{port}{PREFIX}"
+
+        body = {"requestMetadata": MD, "plaintext": _b64(b"via the CLI"), "encryptionAlgorithm": "AES_GCM"}
+        status, enc = _send(Url, pki, "keys/xks.key_1/encrypt", body)  # type: ignore[arg-type]
+        assert status == 200, enc
+        iv, ct, tag = (base64.b64decode(enc[k]) for k in ("initializationVector", "ciphertext", "authenticationTag"))
+        assert AESGCM(material).decrypt(iv, ct + tag, None) == b"via the CLI"
+        status, out = _send(Url, pki, "health", {"requestMetadata": MD}, creds=(AKID, "guess"))  # type: ignore[arg-type]
+        assert (status, out["errorName"]) == (401, "AuthenticationFailedException")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out_text, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "r-1" in err  # kmsRequestId is logged
+    for secret in (SECRET, "pass-phrase", "via the CLI", _b64(b"via the CLI")):
+        assert secret not in out_text + err
