@@ -28,6 +28,7 @@ import keybridge
 from _ekm_support import make_pki
 from keybridge import open_provider
 from keybridge.ekm import ExportedKey, XksServer
+from keybridge.ekm._xks import full_aad
 from keybridge.errors import InvalidArgument
 from keybridge.keys import KeyOp
 
@@ -36,7 +37,12 @@ OLD_AKID, OLD_SECRET = "AKIAXKSTEST0000000", "the-previous-secret-still-valid"
 PREFIX = "/example/prefix"
 BOTH = frozenset({"encrypt", "decrypt"})
 SRC = str(Path(keybridge.__file__).resolve().parents[1])
-MD = {"awsPrincipalArn": "arn:aws:iam::123456789012:user/Alice", "kmsOperation": "Encrypt", "kmsRequestId": "r-1"}
+MD = {
+    "awsPrincipalArn": "arn:aws:iam::123456789012:user/Alice",
+    "kmsKeyArn": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+    "kmsOperation": "Encrypt",
+    "kmsRequestId": "r-1",
+}
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +150,8 @@ def _decrypt_body(enc: dict[str, Any], aad: bytes | None = None) -> dict[str, An
 
 def test_health(xks, pki: Path) -> None:  # type: ignore[no-untyped-def]
     server, _ = xks
-    status, out = _send(server, pki, "health", {"requestMetadata": {"kmsOperation": "KmsHealthCheck"}})
+    # an unknown kmsOperation must not be refused (the spec reserves new KMS operations)
+    status, out = _send(server, pki, "health", {"requestMetadata": {"kmsOperation": "BulkFuture", "kmsRequestId": "h"}})
     assert status == 200
     assert out["xksProxyFleetSize"] == 1
     assert [d["healthStatus"] for d in out["ekmFleetDetails"]] == ["ACTIVE"]
@@ -168,12 +175,12 @@ def test_round_trip_is_real_aes_gcm(xks, pki: Path) -> None:  # type: ignore[no-
     iv, ct, tag = (base64.b64decode(enc[k]) for k in ("initializationVector", "ciphertext", "authenticationTag"))
     assert len(iv) == 12
     assert len(tag) == 16
-    assert AESGCM(material).decrypt(iv, ct + tag, aad) == pt  # independent check of the HSM's output
+    assert AESGCM(material).decrypt(iv, ct + tag, full_aad(aad)) == pt  # independent check of the HSM's output
     status, out = _send(server, pki, "keys/k1/decrypt", _decrypt_body(enc, aad))
     assert (status, base64.b64decode(out["plaintext"])) == (200, pt)
     # a ciphertext made by `cryptography` under the same key decrypts in the backend
     iv2 = os.urandom(12)
-    sealed = AESGCM(material).encrypt(iv2, b"from outside", None)
+    sealed = AESGCM(material).encrypt(iv2, b"from outside", full_aad(b""))
     mine = {
         "ciphertext": _b64(sealed[:-16]),
         "initializationVector": _b64(iv2),
@@ -240,6 +247,8 @@ def test_validation(xks, pki: Path) -> None:  # type: ignore[no-untyped-def]
         {**ok, "plaintext": "not base64!"},
         {**ok, "plaintext": _b64(os.urandom(4301))},
         {k: v for k, v in ok.items() if k != "requestMetadata"},
+        {**ok, "requestMetadata": {}},
+        {**ok, "requestMetadata": {k: v for k, v in MD.items() if k != "kmsKeyArn"}},
         {**ok, "ciphertextDataIntegrityValueAlgorithm": "MD5"},
     ]
     for body in bad:
@@ -366,7 +375,7 @@ def test_cli_serves_xks_until_sigterm(tmp_path: Path, pki: Path) -> None:
         status, enc = _send(Url, pki, "keys/xks.key_1/encrypt", body)  # type: ignore[arg-type]
         assert status == 200, enc
         iv, ct, tag = (base64.b64decode(enc[k]) for k in ("initializationVector", "ciphertext", "authenticationTag"))
-        assert AESGCM(material).decrypt(iv, ct + tag, None) == b"via the CLI"
+        assert AESGCM(material).decrypt(iv, ct + tag, full_aad(b"")) == b"via the CLI"
         status, out = _send(Url, pki, "health", {"requestMetadata": MD}, creds=(AKID, "guess"))  # type: ignore[arg-type]
         assert (status, out["errorName"]) == (401, "AuthenticationFailedException")
     finally:

@@ -37,7 +37,7 @@ from ..provider import KeyProvider
 from ._server import ExportedKey, _Httpd, _load, within
 from ._sigv4 import Headers, SigV4Error, verify
 
-__all__ = ["SERVICE", "XksServer"]
+__all__ = ["SERVICE", "XksServer", "full_aad"]
 
 SERVICE = "kms-xks-proxy"
 logger = logging.getLogger("keybridge.ekm")
@@ -47,6 +47,13 @@ _PATH = re.compile(
 )
 _MAX_PLAINTEXT, _MAX_AAD, _IV, _TAG = 4300, 8192, 12, 16
 _USAGE = {"encrypt": "ENCRYPT", "decrypt": "DECRYPT"}
+# requestMetadata fields the spec marks REQUIRED, per route (kmsOperation values are never checked).
+_REQUIRED = {
+    None: ("kmsRequestId", "kmsOperation"),
+    "metadata": ("kmsRequestId", "kmsOperation", "awsPrincipalArn"),
+    "encrypt": ("kmsRequestId", "kmsOperation", "awsPrincipalArn", "kmsKeyArn"),
+    "decrypt": ("kmsRequestId", "kmsOperation", "awsPrincipalArn", "kmsKeyArn"),
+}
 _T = TypeVar("_T")
 
 
@@ -133,6 +140,9 @@ class XksServer:
         if not isinstance(req, dict) or not isinstance(req.get("requestMetadata"), dict):
             raise _bad("request body must be a JSON object with a requestMetadata object")
         md = req["requestMetadata"]
+        missing = [f for f in _REQUIRED[m["op"]] if not isinstance(md.get(f), str)]
+        if missing:
+            raise _bad(f"requestMetadata lacks {', '.join(missing)}")
         # kmsRequestId is what AWS support correlates on; plaintext and AAD are never logged.
         logger.info(
             "xks %s akid=%s kmsRequestId=%s kmsOperation=%s kmsKeyArn=%s",
@@ -198,11 +208,11 @@ class XksServer:
         if cdiv:
             # The spec wants the ciphertext decrypt-verified before a CDIV vouches for it.
             _allowed(key, "decrypt", "a ciphertextDataIntegrityValue needs decrypt on the key too")
-        sealed = _call(lambda: self.provider.encrypt(key.ref, "A256GCM", plaintext, aad=aad or None))
+        sealed = _call(lambda: self.provider.encrypt(key.ref, "A256GCM", plaintext, aad=full_aad(aad)))
         iv, ct, tag = sealed[:_IV], sealed[_IV:-_TAG], sealed[-_TAG:]
         out = {"ciphertext": _enc(ct), "initializationVector": _enc(iv), "authenticationTag": _enc(tag)}
         if cdiv:
-            if _call(lambda: self.provider.decrypt(key.ref, "A256GCM", sealed, aad=aad or None)) != plaintext:
+            if _call(lambda: self.provider.decrypt(key.ref, "A256GCM", sealed, aad=full_aad(aad))) != plaintext:
                 raise _XksFail(500, "InternalException", "the HSM's ciphertext did not decrypt to the plaintext")
             out["ciphertextDataIntegrityValue"] = _enc(hashlib.sha256((aad or b"") + sealed).digest())
         return out
@@ -218,7 +228,13 @@ class XksServer:
         if len(iv) != _IV or len(tag) != _TAG or _b64(req, "ciphertextMetadata", 20, optional=True):
             raise _XksFail(400, "InvalidCiphertextException", "IV, tag or ciphertextMetadata were not made here")
         data = iv + ct + tag
-        return {"plaintext": _enc(_call(lambda: self.provider.decrypt(key.ref, "A256GCM", data, aad=aad or None)))}
+        return {"plaintext": _enc(_call(lambda: self.provider.decrypt(key.ref, "A256GCM", data, aad=full_aad(aad))))}
+
+
+def full_aad(aad: bytes, ciphertext_metadata: bytes = b"") -> bytes:
+    """The AAD the HSM sees: 2-byte length ‖ AAD ‖ 1-byte length ‖ ciphertextMetadata, as the spec
+    recommends (and AWS's reference proxy does), so metadata can never pass for AAD or back."""
+    return len(aad).to_bytes(2, "big") + aad + len(ciphertext_metadata).to_bytes(1, "big") + ciphertext_metadata
 
 
 def _allowed(key: ExportedKey, op: str, why: str = "") -> None:
