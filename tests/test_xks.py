@@ -30,7 +30,7 @@ from keybridge import open_provider
 from keybridge.ekm import ExportedKey, XksServer
 from keybridge.ekm._xks import full_aad
 from keybridge.errors import InvalidArgument
-from keybridge.keys import KeyOp
+from keybridge.keys import KeyOp, KeySpec
 
 AKID, SECRET, REGION = "AKIAXKSTEST0000001", "xks-test-secret-0123456789abcdef", "eu-west-1"
 OLD_AKID, OLD_SECRET = "AKIAXKSTEST0000000", "the-previous-secret-still-valid"
@@ -385,3 +385,46 @@ def test_cli_serves_xks_until_sigterm(tmp_path: Path, pki: Path) -> None:
     assert "r-1" in err  # kmsRequestId is logged
     for secret in (SECRET, "pass-phrase", "via the CLI", _b64(b"via the CLI")):
         assert secret not in out_text + err
+
+
+@pytest.mark.skipif(not os.environ.get("KEYBRIDGE_XKS_TEST_CLIENT"), reason="set KEYBRIDGE_XKS_TEST_CLIENT=DIR")
+def test_aws_xks_test_client(softhsm_token, pki: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """AWS's own conformance scripts (aws-samples/aws-kms-xksproxy-test-client, a checkout in DIR)."""
+    akid, secret = "BETWEEN2TENAND3TENCHARACTERS", "PleaseReplaceThisWithSomeSecretOfLength43To64"
+    (tmp_path / "uuidgen").write_text('#!/bin/sh\nexec python3 -c "import uuid; print(uuid.uuid4())"\n')
+    (tmp_path / "uuidgen").chmod(0o755)  # not installed everywhere; the scripts only need fresh request ids
+    with open_provider(softhsm_token.uri(pin=False), user_pin=softhsm_token.user_pin) as hsm:
+        ref = hsm.create_key(f"xks-tc-{os.urandom(4).hex()}", KeySpec.aes(256), ops=[KeyOp.ENCRYPT, KeyOp.DECRYPT])
+        name = ref.ref.name
+        keys = [
+            ExportedKey("foo", name, BOTH),
+            ExportedKey("encrypt_only_key", name, frozenset({"encrypt"})),
+            ExportedKey("decrypt_only_key", name, frozenset({"decrypt"})),
+            ExportedKey("impotent_key", name, frozenset()),
+        ]
+        server = XksServer(
+            hsm,
+            keys,
+            cert_file=str(pki / "server.crt"),
+            key_file=str(pki / "server.key"),
+            credentials={akid: secret},
+            region="us-east-1",
+            prefix="/example/uri/path/prefix",
+            deadline=5.0,
+        )
+        try:
+            port = server.url.split(":")[2].split("/")[0]
+            env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "XKS_PROXY_HOST": f"127.0.0.1:{port}"}
+            env.update(SECURE=f"--cacert {pki / 'ca.crt'}", SIGV4_ACCESS_KEY_ID=akid, SIGV4_SECRET_ACCESS_KEY=secret)
+            run = subprocess.run(
+                ["bash", "./test-xks-proxy", "-a"],
+                cwd=os.environ["KEYBRIDGE_XKS_TEST_CLIENT"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=600,
+            )
+        finally:
+            server.close()
+    assert "All 49 tests PASSED" in run.stdout, run.stdout[-3000:]
