@@ -25,9 +25,9 @@ from botocore.credentials import Credentials
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import keybridge
-from _ekm_support import make_pki
+from _ekm_support import HSM_CN, make_pki
 from keybridge import open_provider
-from keybridge.ekm import ExportedKey, XksServer
+from keybridge.ekm import ClientRule, ExportedKey, XksServer
 from keybridge.ekm._xks import full_aad
 from keybridge.errors import InvalidArgument
 from keybridge.keys import KeyOp, KeySpec
@@ -101,6 +101,7 @@ def _send(
     tamper: bytes | None = None,
     method: str = "POST",
     prefix: str = PREFIX,
+    client: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Sign with botocore as AWS KMS would, send over TLS, return (status, JSON answer)."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -109,6 +110,8 @@ def _send(
     req = AWSRequest(method=method, url=url, data=data, headers={"Content-Type": "application/json"})
     SigV4Auth(Credentials(*creds), service, region).add_auth(req)
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    if client is not None:
+        ctx.load_cert_chain(pki / f"{client}.crt", pki / f"{client}.key")
     conn = http.client.HTTPSConnection("127.0.0.1", int(port), context=ctx, timeout=10)
     try:
         conn.request(
@@ -358,6 +361,9 @@ def test_cli_serves_xks_until_sigterm(tmp_path: Path, pki: Path) -> None:
     assert unset.returncode == 2
     assert "NOT_SET" in unset.stderr
     assert "Traceback" not in unset.stderr
+    half_mtls = run("--client-ca", str(pki / "ca.crt"), *tail)
+    assert half_mtls.returncode == 2
+    assert "needs both --client-ca and --allow-cn" in half_mtls.stderr
     not_aes = run("--key", "w=aes128", *tail)
     assert not_aes.returncode == 1
     assert not_aes.stderr.splitlines() == ["keybridge: error: key 'aes128' is oct-128; XKS serves AES-256 keys only"]
@@ -428,3 +434,24 @@ def test_aws_xks_test_client(softhsm_token, pki: Path, tmp_path: Path) -> None: 
         finally:
             server.close()
     assert "All 49 tests PASSED" in run.stdout, run.stdout[-3000:]
+
+
+def test_optional_mtls(pki: Path) -> None:
+    tls = {"cert_file": str(pki / "server.crt"), "key_file": str(pki / "server.key")}
+    with open_provider("memory:") as p:
+        keys, _ = _keys(p, "mtls")
+        with pytest.raises(InvalidArgument, match="both client_ca_file and clients"):
+            XksServer(p, keys, **tls, credentials={AKID: SECRET}, region=REGION, client_ca_file=str(pki / "ca.crt"))
+        mtls = {"client_ca_file": str(pki / "ca.crt"), "clients": [ClientRule(HSM_CN)]}
+        server = XksServer(p, keys, **tls, credentials={AKID: SECRET}, region=REGION, prefix=PREFIX, **mtls)
+        try:
+            md = {"requestMetadata": MD}
+            assert _send(server, pki, "keys/k1/metadata", md, client="hsm")[0] == 200
+            status, out = _send(server, pki, "keys/k1/metadata", md, client="stranger")
+            assert (status, out["errorName"]) == (401, "AuthenticationFailedException")
+            with pytest.raises((ssl.SSLError, ConnectionError)):  # no client certificate: no handshake
+                _send(server, pki, "keys/k1/metadata", md)
+            # a valid certificate does not replace SigV4
+            assert _send(server, pki, "keys/k1/metadata", md, client="hsm", creds=(AKID, "wrong"))[0] == 401
+        finally:
+            server.close()

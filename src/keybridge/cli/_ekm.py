@@ -79,8 +79,12 @@ def parse_key(text: str, api: str = "ekm") -> tuple[str, str, frozenset[str]]:
 )
 @click.option("--cert", "cert_file", required=True, type=click.Path(dir_okay=False), help="Server certificate PEM.")
 @click.option("--key-file", required=True, type=click.Path(dir_okay=False), help="Server private key PEM.")
-@click.option("--client-ca", type=click.Path(dir_okay=False), help="ekm: root CA PEM of Managed HSM's client cert.")
-@click.option("--allow-cn", multiple=True, metavar="CN", help="ekm: allowed client certificate subject CN.")
+@click.option(
+    "--client-ca", type=click.Path(dir_okay=False), help="Root CA PEM of the client cert (ekm: required; xks: mTLS)."
+)
+@click.option(
+    "--allow-cn", multiple=True, metavar="CN", help="Allowed client certificate subject CN (with --client-ca)."
+)
 @click.option(
     "--xks-access-key-id",
     "xks_ids",
@@ -138,6 +142,8 @@ def serve(
         raise click.BadParameter(f"use up to 64 characters of /-separated {chars}", param_hint="--prefix")
     if api == "ekm" and (client_ca is None or not allow_cn):
         raise click.UsageError("--api ekm needs --client-ca and at least one --allow-cn (Managed HSM uses mTLS)")
+    if (client_ca is None) != (not allow_cn):
+        raise click.UsageError("XKS mTLS (optional) needs both --client-ca and --allow-cn, or neither")
     credentials = _xks_credentials(xks_ids, xks_envs, xks_region) if api == "xks" else {}
     provider = open_cli_provider(cli_uri(provider_uri))
     stop = threading.Event()
@@ -147,6 +153,7 @@ def serve(
     try:
         _check_keys(provider, exported, api)
         common: dict[str, Any] = {"prefix": prefix, "host": host, "port": port, "deadline": deadline_ms / 1000}
+        clients = [ClientRule(cn) for cn in allow_cn]
         if api == "xks":
             assert xks_region is not None  # _xks_credentials refused a missing region
             server = XksServer(
@@ -156,11 +163,12 @@ def serve(
                 key_file=key_file,
                 credentials=credentials,
                 region=xks_region,
+                client_ca_file=client_ca,
+                clients=clients or None,
                 **common,
             )
         else:
             assert client_ca is not None
-            clients = [ClientRule(cn) for cn in allow_cn]
             server = EkmServer(
                 provider,
                 exported,

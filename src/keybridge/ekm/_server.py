@@ -32,7 +32,7 @@ from ..errors import (
 from ..provider import KeyProvider
 from ._wire import API_VERSION, PROVIDER_ALG, b64u, unb64u
 
-__all__ = ["ClientRule", "EkmServer", "ExportedKey", "within"]
+__all__ = ["ClientRule", "EkmServer", "ExportedKey", "peer_cn", "within"]
 
 logger = logging.getLogger("keybridge.ekm")
 _PATH = re.compile(
@@ -212,6 +212,12 @@ def within(pool: concurrent.futures.Executor, fn: Callable[[], _T], deadline: fl
     return pool.submit(fn).result(timeout=deadline)
 
 
+def peer_cn(connection: Any) -> str | None:
+    """The subject CN of the TLS peer's (already verified) certificate, or None without one."""
+    cert = connection.getpeercert()
+    return next((v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"), None)
+
+
 def _load(fn: Callable[..., None], what: str, *paths: str) -> None:
     try:
         fn(*paths)
@@ -241,8 +247,7 @@ def _handler(server: EkmServer) -> type[BaseHTTPRequestHandler]:
                 return
             status, answer, body_read = 200, {}, False
             try:
-                cert = self.connection.getpeercert()
-                cn = next((v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"), None)
+                cn = peer_cn(self.connection)
                 if cn not in server.allowed:
                     raise _Fail(401, "Unauthorized", "client certificate missing or its subject CN is not allow-listed")
                 length = int(self.headers.get("Content-Length") or 0)

@@ -34,7 +34,7 @@ from ..errors import (
 )
 from ..keys import KeyType
 from ..provider import KeyProvider
-from ._server import ExportedKey, _Httpd, _load, within
+from ._server import ClientRule, ExportedKey, _Httpd, _load, peer_cn, within
 from ._sigv4 import Headers, SigV4Error, verify
 
 __all__ = ["SERVICE", "XksServer", "full_aad"]
@@ -72,6 +72,8 @@ class XksServer:
 
     ``credentials`` maps SigV4 access key id to secret (give two during a rotation); ``region`` is
     the KMS region the external key store lives in. TLS 1.2 or later with ``cert_file``/``key_file``.
+    The spec's optional mTLS: with ``client_ca_file`` and ``clients``, a client certificate chaining
+    to that root is required in the handshake, and its subject CN must be listed (else 401).
     """
 
     def __init__(
@@ -88,15 +90,23 @@ class XksServer:
         host: str = "127.0.0.1",
         deadline: float = 0.25,
         max_body: int = 32768,
+        client_ca_file: str | None = None,
+        clients: list[ClientRule] | None = None,
     ) -> None:
         if not credentials:
             raise InvalidArgument("give at least one SigV4 access key id and secret: XKS requires SigV4")
+        if (client_ca_file is None) != (not clients):
+            raise InvalidArgument("mTLS needs both client_ca_file and clients (allowed CNs), or neither")
+        self.allowed = {c.common_name for c in clients or ()}
         self.provider, self.prefix, self.deadline, self.max_body = provider, prefix.rstrip("/"), deadline, max_body
         self.keys = {k.key_id: k for k in keys}
         self.credentials, self.region = dict(credentials), region
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         _load(ctx.load_cert_chain, "server certificate/key", cert_file, key_file)
+        if client_ca_file is not None:
+            _load(ctx.load_verify_locations, "client root CA", client_ca_file)
+            ctx.verify_mode = ssl.CERT_REQUIRED  # the spec's negative mTLS tests expect a failed handshake
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
         try:
             self._httpd = _Httpd((host, port), _handler(self))
@@ -321,6 +331,8 @@ def _handler(server: XksServer) -> type[BaseHTTPRequestHandler]:
                 return
             start, status, answer, body_read = time.perf_counter(), 200, {}, False
             try:
+                if server.allowed and peer_cn(self.connection) not in server.allowed:
+                    raise _XksFail(401, "AuthenticationFailedException", "client certificate CN is not allow-listed")
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > server.max_body or length < 0:
                     raise _bad(f"request body over {server.max_body} bytes")
