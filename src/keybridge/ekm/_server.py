@@ -64,7 +64,42 @@ class _Fail(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-class EkmServer:
+class _Listening:
+    """The TLS listener both front ends share: a thread per connection, a small pool for HSM
+    calls (so a deadline can be kept), ``url`` and ``close``."""
+
+    host: str
+    prefix: str
+    closed: bool
+
+    def _listen(self, ctx: ssl.SSLContext, host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.closed, self.host = False, host
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
+        try:
+            self._httpd = _Httpd((host, port), handler)
+        except OSError as exc:
+            self._pool.shutdown(wait=False)
+            raise ProviderUnavailable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        self._httpd.daemon_threads = True
+        # The handshake then runs in each connection's thread, so a stalled client blocks only itself.
+        self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """The base URL clients call, prefix included."""
+        return f"https://{self.host}:{self._httpd.server_address[1]}{self.prefix}"
+
+    def close(self) -> None:
+        """Stop serving; open keep-alive connections get no further answers."""
+        self.closed = True
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._pool.shutdown(wait=False)
+
+
+class EkmServer(_Listening):
     """Serves ``keys`` from ``provider`` on 127.0.0.1:``port`` (0 picks one) until :meth:`close`."""
 
     def __init__(
@@ -90,30 +125,7 @@ class EkmServer:
         _load(ctx.load_cert_chain, "server certificate/key", cert_file, key_file)
         _load(ctx.load_verify_locations, "client root CA", client_ca_file)
         ctx.verify_mode = ssl.CERT_OPTIONAL  # a missing certificate gets the spec's 401, not a TLS alert
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
-        try:
-            self._httpd = _Httpd((host, port), _handler(self))
-        except OSError as exc:
-            self._pool.shutdown(wait=False)
-            raise ProviderUnavailable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        self._httpd.daemon_threads = True
-        self.closed, self.host = False, host
-        # The handshake then runs in each connection's thread, so a stalled client blocks only itself.
-        self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        """The base URL clients call, prefix included."""
-        return f"https://{self.host}:{self._httpd.server_address[1]}{self.prefix}"
-
-    def close(self) -> None:
-        """Stop serving; open keep-alive connections get no further answers."""
-        self.closed = True
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._pool.shutdown(wait=False)
+        self._listen(ctx, host, port, _handler(self))
 
     def handle(self, cn: str | None, path: str, body: bytes) -> dict[str, Any]:
         """Answer one request; raises :class:`_Fail` with the spec's status and code."""

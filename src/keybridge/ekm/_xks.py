@@ -16,7 +16,6 @@ import json
 import logging
 import re
 import ssl
-import threading
 import time
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler
@@ -34,7 +33,7 @@ from ..errors import (
 )
 from ..keys import KeyType
 from ..provider import KeyProvider
-from ._server import ClientRule, ExportedKey, _Httpd, _load, peer_cn, within
+from ._server import ClientRule, ExportedKey, _Listening, _load, peer_cn, within
 from ._sigv4 import Headers, SigV4Error, verify
 
 __all__ = ["SERVICE", "XksServer", "full_aad"]
@@ -67,11 +66,12 @@ def _bad(message: str) -> _XksFail:
     return _XksFail(400, "ValidationException", message)
 
 
-class XksServer:
+class XksServer(_Listening):
     """Serves ``keys`` (AES-256, ops ``encrypt``/``decrypt``) from ``provider`` as an XKS proxy.
 
     ``credentials`` maps SigV4 access key id to secret (give two during a rotation); ``region`` is
-    the KMS region the external key store lives in. TLS 1.2 or later with ``cert_file``/``key_file``.
+    the KMS region the external key store lives in; routes are under ``url`` + ``/kms/xks/v1``.
+    TLS 1.2 or later with ``cert_file``/``key_file``.
     The spec's optional mTLS: with ``client_ca_file`` and ``clients``, a client certificate chaining
     to that root is required in the handshake, and its subject CN must be listed (else 401).
     """
@@ -107,29 +107,7 @@ class XksServer:
         if client_ca_file is not None:
             _load(ctx.load_verify_locations, "client root CA", client_ca_file)
             ctx.verify_mode = ssl.CERT_REQUIRED  # the spec's negative mTLS tests expect a failed handshake
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
-        try:
-            self._httpd = _Httpd((host, port), _handler(self))
-        except OSError as exc:
-            self._pool.shutdown(wait=False)
-            raise ProviderUnavailable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        self._httpd.daemon_threads = True
-        self.closed, self.host = False, host
-        self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        """The base URL, prefix included; routes are under ``/kms/xks/v1``."""
-        return f"https://{self.host}:{self._httpd.server_address[1]}{self.prefix}"
-
-    def close(self) -> None:
-        """Stop serving; open keep-alive connections get no further answers."""
-        self.closed = True
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._pool.shutdown(wait=False)
+        self._listen(ctx, host, port, _handler(self))
 
     def handle(self, raw_path: str, headers: Headers, body: bytes) -> dict[str, Any]:
         """Answer one POST; raises :class:`_XksFail` with the spec's status and error name."""
