@@ -24,10 +24,10 @@ def _pkcs11(token: SoftHsmToken) -> Callable[..., object]:
 def _cases(token: SoftHsmToken) -> dict[str, tuple[Callable[..., object], str]]:
     return {
         "memory uri": (lambda **kw: open_provider("memory:", **kw), "add_versions, create, keystore, passphrase"),
-        "pkcs11 class": (_pkcs11(token), "cache_seconds, module_path, pin_source, token_label, user_pin"),
+        "pkcs11 class": (_pkcs11(token), "cache_seconds, init_args, module_path, pin_source, token_label, user_pin"),
         "pkcs11 uri": (
             lambda **kw: open_provider(token.uri(pin=False), user_pin=token.user_pin, **kw),
-            "cache_seconds, module_path, pin_source, user_pin",
+            "cache_seconds, init_args, module_path, pin_source, user_pin",
         ),
         "azure class": (lambda **kw: AzureKeyVaultProvider("https://kb.vault.azure.net", **kw), "cache_ttl"),
         "azure uri": (lambda **kw: open_provider("https://kb.vault.azure.net/keys/k", **kw), "retry_total"),

@@ -32,7 +32,7 @@ from ..errors import (
 from ..provider import KeyProvider
 from ._wire import API_VERSION, PROVIDER_ALG, b64u, unb64u
 
-__all__ = ["ClientRule", "EkmServer", "ExportedKey"]
+__all__ = ["ClientRule", "EkmServer", "ExportedKey", "peer_cn", "within"]
 
 logger = logging.getLogger("keybridge.ekm")
 _PATH = re.compile(
@@ -64,7 +64,42 @@ class _Fail(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-class EkmServer:
+class _Listening:
+    """The TLS listener both front ends share: a thread per connection, a small pool for HSM
+    calls (so a deadline can be kept), ``url`` and ``close``."""
+
+    host: str
+    prefix: str
+    closed: bool
+
+    def _listen(self, ctx: ssl.SSLContext, host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.closed, self.host = False, host
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
+        try:
+            self._httpd = _Httpd((host, port), handler)
+        except OSError as exc:
+            self._pool.shutdown(wait=False)
+            raise ProviderUnavailable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        self._httpd.daemon_threads = True
+        # The handshake then runs in each connection's thread, so a stalled client blocks only itself.
+        self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """The base URL clients call, prefix included."""
+        return f"https://{self.host}:{self._httpd.server_address[1]}{self.prefix}"
+
+    def close(self) -> None:
+        """Stop serving; open keep-alive connections get no further answers."""
+        self.closed = True
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._pool.shutdown(wait=False)
+
+
+class EkmServer(_Listening):
     """Serves ``keys`` from ``provider`` on 127.0.0.1:``port`` (0 picks one) until :meth:`close`."""
 
     def __init__(
@@ -90,30 +125,7 @@ class EkmServer:
         _load(ctx.load_cert_chain, "server certificate/key", cert_file, key_file)
         _load(ctx.load_verify_locations, "client root CA", client_ca_file)
         ctx.verify_mode = ssl.CERT_OPTIONAL  # a missing certificate gets the spec's 401, not a TLS alert
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
-        try:
-            self._httpd = _Httpd((host, port), _handler(self))
-        except OSError as exc:
-            self._pool.shutdown(wait=False)
-            raise ProviderUnavailable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        self._httpd.daemon_threads = True
-        self.closed, self.host = False, host
-        # The handshake then runs in each connection's thread, so a stalled client blocks only itself.
-        self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        """The base URL clients call, prefix included."""
-        return f"https://{self.host}:{self._httpd.server_address[1]}{self.prefix}"
-
-    def close(self) -> None:
-        """Stop serving; open keep-alive connections get no further answers."""
-        self.closed = True
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._pool.shutdown(wait=False)
+        self._listen(ctx, host, port, _handler(self))
 
     def handle(self, cn: str | None, path: str, body: bytes) -> dict[str, Any]:
         """Answer one request; raises :class:`_Fail` with the spec's status and code."""
@@ -147,9 +159,8 @@ class EkmServer:
         key = self.keys.get(m["key"])
         if key is None:
             raise _Fail(404, "KeyNotFound", f"external key {m['key']!r} is not exported by this proxy")
-        future = self._pool.submit(self._operate, key, m["op"], req)
         try:
-            return future.result(timeout=self.deadline)
+            return within(self._pool, lambda: self._operate(key, m["op"], req), self.deadline)
         except concurrent.futures.TimeoutError:
             raise _Fail(408, "RequestTimeout", f"the HSM did not answer within {self.deadline * 1000:.0f} ms") from None
 
@@ -204,6 +215,21 @@ class _Httpd(ThreadingHTTPServer):
         logger.warning("ekm connection from %s failed: %s: %s", client_address[0], type(exc).__name__, exc)
 
 
+def within(pool: concurrent.futures.Executor, fn: Callable[[], _T], deadline: float) -> _T:
+    """Run ``fn`` on ``pool``; raise :class:`concurrent.futures.TimeoutError` past ``deadline`` s.
+
+    Both front ends (EKM and XKS) answer a timeout in their own words but must never hold a
+    caller past its budget; a late HSM result is dropped.
+    """
+    return pool.submit(fn).result(timeout=deadline)
+
+
+def peer_cn(connection: Any) -> str | None:
+    """The subject CN of the TLS peer's (already verified) certificate, or None without one."""
+    cert = connection.getpeercert()
+    return next((v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"), None)
+
+
 def _load(fn: Callable[..., None], what: str, *paths: str) -> None:
     try:
         fn(*paths)
@@ -233,8 +259,7 @@ def _handler(server: EkmServer) -> type[BaseHTTPRequestHandler]:
                 return
             status, answer, body_read = 200, {}, False
             try:
-                cert = self.connection.getpeercert()
-                cn = next((v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"), None)
+                cn = peer_cn(self.connection)
                 if cn not in server.allowed:
                     raise _Fail(401, "Unauthorized", "client certificate missing or its subject CN is not allow-listed")
                 length = int(self.headers.get("Content-Length") or 0)

@@ -348,11 +348,7 @@ def _runtime_key(claims: Mapping[str, Any]) -> tuple[rsa.RSAPublicKey, str | Non
 
 def _plaintext(material: object) -> bytes:
     """What the service wraps, as in BYOK: PKCS#8 DER for RSA/EC, the raw bytes of an AES key."""
-    if isinstance(material, bytes):
-        return material
-    return material.private_bytes(  # type: ignore[attr-defined, no-any-return]
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    return _crypto.key_bytes(material)  # type: ignore[arg-type]
 
 
 def release(
