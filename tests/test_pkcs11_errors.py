@@ -29,7 +29,7 @@ from pkcs11 import exceptions as px
 
 from keybridge.providers.pkcs11 import Pkcs11Provider
 from keybridge.providers.pkcs11._errors import translate
-from keybridge.providers.pkcs11._session import Entry
+from keybridge.providers.pkcs11._session import PooledSession
 
 ALL = sorted(
     (c for c in vars(px).values() if isinstance(c, type) and issubclass(c, px.PKCS11Error) and c is not px.PKCS11Error),
@@ -102,7 +102,7 @@ def provider(softhsm_token: SoftHsmToken) -> Iterator[Pkcs11Provider]:
         p.delete_key("errors-aes")
 
 
-def run(p: Pkcs11Provider, fn: Callable[[Entry], Any]) -> None:
+def run(p: Pkcs11Provider, fn: Callable[[PooledSession], Any]) -> None:
     p._pool.run(fn, "trying", "on errors-aes")
 
 
@@ -111,7 +111,7 @@ def test_unlisted_mechanism_is_unsupported_algorithm(provider: Pkcs11Provider) -
     info = provider.get_key("errors-aes")
     tpl = {A.CLASS: OC.SECRET_KEY, A.KEY_TYPE: KT.GENERIC_SECRET, A.TOKEN: False, A.EXTRACTABLE: True}
 
-    def wrap(e: Entry) -> None:
+    def wrap(e: PooledSession) -> None:
         e.key(info).wrap_key(e.session.create_object({**tpl, A.VALUE: bytes(32)}), mechanism=M.AES_KEY_WRAP_KWP)
 
     with pytest.raises(UnsupportedAlgorithm, match="does not support this mechanism") as caught:

@@ -48,7 +48,7 @@ _SIGNED_SUITES = frozenset({0x0578})
 
 
 @dataclass
-class _Entry:
+class _CachedKey:
     key: bytearray = field(repr=False)
     edks: tuple[EncryptedDataKey, ...]
     created: float
@@ -91,7 +91,7 @@ class DataKeyCache:
         self.max_bytes = max_bytes
         self.capacity = capacity
         self._clock = clock
-        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._entries: OrderedDict[Hashable, _CachedKey] = OrderedDict()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -131,7 +131,7 @@ class DataKeyCache:
                     return hit
         fresh = self.source.encryption_materials(suite_id=suite_id, context=context, plaintext_length=plaintext_length)
         with self._lock:
-            entry = _Entry(bytearray(fresh.data_key), fresh.edks, self._clock())
+            entry = _CachedKey(bytearray(fresh.data_key), fresh.edks, self._clock())
             self._store(slot, entry)
             self._charge(slot, entry, plaintext_length)
         return fresh
@@ -151,7 +151,7 @@ class DataKeyCache:
         with recording_opened() as inner:
             data_key = self.source.decryption_materials(suite_id=suite_id, context=context, edks=edks)
         with self._lock:
-            self._store(slot, _Entry(bytearray(data_key), (), self._clock(), opened_by=tuple(inner)))
+            self._store(slot, _CachedKey(bytearray(data_key), (), self._clock(), opened_by=tuple(inner)))
         for who in inner:
             report_opened(who)
         return data_key
@@ -168,7 +168,7 @@ class DataKeyCache:
 
     # ---- internals (caller holds the lock) -----------------------------------------------------
 
-    def _live(self, slot: Hashable) -> _Entry | None:
+    def _live(self, slot: Hashable) -> _CachedKey | None:
         entry = self._entries.get(slot)
         if entry is None:
             return None
@@ -178,7 +178,7 @@ class DataKeyCache:
         self._entries.move_to_end(slot)
         return entry
 
-    def _charge(self, slot: Hashable, entry: _Entry, nbytes: int) -> bool:
+    def _charge(self, slot: Hashable, entry: _CachedKey, nbytes: int) -> bool:
         """Count one more message of ``nbytes`` against the entry if the limits allow it; an entry
         that can serve no further message leaves the cache."""
         if entry.messages + 1 > self.max_messages or entry.nbytes + nbytes > self.max_bytes:
@@ -190,7 +190,7 @@ class DataKeyCache:
             self._evict(slot)
         return True
 
-    def _store(self, slot: Hashable, entry: _Entry) -> None:
+    def _store(self, slot: Hashable, entry: _CachedKey) -> None:
         self._evict(slot)
         self._entries[slot] = entry
         while len(self._entries) > self.capacity:

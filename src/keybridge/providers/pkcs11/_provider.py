@@ -28,7 +28,7 @@ from ._errors import translated
 from ._pin import resolve_pin
 from ._quirks import quirks_of
 from ._rejection import ImplicitRejection
-from ._session import Entry, SessionPool
+from ._session import PooledSession, SessionPool
 from ._sized import SizedCalls
 from ._uri import key_uri, parse, redact
 
@@ -167,7 +167,7 @@ class Pkcs11Provider(BaseProvider):
         common = {A.TOKEN: True, A.LABEL: name, A.ID: id_bytes}
         private = {**common, A.PRIVATE: True, A.SENSITIVE: True, A.EXTRACTABLE: exportable, A.DERIVE: False}
 
-        def generate(e: Entry) -> None:
+        def generate(e: PooledSession) -> None:
             s = e.session
             if spec.kty is KeyType.OCT:
                 tpl = {**private, **obj.SECRET_OFF, **obj.flags_template(obj.SECRET_FLAGS, ops)}
@@ -199,7 +199,7 @@ class Pkcs11Provider(BaseProvider):
         if pub_tpl is None:
             priv_tpl.update(obj.SECRET_OFF)
 
-        def create(e: Entry) -> None:
+        def create(e: PooledSession) -> None:
             priv = e.session.create_object(priv_tpl)
             if pub_tpl is None:
                 return
@@ -225,7 +225,7 @@ class Pkcs11Provider(BaseProvider):
         return self._catalog.get(name, id_bytes.hex())
 
     def _destroy_version(self, name: str, id_bytes: bytes) -> None:
-        def destroy(e: Entry) -> None:
+        def destroy(e: PooledSession) -> None:
             for o in list(e.session.get_objects({A.LABEL: name, A.ID: id_bytes})):
                 o.destroy()
 
@@ -245,7 +245,7 @@ class Pkcs11Provider(BaseProvider):
         name, version = info.ref.name, info.ref.version or ""
         ops = info.ops if enabled else frozenset()
 
-        def flags(e: Entry) -> None:
+        def flags(e: PooledSession) -> None:
             for o in list(e.session.get_objects({A.LABEL: name, A.ID: _id(version) or b""})):
                 if obj.is_secret(o):
                     template = obj.flags_template(obj.SECRET_FLAGS, ops)
@@ -271,7 +271,7 @@ class Pkcs11Provider(BaseProvider):
     def _delete_key(self, name: str) -> None:
         self._catalog.versions(name, fresh=True)  # KeyNotFound if there is none
 
-        def destroy(e: Entry) -> None:
+        def destroy(e: PooledSession) -> None:
             for o in list(e.session.get_objects({A.LABEL: name})):
                 if obj.is_key(o) or obj.is_public(o) or is_meta(o):
                     o.destroy()
@@ -349,7 +349,7 @@ class Pkcs11Provider(BaseProvider):
             return self._wrap_padded_by_hand(info, alg, key)
         tpl = {**_TRANSIENT_SECRET, A.VALUE: key}
 
-        def wrap(e: Entry) -> bytes:
+        def wrap(e: PooledSession) -> bytes:
             kek = e.key(info)
             tmp = e.session.create_object(tpl)
             try:
@@ -368,7 +368,7 @@ class Pkcs11Provider(BaseProvider):
                 " does not allow encrypt (needed for the work-around); wrap keys of a multiple of 8 bytes"
             )
 
-        def wrap(e: Entry) -> bytes:
+        def wrap(e: PooledSession) -> bytes:
             kek = e.key(info)
             return mech.rfc5649_wrap(lambda block: bytes(kek.encrypt(block, mechanism=M.AES_ECB)), key)
 
@@ -385,7 +385,7 @@ class Pkcs11Provider(BaseProvider):
             mechanism, param = mech.rsa_decryption(alg)
         tpl = {A.TOKEN: False, A.SENSITIVE: False, A.EXTRACTABLE: True}
 
-        def unwrap(e: Entry) -> bytes:
+        def unwrap(e: PooledSession) -> bytes:
             tmp = e.key(info).unwrap_key(
                 OC.SECRET_KEY, KT.GENERIC_SECRET, wrapped, mechanism=mechanism, mechanism_param=param, template=tpl
             )
@@ -422,7 +422,7 @@ class Pkcs11Provider(BaseProvider):
         kek_tpl = {**decode_rsa_public_key(pkcs1), A.TOKEN: False, A.WRAP: True, A.LABEL: "keybridge-byok-kek"}
         wrap = self._wrap_native if self._native_export else self._wrap_two_step
 
-        def export(e: Entry) -> bytes:
+        def export(e: PooledSession) -> bytes:
             target = e.key(info)
             kek_obj = e.session.create_object(kek_tpl)
             try:
@@ -433,11 +433,11 @@ class Pkcs11Provider(BaseProvider):
         return self._pool.run(export, "exporting (wrapped) key", info.ref)
 
     @staticmethod
-    def _wrap_native(e: Entry, kek: Any, target: Any) -> bytes:
+    def _wrap_native(e: PooledSession, kek: Any, target: Any) -> bytes:
         params = mech.RsaAesKeyWrapParams(256)  # referenced until wrap_key returns: raw points into it
         return bytes(kek.wrap_key(target, mechanism=mech.RSA_AES_KEY_WRAP, mechanism_param=params.raw))
 
-    def _wrap_two_step(self, e: Entry, kek: Any, target: Any) -> bytes:
+    def _wrap_two_step(self, e: PooledSession, kek: Any, target: Any) -> bytes:
         # A fresh AES-256 session key wraps the target with RFC 5649, the KEK wraps that key with
         # RSA-OAEP SHA-1; the AES key is destroyed whatever happens.
         eph_tpl = {A.EXTRACTABLE: True, A.SENSITIVE: True, A.WRAP: True, A.TOKEN: False}

@@ -23,7 +23,7 @@ from ...keys import KeyInfo, KeyType
 from ._errors import translate
 from ._library import Library
 
-__all__ = ["Entry", "SessionPool"]
+__all__ = ["PooledSession", "SessionPool"]
 
 T = TypeVar("T")
 
@@ -39,7 +39,7 @@ _RETRY_HANDLE = (
 _RETRY_ELSEWHERE = (px.OperationActive, px.OperationNotInitialized)
 
 
-class Entry:
+class PooledSession:
     """A pooled session plus a per-session cache of object handles (valid while it stays open)."""
 
     __slots__ = ("cache", "epoch", "generation", "session")
@@ -74,14 +74,14 @@ class SessionPool:
         self.token = self.lib.token(token_label)
         self._pin = pin
         self._mu = threading.Lock()  # slow paths only: re-login, close
-        self._idle: list[Entry] = []
+        self._idle: list[PooledSession] = []
         self._closed = False
         self._generation = self.lib.acquire_login(self.token, pin)
         self.lib.watch_fork(self)
 
     def run(
         self,
-        fn: Callable[[Entry], T],
+        fn: Callable[[PooledSession], T],
         action: str,
         what: object = None,
         *,
@@ -108,7 +108,7 @@ class SessionPool:
         finally:
             objects.release_shared()
 
-    def _run(self, fn: Callable[[Entry], T], action: str, what: object, integrity: bool) -> T:
+    def _run(self, fn: Callable[[PooledSession], T], action: str, what: object, integrity: bool) -> T:
         try:
             entry = self._idle.pop()
         except IndexError:
@@ -132,7 +132,7 @@ class SessionPool:
             self._drain()
         return result
 
-    def _take(self, entry: Entry | None, action: str, what: object, integrity: bool) -> Entry:
+    def _take(self, entry: PooledSession | None, action: str, what: object, integrity: bool) -> PooledSession:
         """A usable session: ``entry`` (popped from the idle list) if still good, else a new one."""
         if entry is None:
             try:
@@ -149,12 +149,12 @@ class SessionPool:
         except px.PKCS11Error as exc:
             raise translate(action, what, integrity, exc) from exc
 
-    def _give(self, entry: Entry) -> None:
+    def _give(self, entry: PooledSession) -> None:
         self._idle.append(entry)
         if self._closed:  # close() may have emptied the list before this append: empty it again
             self._drain()
 
-    def _open(self) -> Entry:
+    def _open(self) -> PooledSession:
         if self._closed:
             raise ProviderUnavailable("this PKCS#11 provider is closed; open a new one")
         self.lib.check_fork()
@@ -165,9 +165,9 @@ class SessionPool:
                     self.token = self.lib.token(self.token.label)
                     self._generation = self.lib.acquire_login(self.token, self._pin)
         with self.lib.serialized():
-            return Entry(self.token.open(rw=True), self._generation, self.lib.epoch)
+            return PooledSession(self.token.open(rw=True), self._generation, self.lib.epoch)
 
-    def _discard(self, entry: Entry) -> None:
+    def _discard(self, entry: PooledSession) -> None:
         if entry.generation == self.lib.generation:  # else C_Finalize closed it (or a fork copied it)
             with self.lib.serialized(), suppress(px.PKCS11Error):
                 entry.session.close()
@@ -180,7 +180,7 @@ class SessionPool:
                 return
             self._discard(entry)
 
-    def _settle(self, entry: Entry, exc: BaseException) -> None:
+    def _settle(self, entry: PooledSession, exc: BaseException) -> None:
         """Return ``entry`` after ``exc``, or close it if ``exc`` says the session is broken."""
         if isinstance(exc, _RETRY_SESSION + _RETRY_ELSEWHERE):
             self._discard(entry)
@@ -190,7 +190,13 @@ class SessionPool:
             self._give(entry)
 
     def _retry(
-        self, entry: Entry, exc: px.PKCS11Error, fn: Callable[[Entry], T], action: str, what: object, integrity: bool
+        self,
+        entry: PooledSession,
+        exc: px.PKCS11Error,
+        fn: Callable[[PooledSession], T],
+        action: str,
+        what: object,
+        integrity: bool,
     ) -> T:
         # Slow path: repair what ``exc`` says is broken, then run ``fn`` once more.
         started = entry.epoch  # == the library's epoch when fn began (run/_take ensure it)
