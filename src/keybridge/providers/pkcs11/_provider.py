@@ -33,7 +33,10 @@ from ._sized import SizedCalls
 from ._uri import key_uri, parse, redact
 
 _GCM_IV = _crypto.GCM_IV
+MODULE_ENV = "KEYBRIDGE_PKCS11_MODULE"
 _OPTIONS = ("module_path", "token_label", "user_pin", "pin_source", "cache_seconds", "init_args")
+# from_uri takes the token from the URI, so not as an option.
+_URI_OPTIONS = ("module_path", "user_pin", "pin_source", "cache_seconds", "init_args")
 # The token wraps only objects: key bytes come in as a short-lived session object like this.
 _TRANSIENT_SECRET = {
     A.CLASS: OC.SECRET_KEY,
@@ -460,3 +463,34 @@ def _id(version: str | None) -> bytes | None:
         return bytes.fromhex(version)
     except ValueError:
         raise InvalidArgument(f"PKCS#11 key version {version!r} is not hex (it is the CKA_ID in hex)") from None
+
+
+def from_uri(uri: str, **options: Any) -> Pkcs11Provider:
+    """A provider for an RFC 7512 URI (``pkcs11:token=T[;object=NAME]?module-path=...&pin-...``).
+
+    ``options`` may give ``module_path``, ``user_pin`` and ``pin_source`` (they win over the URI)
+    and ``cache_seconds``; ``init_args`` (the module's C_Initialize string) may also come from the
+    query attribute ``x-init-args``. Without a module path in either, ``$KEYBRIDGE_PKCS11_MODULE`` is used.
+    """
+    u = parse(uri)
+    check_options("pkcs11", options, _URI_OPTIONS)
+    token = u.path.get("token")
+    if not token:
+        raise InvalidKeyUri(f"PKCS#11 URI {redact(uri)!r} names no token; add token=LABEL")
+    module = options.get("module_path") or u.query.get("module-path") or os.environ.get(MODULE_ENV)
+    if not module:
+        raise InvalidKeyUri(
+            f"PKCS#11 URI {redact(uri)!r} names no module; add ?module-path=/path/to/module.so or set {MODULE_ENV}"
+        )
+    pin = options.get("user_pin")
+    source = options.get("pin_source")
+    if pin is None and source is None:
+        pin, source = u.query.get("pin-value"), u.query.get("pin-source")
+    return Pkcs11Provider(
+        module,
+        token,
+        pin,
+        pin_source=source,
+        cache_seconds=float(options.get("cache_seconds", 1.0)),
+        init_args=options.get("init_args") or u.query.get("x-init-args"),
+    )
