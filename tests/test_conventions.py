@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,9 @@ from keybridge import provider as registry
 
 SRC = Path(keybridge.__file__).parent
 BACKENDS = ("memory", "pkcs11", "azure")
+# The backends that call a foreign library whose exceptions need translating (memory raises
+# keybridge errors itself); a new such backend joins this list and the check below.
+TRANSLATING = ("pkcs11", "azure")
 
 
 @pytest.mark.parametrize("name", BACKENDS)
@@ -41,3 +46,36 @@ def test_no_two_classes_share_a_name() -> None:
     assert len(where) > 100  # the walk really saw the package
     shared = {name: places for name, places in where.items() if len(places) > 1}
     assert shared == {}, f"classes sharing a name (give each one that says what it is): {shared}"
+
+
+def _shape(fn: Callable[..., object]) -> list[tuple[str, object, object]]:
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+
+@pytest.mark.parametrize("name", TRANSLATING)
+def test_error_translators_have_one_shape(name: str) -> None:
+    pytest.importorskip({"pkcs11": "pkcs11", "azure": "azure.keyvault.keys"}[name])
+    errors = importlib.import_module(f"keybridge.providers.{name}._errors")
+    kw, pos = inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD
+    empty = inspect.Parameter.empty
+    bad_input = ("bad_input", kw, keybridge.InvalidArgument)
+    assert _shape(errors.translate) == [("action", pos, empty), ("what", pos, empty), ("exc", pos, empty), bad_input]
+    assert _shape(errors.translated) == [("action", pos, empty), ("what", pos, None), bad_input]
+
+
+@pytest.mark.parametrize("name", TRANSLATING)
+def test_translated_keeps_the_cause_and_names_action_and_key(name: str) -> None:
+    pytest.importorskip({"pkcs11": "pkcs11", "azure": "azure.keyvault.keys"}[name])
+    errors = importlib.import_module(f"keybridge.providers.{name}._errors")
+    if name == "pkcs11":
+        from pkcs11 import exceptions as px
+
+        raw: Exception = px.DataInvalid()
+    else:
+        from azure.core.exceptions import ServiceRequestError
+
+        raw = ServiceRequestError("connection refused")
+    with pytest.raises(keybridge.KeybridgeError) as info, errors.translated("decrypting with", "K"):
+        raise raw
+    assert info.value.__cause__ is raw
+    assert str(info.value).startswith("decrypting with K")

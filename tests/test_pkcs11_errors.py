@@ -11,6 +11,7 @@ from keybridge import (
     IntegrityError,
     InvalidArgument,
     InvalidKeySpec,
+    InvalidPackage,
     KeybridgeError,
     KeySpec,
     OperationNotPermitted,
@@ -38,9 +39,11 @@ ALL = sorted(
 
 
 @pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
-@pytest.mark.parametrize("integrity", [False, True])
-def test_no_python_pkcs11_exception_ends_as_a_bare_keybridge_error(cls: type[px.PKCS11Error], integrity: bool) -> None:
-    err = translate("signing with key", "K", integrity, cls())
+@pytest.mark.parametrize("bad_input", [InvalidArgument, IntegrityError])
+def test_no_python_pkcs11_exception_ends_as_a_bare_keybridge_error(
+    cls: type[px.PKCS11Error], bad_input: type[KeybridgeError]
+) -> None:
+    err = translate("signing with key", "K", cls(), bad_input=bad_input)
     assert type(err) is not KeybridgeError
     assert isinstance(err, KeybridgeError)
     assert str(err).startswith("signing with key")
@@ -78,7 +81,7 @@ def test_no_python_pkcs11_exception_ends_as_a_bare_keybridge_error(cls: type[px.
     ids=lambda v: type(v).__name__ if isinstance(v, Exception) else None,
 )
 def test_translator_table(exc: px.PKCS11Error, expected: type[KeybridgeError], words: str) -> None:
-    err = translate("doing it", "on K", False, exc)
+    err = translate("doing it", "on K", exc)
     assert type(err) is expected
     assert words in str(err)
     assert str(err).startswith("doing it on K: ")
@@ -88,7 +91,21 @@ def test_translator_table(exc: px.PKCS11Error, expected: type[KeybridgeError], w
     "exc", [px.GeneralError(), px.EncryptedDataInvalid(), px.WrappedKeyInvalid(), px.DataLenRange()]
 )
 def test_decrypt_failures_are_integrity_errors(exc: px.PKCS11Error) -> None:
-    assert type(translate("decrypting with key", "K", True, exc)) is IntegrityError
+    assert type(translate("decrypting with key", "K", exc, bad_input=IntegrityError)) is IntegrityError
+
+
+@pytest.mark.parametrize("exc", [px.GeneralError(), px.DataLenRange()])
+def test_a_refused_input_can_be_reported_as_the_callers_error(exc: px.PKCS11Error) -> None:
+    # What a BYOK import wants for a package the token will not unwrap, as the Azure backend does.
+    err = translate("importing", "K", exc, bad_input=InvalidPackage)
+    assert type(err) is InvalidPackage
+    assert str(err).startswith("importing K failed: ")
+
+
+def test_an_error_from_outside_python_pkcs11_is_still_typed() -> None:
+    err = translate("reading", "K", OSError("module gone"))
+    assert type(err) is ProviderUnavailable
+    assert str(err) == "reading K: OSError from the PKCS#11 layer"
 
 
 # ---- real CKR codes from SoftHSM2, through the provider's pool (the path every operation takes) ----

@@ -25,7 +25,7 @@ from ...errors import (
 from ...keys import ALGORITHMS, AlgorithmSpec, KeyAttributes, KeyInfo, KeyRef, KeySpec, KeyType, PrivateKey
 from . import _convert, _rest
 from ._access import AccessControl
-from ._errors import mapped
+from ._errors import translated
 from ._uri import NAME_RE, is_key_vault_host, split_key_id
 
 DEFAULT_CLIENT_OPTIONS: Mapping[str, Any] = {
@@ -266,7 +266,7 @@ class AzureKeyVaultProvider(BaseProvider):
             "exportable": True if attrs.exportable else None,
         }
         self._forget(name)
-        with mapped(f"create key {name!r} ({spec}) in {self.vault_url}"):
+        with translated(f"create key {name!r} ({spec}) in {self.vault_url}"):
             if spec.kty is KeyType.RSA:
                 key = self.client.create_rsa_key(name, size=spec.size, **common)
             elif spec.kty is KeyType.EC:
@@ -301,11 +301,11 @@ class AzureKeyVaultProvider(BaseProvider):
         spec: KeySpec,
         tags: Mapping[str, str],
         action: str,
-        bad_request: type[InvalidArgument],
+        bad_input: type[InvalidArgument],
         **kwargs: Any,
     ) -> KeyInfo:
         self._forget(name)
-        with mapped(action, bad_request=bad_request):
+        with translated(action, bad_input=bad_input):
             key = self.client.import_key(name, jwk, enabled=True, tags=_convert.stored_tags(spec, tags), **kwargs)
         return self._info(key, latest=True)
 
@@ -313,12 +313,12 @@ class AzureKeyVaultProvider(BaseProvider):
         cached = self._cached(name, version)
         if cached is not None:
             return cached
-        with mapped(f"get key {self._make_ref(name, version)}"):
+        with translated(f"get key {self._make_ref(name, version)}"):
             key = self.client.get_key(name, version)
         return self._info(key, latest=version is None)
 
     def _list_keys(self) -> Iterator[KeyInfo]:
-        with mapped(f"list keys in {self.vault_url}"):
+        with translated(f"list keys in {self.vault_url}"):
             names = [p.name for p in self.client.list_properties_of_keys() if not p.managed]
         for name in names:
             try:
@@ -327,7 +327,7 @@ class AzureKeyVaultProvider(BaseProvider):
                 continue  # a key type keybridge cannot represent (e.g. RSA-1024, P-256K): not ours to list
 
     def _list_versions(self, name: str) -> Iterator[KeyInfo]:
-        with mapped(f"list versions of {self._make_ref(name, None)}"):
+        with translated(f"list versions of {self._make_ref(name, None)}"):
             versions = [p.version for p in self.client.list_properties_of_key_versions(name)]
         if not versions:
             self._get_key(name, None)  # raises KeyNotFound for a name that does not exist
@@ -338,7 +338,7 @@ class AzureKeyVaultProvider(BaseProvider):
     def _rotate_key(self, name: str) -> KeyInfo:
         current = self._get_key(name, None)
         self._forget(name)
-        with mapped(f"rotate key {self._make_ref(name, None)}"):
+        with translated(f"rotate key {self._make_ref(name, None)}"):
             key = self.client.rotate_key(name)
             if current.spec.kty is KeyType.OCT and _convert.SIZE_TAG not in (key.properties.tags or {}):
                 # Keep the AES size on the new version, whatever the service copied over.
@@ -348,14 +348,14 @@ class AzureKeyVaultProvider(BaseProvider):
 
     def _set_enabled(self, info: KeyInfo, enabled: bool) -> KeyInfo:
         self._forget(info.ref.name)
-        with mapped(f"{'enable' if enabled else 'disable'} key {info.ref}"):
+        with translated(f"{'enable' if enabled else 'disable'} key {info.ref}"):
             key = self.client.update_key_properties(info.ref.name, info.ref.version, enabled=enabled)
         return self._info(key)
 
     def _delete_key(self, name: str) -> None:
         self._forget(name)
         action = f"delete key {self._make_ref(name, None)}"
-        with mapped(action):
+        with translated(action):
             poller = self.client.begin_delete_key(name)
             poller.wait(timeout=self._delete_timeout)
             if not poller.done():
@@ -366,27 +366,27 @@ class AzureKeyVaultProvider(BaseProvider):
     # ---- key operations (always in the service) ------------------------------------------------
 
     def _wrap_key(self, info: KeyInfo, alg: AlgorithmSpec, key: bytes) -> bytes:
-        with mapped(f"wrap with {info.ref} ({alg.name})"):
+        with translated(f"wrap with {info.ref} ({alg.name})"):
             return _rest.transform(self.client, info, "wrapkey", alg.name, key)
 
     def _unwrap_key(self, info: KeyInfo, alg: AlgorithmSpec, wrapped: bytes) -> bytes:
-        with mapped(f"unwrap with {info.ref} ({alg.name})", bad_request=IntegrityError):
+        with translated(f"unwrap with {info.ref} ({alg.name})", bad_input=IntegrityError):
             return _rest.transform(self.client, info, "unwrapkey", alg.name, wrapped)
 
     def _encrypt(self, info: KeyInfo, alg: AlgorithmSpec, data: bytes, aad: bytes | None) -> bytes:
         # Only A*GCM gets here: RSA encryption runs locally from the public key in BaseProvider.
-        with mapped(f"encrypt with {info.ref} ({alg.name})"):
+        with translated(f"encrypt with {info.ref} ({alg.name})"):
             return _rest.gcm_encrypt(self.client, info, alg.name, data, aad)
 
     def _decrypt(self, info: KeyInfo, alg: AlgorithmSpec, data: bytes, aad: bytes | None) -> bytes:
-        with mapped(f"decrypt with {info.ref} ({alg.name})", bad_request=IntegrityError):
+        with translated(f"decrypt with {info.ref} ({alg.name})", bad_input=IntegrityError):
             if alg.kty is KeyType.OCT:
                 return _rest.gcm_decrypt(self.client, info, alg.name, data, aad)
             return _rest.transform(self.client, info, "decrypt", alg.name, data)
 
     def _sign(self, info: KeyInfo, alg: AlgorithmSpec, digest: bytes) -> bytes:
         # Key Vault returns ES* signatures as raw r||s already, which is keybridge's form too.
-        with mapped(f"sign with {info.ref} ({alg.name})"):
+        with translated(f"sign with {info.ref} ({alg.name})"):
             return _rest.transform(self.client, info, "sign", alg.name, digest)
 
     def _export_key(self, info: KeyInfo) -> PrivateKey | bytes:

@@ -323,7 +323,7 @@ class Pkcs11Provider(BaseProvider):
                     lambda e: self._sized.crypt(e.session, e.key(info), data, mechanism, param, decrypt=True),
                     f"decrypting with {alg.name} and key",
                     info.ref,
-                    integrity=True,
+                    bad_input=IntegrityError,
                 )
             ),
         )
@@ -401,7 +401,7 @@ class Pkcs11Provider(BaseProvider):
             info,
             alg,
             wrapped,
-            lambda: self._pool.run(unwrap, f"unwrapping with {alg.name} and key", info.ref, integrity=True),
+            lambda: self._pool.run(unwrap, f"unwrapping with {alg.name} and key", info.ref, bad_input=IntegrityError),
         )
 
     @property

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from pkcs11 import ObjectClass as OC
 from pkcs11 import exceptions as px
 
-from ...errors import ProviderUnavailable
+from ...errors import InvalidArgument, KeybridgeError, ProviderUnavailable
 from ...keys import KeyInfo, KeyType
 from ._errors import translate
 from ._library import Library
@@ -85,36 +85,36 @@ class SessionPool:
         action: str,
         what: object = None,
         *,
-        integrity: bool = False,
+        bad_input: type[KeybridgeError] = InvalidArgument,
         write: bool = False,
     ) -> T:
         """``fn(entry)`` on a session no other call uses meanwhile.
 
         An invalid session, a stale object handle or a lost login is repaired and ``fn`` retried
-        once. PKCS#11 errors become keybridge errors naming ``action`` and ``what`` (with
-        ``integrity``, failures that mean "does not authenticate" become IntegrityError). ``write``
+        once. PKCS#11 errors become keybridge errors naming ``action`` and ``what``; ``bad_input`` is the error
+        for input the token refused (IntegrityError on decrypt/unwrap; see :func:`._errors.translate`). ``write``
         says ``fn`` creates, destroys or changes token objects: it then runs alone.
         """
         objects = self.lib.objects
         if write:
             objects.acquire_exclusive()
             try:
-                return self._run(fn, action, what, integrity)
+                return self._run(fn, action, what, bad_input)
             finally:
                 objects.release_exclusive()
         objects.acquire_shared()
         try:
-            return self._run(fn, action, what, integrity)
+            return self._run(fn, action, what, bad_input)
         finally:
             objects.release_shared()
 
-    def _run(self, fn: Callable[[PooledSession], T], action: str, what: object, integrity: bool) -> T:
+    def _run(self, fn: Callable[[PooledSession], T], action: str, what: object, bad_input: type[KeybridgeError]) -> T:
         try:
             entry = self._idle.pop()
         except IndexError:
             entry = None
         if entry is None or entry.generation != self.lib.generation or entry.epoch != self.lib.epoch:
-            entry = self._take(entry, action, what, integrity)
+            entry = self._take(entry, action, what, bad_input)
         lock = self.lib.call_lock
         try:
             if lock is None:
@@ -123,7 +123,7 @@ class SessionPool:
                 with lock:
                     result = fn(entry)
         except px.PKCS11Error as exc:
-            return self._retry(entry, exc, fn, action, what, integrity)
+            return self._retry(entry, exc, fn, action, what, bad_input)
         except BaseException:
             self._give(entry)
             raise
@@ -132,7 +132,9 @@ class SessionPool:
             self._drain()
         return result
 
-    def _take(self, entry: PooledSession | None, action: str, what: object, integrity: bool) -> PooledSession:
+    def _take(
+        self, entry: PooledSession | None, action: str, what: object, bad_input: type[KeybridgeError]
+    ) -> PooledSession:
         """A usable session: ``entry`` (popped from the idle list) if still good, else a new one."""
         if entry is None:
             try:
@@ -147,7 +149,7 @@ class SessionPool:
         try:  # none idle, or re-initialised / forked: _open drops the other stale ones too
             return self._open()
         except px.PKCS11Error as exc:
-            raise translate(action, what, integrity, exc) from exc
+            raise translate(action, what, exc, bad_input=bad_input) from exc
 
     def _give(self, entry: PooledSession) -> None:
         self._idle.append(entry)
@@ -196,7 +198,7 @@ class SessionPool:
         fn: Callable[[PooledSession], T],
         action: str,
         what: object,
-        integrity: bool,
+        bad_input: type[KeybridgeError],
     ) -> T:
         # Slow path: repair what ``exc`` says is broken, then run ``fn`` once more.
         started = entry.epoch  # == the library's epoch when fn began (run/_take ensure it)
@@ -209,18 +211,18 @@ class SessionPool:
             # Private objects vanish, and their handles die, when someone logs the process out:
             # log in again first, else the fresh lookup below finds nothing.
             if not self._logged_out_meanwhile(started) and isinstance(exc, px.NoSuchKey):
-                raise translate(action, what, integrity, exc) from exc
+                raise translate(action, what, exc, bad_input=bad_input) from exc
         elif not isinstance(exc, _RETRY_ELSEWHERE) and not self._logged_out_meanwhile(started):
             # (A module may report a key it hides after a logout as anything: NSS says CKR_HOST_MEMORY.)
-            raise translate(action, what, integrity, exc) from exc
-        entry = self._take(None, action, what, integrity)
+            raise translate(action, what, exc, bad_input=bad_input) from exc
+        entry = self._take(None, action, what, bad_input)
         try:
             with self.lib.serialized():
                 result = fn(entry)
         except BaseException as again:
             self._settle(entry, again)
             if isinstance(again, px.PKCS11Error):
-                raise translate(action, what, integrity, again) from again
+                raise translate(action, what, again, bad_input=bad_input) from again
             raise
         self._give(entry)
         return result
