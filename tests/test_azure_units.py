@@ -322,7 +322,7 @@ def test_missing_azure_packages_name_the_extra_to_install() -> None:
     assert 'pip install "keybridge-sdk[azure]"' in out
 
 
-@pytest.mark.parametrize("option", ["cache_ttl", "delete_timeout"])
+@pytest.mark.parametrize("option", ["cache_seconds", "delete_timeout"])
 @pytest.mark.parametrize("value", ["30", -1, float("nan"), True, None])
 def test_timing_options_must_be_non_negative_seconds(option: str, value: object) -> None:
     with pytest.raises(InvalidArgument, match=f"{option} must be a number of seconds"):

@@ -12,6 +12,7 @@ from azure.core.credentials import TokenCredential
 from azure.keyvault.keys import JsonWebKey, KeyClient, KeyVaultKey
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ..._durations import renamed, seconds
 from ..._redact import redact_uri
 from ...base import BaseProvider, check_options
 from ...errors import (
@@ -58,7 +59,7 @@ CLIENT_OPTIONS = frozenset(
 )
 """The azure-core / ``KeyClient`` keyword arguments the provider passes on; anything else is refused
 (a misspelt option would otherwise be ignored, or fail later inside the SDK)."""
-_OPTIONS = frozenset({"credential", "hsm", "cache_ttl", "delete_timeout", "purge_on_delete"}) | CLIENT_OPTIONS
+_OPTIONS = frozenset({"credential", "hsm", "cache_seconds", "delete_timeout", "purge_on_delete"}) | CLIENT_OPTIONS
 
 _SYMMETRIC = frozenset(n for n, a in ALGORITHMS.items() if a.kty is KeyType.OCT)
 _NOT_IN_AZURE = frozenset({"RSA-OAEP-384", "RSA-OAEP-512"})  # keybridge/ESDK names Key Vault lacks
@@ -66,13 +67,6 @@ _NO_RELEASE = (
     "Azure Key Vault never hands out key material in clear; an exportable key leaves only through"
     " secure key release (KeyClient.release_key with an attestation token)"
 )
-
-
-def _seconds(option: str, value: object) -> float:
-    """A non-negative number of seconds from a provider option, or InvalidArgument."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise InvalidArgument(f"{option} must be a number of seconds (0 or more), got {value!r}")
-    return float(value)
 
 
 class AzureKeyVaultProvider(BaseProvider):
@@ -83,9 +77,9 @@ class AzureKeyVaultProvider(BaseProvider):
     ``KeyClient`` (``retry_total``, ``connection_verify``, ``verify_challenge_resource``,
     ``transport`` …) on top of :data:`DEFAULT_CLIENT_OPTIONS`; any other is ``InvalidArgument``.
     Provider options: ``hsm`` (create ``-HSM`` keys; default True on Managed HSM and non-Azure
-    hosts such as the emulator), ``cache_ttl`` (seconds key metadata is reused, default 30, 0
-    disables), ``delete_timeout`` (seconds to wait for a soft delete, 60) and ``purge_on_delete``
-    (also purge the soft-deleted key, default False).
+    hosts such as the emulator), ``cache_seconds`` (seconds key metadata is reused, default 30, 0
+    disables; ``cache_ttl`` is its deprecated old name), ``delete_timeout`` (seconds to wait for a
+    soft delete, 60) and ``purge_on_delete`` (also purge the soft-deleted key, default False).
     """
 
     scheme = "https"
@@ -96,9 +90,10 @@ class AzureKeyVaultProvider(BaseProvider):
         credential: TokenCredential | None = None,
         *,
         hsm: bool | None = None,
-        cache_ttl: float = 30.0,
+        cache_seconds: float = 30.0,
         delete_timeout: float = 60.0,
         purge_on_delete: bool = False,
+        cache_ttl: float | None = None,
         **client_kwargs: Any,
     ) -> None:
         check_options("azure", client_kwargs, _OPTIONS)
@@ -117,8 +112,10 @@ class AzureKeyVaultProvider(BaseProvider):
         )
         self._credential = credential
         self._client_kwargs = {**DEFAULT_CLIENT_OPTIONS, **client_kwargs}
-        self._cache_ttl = _seconds("cache_ttl", cache_ttl)
-        self._delete_timeout = _seconds("delete_timeout", delete_timeout)
+        self._cache_seconds = seconds(
+            "cache_seconds", renamed("cache_ttl", cache_ttl, "cache_seconds", cache_seconds, 30.0)
+        )
+        self._delete_timeout = seconds("delete_timeout", delete_timeout)
         self._purge_on_delete = purge_on_delete
         self._client: KeyClient | None = None
         self._access: AccessControl | None = None
@@ -186,7 +183,7 @@ class AzureKeyVaultProvider(BaseProvider):
             self.vault_url,
             credential,
             hsm=self.hsm,
-            cache_ttl=self._cache_ttl,
+            cache_seconds=self._cache_seconds,
             delete_timeout=self._delete_timeout,
             purge_on_delete=self._purge_on_delete,
             **self._client_kwargs,
@@ -214,8 +211,8 @@ class AzureKeyVaultProvider(BaseProvider):
     def _info(self, key: KeyVaultKey, *, latest: bool = False) -> KeyInfo:
         """Convert and cache; ``latest`` also caches it as the key's current version."""
         info = _convert.key_info(key, self._make_ref)
-        if self._cache_ttl:
-            entry = (time.monotonic() + self._cache_ttl, info)
+        if self._cache_seconds:
+            entry = (time.monotonic() + self._cache_seconds, info)
             with self._lock:
                 self._cache[(info.ref.name, info.ref.version)] = entry
                 if latest:

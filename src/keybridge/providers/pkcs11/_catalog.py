@@ -58,7 +58,7 @@ class Catalog:
         self._pool = pool
         self._token = token_label
         self._make_ref = make_ref
-        self._ttl = cache_seconds
+        self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, list[KeyInfo]]] = {}
         self._changes = 0  # bumped by forget(): a read that overlapped a change is not cached
         self._in_data: bool | None = None  # records in data objects (else carriers); probed on first use
@@ -75,7 +75,7 @@ class Catalog:
             self._cache.pop(name, None)
             raise KeyNotFound(f"no key named {shown(name)} on token {self._token!r}; list_keys() shows what there is")
         if self._changes == mark:  # else this process changed keys meanwhile: the read may be stale
-            self._cache[name] = (monotonic() + self._ttl, infos)
+            self._cache[name] = (monotonic() + self._cache_seconds, infos)
         return infos
 
     def get(self, name: str, version: str | None) -> KeyInfo:

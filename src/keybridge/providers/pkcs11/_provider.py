@@ -17,6 +17,7 @@ from pkcs11 import ObjectClass as OC
 from pkcs11.util.rsa import decode_rsa_public_key
 
 from ... import _crypto
+from ..._durations import seconds
 from ..._redact import mentions_pin
 from ...base import BaseProvider, check_options
 from ...errors import IntegrityError, InvalidArgument, InvalidKeyUri, KeyNotFound, OperationNotPermitted
@@ -74,6 +75,7 @@ class Pkcs11Provider(BaseProvider):
     ) -> None:
         # Taken only to be refused with the same InvalidArgument as every provider, not a TypeError.
         check_options(self.scheme, unknown, _OPTIONS)
+        cache_seconds = seconds("cache_seconds", cache_seconds)
         if mentions_pin(token_label) or mentions_pin(module_path):
             raise InvalidArgument(
                 "the token label or module path contains a PIN attribute (pin-value=/pin-source=): a URI"
@@ -491,6 +493,6 @@ def from_uri(uri: str, **options: Any) -> Pkcs11Provider:
         token,
         pin,
         pin_source=source,
-        cache_seconds=float(options.get("cache_seconds", 1.0)),
+        cache_seconds=options.get("cache_seconds", 1.0),
         init_args=options.get("init_args") or u.query.get("x-init-args"),
     )
