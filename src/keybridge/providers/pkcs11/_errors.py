@@ -148,7 +148,7 @@ class translated:
     """Map PKCS#11 errors raised while doing ``action`` (on key ``what``) to keybridge errors.
 
     ``bad_input`` is as in :func:`translate`. Messages name the action and key only, never a PIN
-    or bytes. (A class, not ``@contextmanager``: it wraps hot calls and a generator costs more.)
+    or bytes.
     """
 
     __slots__ = ("action", "bad_input", "what")
