@@ -83,7 +83,7 @@ class DataKeyCache:
     ) -> None:
         given = renamed("max_age", max_age, "cache_seconds", cache_seconds, None)
         if given is None:
-            raise InvalidArgument("DataKeyCache needs cache_seconds=, how long a data key may be reused")
+            raise InvalidArgument("DataKeyCache needs cache_seconds: how many seconds a data key may be reused")
         self.cache_seconds = seconds("cache_seconds", given, positive=True)
         if not 1 <= max_messages <= MAX_MESSAGES:
             raise InvalidArgument(f"max_messages must be between 1 and 2**32, got {max_messages!r}")
