@@ -298,7 +298,7 @@ def test_dead_endpoint_fails_with_provider_unavailable_within_ten_seconds(tmp_pa
         options = emu.provider_options()
         # The emulator deletes its CA file when it stops; keep a copy so that TLS setup still works.
         options["connection_verify"] = str(shutil.copy(emu.ca_file, tmp_path / "ca.pem"))
-        with AzureKeyVaultProvider(emu.vault_url, cache_ttl=0, **options) as p:
+        with AzureKeyVaultProvider(emu.vault_url, cache_seconds=0, **options) as p:
             name = p.create_key(_name(), KeySpec.ec("P-256")).ref.name
             emu.stop()  # the provider's keep-alive connection is closed too
             start = time.monotonic()

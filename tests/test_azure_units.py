@@ -43,7 +43,7 @@ from keybridge.errors import (
 from keybridge.keys import KeyOp, KeySpec, KeyType
 from keybridge.providers.azure import AzureKeyVaultProvider, from_uri
 from keybridge.providers.azure._convert import SIZE_TAG, key_info, private_jwk, stored_tags
-from keybridge.providers.azure._errors import mapped, translate
+from keybridge.providers.azure._errors import translate, translated
 from keybridge.providers.azure._uri import _shown, split_key_id
 
 # ---- URIs ------------------------------------------------------------------------------------------
@@ -255,43 +255,44 @@ def _http_error(status: int, code: str = "", inner: str = "", message: str = "",
         (400, "BadParameter", "", HttpResponseError, InvalidArgument),
         (429, "Throttled", "", HttpResponseError, ProviderUnavailable),
         (503, "ServiceUnavailable", "", HttpResponseError, ProviderUnavailable),
-        (418, "Teapot", "", HttpResponseError, KeybridgeError),
+        (418, "Teapot", "", HttpResponseError, ProviderUnavailable),  # typed, as PKCS#11 does,
     ],
 )
 def test_http_errors_map_to_keybridge_errors(status: int, code: str, inner: str, cls: type, expected: type) -> None:
     exc = _http_error(status, code, inner, "A key with (name/id) k was not found", cls)
-    err = translate(exc, "get key k")
+    err = translate("get key k", None, exc)
     assert type(err) is expected
     assert str(err).startswith("get key k: ")
     assert code in str(err)
 
 
 def test_deleted_but_recoverable_says_recover_or_purge() -> None:
-    err = translate(_http_error(409, "Conflict", "ObjectIsDeletedButRecoverable"), "create key k")
+    err = translate("create key", "k", _http_error(409, "Conflict", "ObjectIsDeletedButRecoverable"))
+    assert str(err).startswith("create key k: ")
     assert "recover it or purge it" in str(err)
 
 
-@pytest.mark.parametrize("bad_request", [InvalidPackage, IntegrityError])
-def test_a_refused_request_can_be_reported_as_the_callers_error(bad_request: type[KeybridgeError]) -> None:
-    err = translate(_http_error(400, "BadParameter", message="bad key_hsm"), "import", bad_request=bad_request)
-    assert type(err) is bad_request
+@pytest.mark.parametrize("bad_input", [InvalidPackage, IntegrityError])
+def test_a_refused_request_can_be_reported_as_the_callers_error(bad_input: type[KeybridgeError]) -> None:
+    err = translate("import", None, _http_error(400, "BadParameter", message="bad key_hsm"), bad_input=bad_input)
+    assert type(err) is bad_input
     assert "bad key_hsm" in str(err)
 
 
 @pytest.mark.parametrize("exc_type", [ServiceRequestError, ServiceResponseError])
 def test_connection_failures_are_provider_unavailable(exc_type: type) -> None:
-    with pytest.raises(ProviderUnavailable, match="cannot be reached") as info, mapped("get key k"):
+    with pytest.raises(ProviderUnavailable, match="cannot be reached") as info, translated("get key k"):
         raise exc_type("Connection refused")
     assert isinstance(info.value.__cause__, exc_type)
 
 
 def test_challenge_resource_mismatch_points_at_the_option() -> None:
-    with pytest.raises(AuthenticationError, match="verify_challenge_resource=False"), mapped("get key k"):
+    with pytest.raises(AuthenticationError, match="verify_challenge_resource=False"), translated("get key k"):
         raise ValueError("The challenge resource 'localhost' does not match the requested domain.")
 
 
 def test_unrelated_value_errors_are_not_swallowed() -> None:
-    with pytest.raises(ValueError, match="programming error") as info, mapped("get key k"):
+    with pytest.raises(ValueError, match="programming error") as info, translated("get key k"):
         raise ValueError("programming error")
     assert not isinstance(info.value, KeybridgeError)
 
@@ -299,7 +300,7 @@ def test_unrelated_value_errors_are_not_swallowed() -> None:
 def test_tokens_never_reach_error_messages() -> None:
     jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
     exc = _http_error(401, "Unauthorized", message=f"token Bearer {jwt} rejected")
-    with pytest.raises(AuthenticationError) as info, mapped("get key k"):
+    with pytest.raises(AuthenticationError) as info, translated("get key k"):
         raise exc
     assert jwt not in str(info.value)
     assert "eyJ" not in str(info.value)
@@ -321,7 +322,7 @@ def test_missing_azure_packages_name_the_extra_to_install() -> None:
     assert 'pip install "keybridge-sdk[azure]"' in out
 
 
-@pytest.mark.parametrize("option", ["cache_ttl", "delete_timeout"])
+@pytest.mark.parametrize("option", ["cache_seconds", "delete_timeout"])
 @pytest.mark.parametrize("value", ["30", -1, float("nan"), True, None])
 def test_timing_options_must_be_non_negative_seconds(option: str, value: object) -> None:
     with pytest.raises(InvalidArgument, match=f"{option} must be a number of seconds"):

@@ -398,7 +398,7 @@ def test_more_wrong_types_are_typed_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "ks").exists()
     with pytest.raises(keybridge.InvalidPackage, match="JSON text or bytes"):
         ByokPackage.from_json(None)  # type: ignore[arg-type]
-    with pytest.raises(keybridge.InvalidArgument, match="max_age"):
-        DataKeyCache(Keyring(kp.key("k")), max_age=None)  # type: ignore[arg-type]
+    with pytest.raises(keybridge.InvalidArgument, match="needs cache_seconds"):
+        DataKeyCache(Keyring(kp.key("k")), cache_seconds=None)
     with pytest.raises(keybridge.InvalidArgument, match="KeyProvider as target"):
         transfer(kp, None, "x", KeySpec.aes(256))  # type: ignore[arg-type]

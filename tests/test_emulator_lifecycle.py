@@ -49,7 +49,7 @@ def test_stop_ends_keep_alive_connections_of_clients_that_already_talked_to_it(t
         options = {**hsm.provider_options(), "connection_verify": str(shutil.copy(hsm.ca_file, tmp_path / "ca.pem"))}
         client = azure_keys.KeyClient(hsm.vault_url, retry_total=0, **options)
         name = client.create_ec_key("before-stop", curve="P-256").name
-        provider = AzureKeyVaultProvider(hsm.vault_url, cache_ttl=0, retry_total=0, **options)
+        provider = AzureKeyVaultProvider(hsm.vault_url, cache_seconds=0, retry_total=0, **options)
         assert provider.get_key(name).ref.name == name  # both now hold a keep-alive connection
     finally:
         hsm.stop()

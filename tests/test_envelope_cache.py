@@ -55,8 +55,8 @@ def enc(cache: DataKeyCache, n: int | None = 100, context=CTX):
     return cache.encryption_materials(suite_id=SUITE, context=context, plaintext_length=n)
 
 
-def test_encrypt_materials_are_reused_until_max_age(ring, clock, wraps) -> None:
-    cache = DataKeyCache(ring, max_age=60, clock=clock)
+def test_encrypt_materials_are_reused_until_cache_seconds(ring, clock, wraps) -> None:
+    cache = DataKeyCache(ring, cache_seconds=60, clock=clock)
     first = enc(cache)
     assert enc(cache) == first
     clock.now += 59.9
@@ -69,7 +69,7 @@ def test_encrypt_materials_are_reused_until_max_age(ring, clock, wraps) -> None:
 
 
 def test_encrypt_materials_are_partitioned_by_context_and_suite(ring, clock, wraps) -> None:
-    cache = DataKeyCache(ring, max_age=60, clock=clock)
+    cache = DataKeyCache(ring, cache_seconds=60, clock=clock)
     a = enc(cache, context={"t": "1"})
     b = enc(cache, context={"t": "2"})
     assert a.data_key != b.data_key
@@ -80,7 +80,7 @@ def test_encrypt_materials_are_partitioned_by_context_and_suite(ring, clock, wra
 
 
 def test_max_messages_limits_how_often_a_data_key_is_used(ring, clock, wraps) -> None:
-    cache = DataKeyCache(ring, max_age=60, max_messages=3, clock=clock)
+    cache = DataKeyCache(ring, cache_seconds=60, max_messages=3, clock=clock)
     keys = [enc(cache).data_key for _ in range(7)]
     assert keys[0] == keys[1] == keys[2] != keys[3]
     assert keys[3] == keys[4] == keys[5] != keys[6]
@@ -89,7 +89,7 @@ def test_max_messages_limits_how_often_a_data_key_is_used(ring, clock, wraps) ->
 
 
 def test_max_bytes_limits_the_plaintext_under_one_data_key(ring, clock) -> None:
-    cache = DataKeyCache(ring, max_age=60, max_bytes=250, clock=clock)
+    cache = DataKeyCache(ring, cache_seconds=60, max_bytes=250, clock=clock)
     k1 = enc(cache, 100).data_key
     assert enc(cache, 100).data_key == k1  # 200 bytes so far
     k2 = enc(cache, 100).data_key  # would make 300: new key
@@ -99,14 +99,14 @@ def test_max_bytes_limits_the_plaintext_under_one_data_key(ring, clock) -> None:
 
 
 def test_plaintext_longer_than_max_bytes_bypasses_the_cache(ring, clock, wraps) -> None:
-    cache = DataKeyCache(ring, max_age=60, max_bytes=10, clock=clock)
+    cache = DataKeyCache(ring, cache_seconds=60, max_bytes=10, clock=clock)
     a, b = enc(cache, 11), enc(cache, 11)
     assert a.data_key != b.data_key
     assert len(cache) == 0
 
 
 def test_unknown_length_is_never_served_from_or_stored_in_the_cache(ring, clock, wraps) -> None:
-    cache = DataKeyCache(ring, max_age=60, clock=clock)
+    cache = DataKeyCache(ring, cache_seconds=60, clock=clock)
     known = enc(cache, 10)
     streams = [enc(cache, None) for _ in range(3)]
     assert all(s.data_key != known.data_key for s in streams)
@@ -115,8 +115,8 @@ def test_unknown_length_is_never_served_from_or_stored_in_the_cache(ring, clock,
     assert wraps("encrypt") == 4
 
 
-def test_decryption_materials_are_cached_by_edks_and_context_until_max_age(ring, clock, wraps) -> None:
-    cache = DataKeyCache(ring, max_age=30, clock=clock)
+def test_decryption_materials_are_cached_by_edks_and_context_until_cache_seconds(ring, clock, wraps) -> None:
+    cache = DataKeyCache(ring, cache_seconds=30, clock=clock)
     mat = ring.encryption_materials(suite_id=SUITE, context=CTX, plaintext_length=1)
     for _ in range(3):
         assert cache.decryption_materials(suite_id=SUITE, context=CTX, edks=mat.edks) == mat.data_key
@@ -127,7 +127,7 @@ def test_decryption_materials_are_cached_by_edks_and_context_until_max_age(ring,
 
 
 def test_a_cached_decryption_key_is_not_served_for_another_context(ring, clock) -> None:
-    cache = DataKeyCache(ring, max_age=30, clock=clock)
+    cache = DataKeyCache(ring, cache_seconds=30, clock=clock)
     mat = ring.encryption_materials(suite_id=SUITE, context=CTX, plaintext_length=1)
     cache.decryption_materials(suite_id=SUITE, context=CTX, edks=mat.edks)
     with pytest.raises(IntegrityError):
@@ -135,7 +135,7 @@ def test_a_cached_decryption_key_is_not_served_for_another_context(ring, clock) 
 
 
 def test_capacity_evicts_least_recently_used_and_wipes_it(ring, clock) -> None:
-    cache = DataKeyCache(ring, max_age=60, capacity=2, clock=clock)
+    cache = DataKeyCache(ring, cache_seconds=60, capacity=2, clock=clock)
     enc(cache, context={"n": "1"})
     entry = next(iter(cache._entries.values()))
     enc(cache, context={"n": "2"})
@@ -145,7 +145,7 @@ def test_capacity_evicts_least_recently_used_and_wipes_it(ring, clock) -> None:
 
 
 def test_clear_forgets_everything(ring, clock, wraps) -> None:
-    cache = DataKeyCache(ring, max_age=60, clock=clock)
+    cache = DataKeyCache(ring, cache_seconds=60, clock=clock)
     first = enc(cache)
     cache.clear()
     assert len(cache) == 0
@@ -153,7 +153,7 @@ def test_clear_forgets_everything(ring, clock, wraps) -> None:
 
 
 def test_concurrent_use_keeps_the_message_count(ring, clock) -> None:
-    cache = DataKeyCache(ring, max_age=60, max_messages=10, clock=clock)
+    cache = DataKeyCache(ring, cache_seconds=60, max_messages=10, clock=clock)
     got: list[bytes] = []
     lock = threading.Lock()
 
@@ -174,7 +174,7 @@ def test_concurrent_use_keeps_the_message_count(ring, clock) -> None:
 
 
 def test_wrap_existing_passes_through(ring, clock) -> None:
-    cache = DataKeyCache(ring, max_age=60, clock=clock)
+    cache = DataKeyCache(ring, cache_seconds=60, clock=clock)
     data_key = bytes(range(32))
     edks = cache.wrap_existing(data_key, suite_id=SUITE, context=CTX)
     assert ring.decryption_materials(suite_id=SUITE, context=CTX, edks=edks) == data_key
@@ -183,12 +183,12 @@ def test_wrap_existing_passes_through(ring, clock) -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"max_age": 0},
-        {"max_age": -1},
-        {"max_age": 1, "max_messages": 0},
-        {"max_age": 1, "max_messages": 2**32 + 1},
-        {"max_age": 1, "max_bytes": -1},
-        {"max_age": 1, "capacity": 0},
+        {"cache_seconds": 0},
+        {"cache_seconds": -1},
+        {"cache_seconds": 1, "max_messages": 0},
+        {"cache_seconds": 1, "max_messages": 2**32 + 1},
+        {"cache_seconds": 1, "max_bytes": -1},
+        {"cache_seconds": 1, "capacity": 0},
     ],
 )
 def test_bad_limits_are_refused(ring, kwargs) -> None:
@@ -197,6 +197,6 @@ def test_bad_limits_are_refused(ring, kwargs) -> None:
 
 
 def test_repr_shows_no_key(ring, clock) -> None:
-    cache = DataKeyCache(ring, max_age=60, clock=clock)
+    cache = DataKeyCache(ring, cache_seconds=60, clock=clock)
     mat = enc(cache)
     assert mat.data_key.hex() not in repr(cache) + repr(mat)

@@ -54,7 +54,7 @@ def test_too_many_recipients_fail_before_any_kek_call(rings: list[Keyring], kek_
         "list": ([a, b, c], 3),
         "k-of-n": (KOfN(2, a, b, c), 3),
         "nested": (AnyOf(KOfN(2, a, b, c), d), 4),
-        "cache": (DataKeyCache(AnyOf(a, b, c), max_age=60), 3),
+        "cache": (DataKeyCache(AnyOf(a, b, c), cache_seconds=60), 3),
     }
     for what, (keys, count) in cases.items():
         kek_calls.clear()

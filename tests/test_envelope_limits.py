@@ -133,7 +133,7 @@ def test_a_materials_source_returning_a_bad_key_gets_a_typed_error(value: object
 
 
 def test_cache_entries_never_show_their_key(key: RawAesSource) -> None:
-    cache = DataKeyCache(key, max_age=60)
+    cache = DataKeyCache(key, cache_seconds=60)
     materials = cache.encryption_materials(suite_id=0x0478, context={}, plaintext_length=10)
     shown = repr(list(cache._entries.values()))
     assert materials.data_key.hex() not in shown
@@ -144,7 +144,7 @@ def test_cache_entries_never_show_their_key(key: RawAesSource) -> None:
 def test_signed_messages_do_not_fill_the_encrypt_cache(key: RawAesSource) -> None:
     # Each 0x0578 message carries its own verification key in the context, so an encrypt entry
     # could never be reused: caching it would only keep a data key in memory for nothing.
-    cache = DataKeyCache(key, max_age=60)
+    cache = DataKeyCache(key, cache_seconds=60)
     for _ in range(3):
         assert decrypt(encrypt(b"x", cache, suite=SIGNED), key).plaintext == b"x"
     assert len(cache) == 0

@@ -101,7 +101,7 @@ def test_cache_hit_still_names_the_key(memory: InMemoryProvider) -> None:
             calls.append(1)
             return ring.decryption_materials(**kw)
 
-    cache = DataKeyCache(Counting(), max_age=60)
+    cache = DataKeyCache(Counting(), cache_seconds=60)
     message = encrypt(b"z", ring)
     first, second = decrypt(message, cache), decrypt(message, cache)
     assert len(calls) == 1  # the second one was a hit

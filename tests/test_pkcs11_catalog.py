@@ -17,7 +17,7 @@ from pkcs11 import ObjectClass as OC
 
 from keybridge.providers.pkcs11 import Pkcs11Provider
 from keybridge.providers.pkcs11._catalog import APPLICATION, find_meta
-from keybridge.providers.pkcs11._session import Entry
+from keybridge.providers.pkcs11._session import PooledSession
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def provider(softhsm_token: SoftHsmToken) -> Iterator[Pkcs11Provider]:
 
 
 def records(p: Pkcs11Provider, name: str) -> list[dict[str, object]]:
-    def read(e: Entry) -> list[dict[str, object]]:
+    def read(e: PooledSession) -> list[dict[str, object]]:
         return [json.loads(bytes(o[A.VALUE])) for o in find_meta(e.session, name)]
 
     return p._pool.run(read, "reading", name)
@@ -39,7 +39,7 @@ def test_an_older_leftover_record_loses_and_the_next_write_removes_it(provider: 
     assert current["seq"] == 1
     stale = {"versions": {info.ref.version: {**current["versions"][info.ref.version], "tags": {"v": "old"}}}, "seq": 0}
 
-    def leave_stale(e: Entry) -> None:  # what a replacement that failed before its destroy leaves
+    def leave_stale(e: PooledSession) -> None:  # what a replacement that failed before its destroy leaves
         tpl = {A.CLASS: OC.DATA, A.TOKEN: True, A.PRIVATE: True, A.LABEL: "meta-dup", A.APPLICATION: APPLICATION}
         e.session.create_object({**tpl, A.VALUE: json.dumps(stale).encode()})
 

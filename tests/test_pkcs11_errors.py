@@ -11,6 +11,7 @@ from keybridge import (
     IntegrityError,
     InvalidArgument,
     InvalidKeySpec,
+    InvalidPackage,
     KeybridgeError,
     KeySpec,
     OperationNotPermitted,
@@ -29,7 +30,7 @@ from pkcs11 import exceptions as px
 
 from keybridge.providers.pkcs11 import Pkcs11Provider
 from keybridge.providers.pkcs11._errors import translate
-from keybridge.providers.pkcs11._session import Entry
+from keybridge.providers.pkcs11._session import PooledSession
 
 ALL = sorted(
     (c for c in vars(px).values() if isinstance(c, type) and issubclass(c, px.PKCS11Error) and c is not px.PKCS11Error),
@@ -38,9 +39,11 @@ ALL = sorted(
 
 
 @pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
-@pytest.mark.parametrize("integrity", [False, True])
-def test_no_python_pkcs11_exception_ends_as_a_bare_keybridge_error(cls: type[px.PKCS11Error], integrity: bool) -> None:
-    err = translate("signing with key", "K", integrity, cls())
+@pytest.mark.parametrize("bad_input", [InvalidArgument, IntegrityError])
+def test_no_python_pkcs11_exception_ends_as_a_bare_keybridge_error(
+    cls: type[px.PKCS11Error], bad_input: type[KeybridgeError]
+) -> None:
+    err = translate("signing with key", "K", cls(), bad_input=bad_input)
     assert type(err) is not KeybridgeError
     assert isinstance(err, KeybridgeError)
     assert str(err).startswith("signing with key")
@@ -78,7 +81,7 @@ def test_no_python_pkcs11_exception_ends_as_a_bare_keybridge_error(cls: type[px.
     ids=lambda v: type(v).__name__ if isinstance(v, Exception) else None,
 )
 def test_translator_table(exc: px.PKCS11Error, expected: type[KeybridgeError], words: str) -> None:
-    err = translate("doing it", "on K", False, exc)
+    err = translate("doing it", "on K", exc)
     assert type(err) is expected
     assert words in str(err)
     assert str(err).startswith("doing it on K: ")
@@ -88,7 +91,21 @@ def test_translator_table(exc: px.PKCS11Error, expected: type[KeybridgeError], w
     "exc", [px.GeneralError(), px.EncryptedDataInvalid(), px.WrappedKeyInvalid(), px.DataLenRange()]
 )
 def test_decrypt_failures_are_integrity_errors(exc: px.PKCS11Error) -> None:
-    assert type(translate("decrypting with key", "K", True, exc)) is IntegrityError
+    assert type(translate("decrypting with key", "K", exc, bad_input=IntegrityError)) is IntegrityError
+
+
+@pytest.mark.parametrize("exc", [px.GeneralError(), px.DataLenRange()])
+def test_a_refused_input_can_be_reported_as_the_callers_error(exc: px.PKCS11Error) -> None:
+    # What a BYOK import wants for a package the token will not unwrap, as the Azure backend does.
+    err = translate("importing", "K", exc, bad_input=InvalidPackage)
+    assert type(err) is InvalidPackage
+    assert str(err).startswith("importing K failed: ")
+
+
+def test_an_error_from_outside_python_pkcs11_is_still_typed() -> None:
+    err = translate("reading", "K", OSError("module gone"))
+    assert type(err) is ProviderUnavailable
+    assert str(err) == "reading K: OSError from the PKCS#11 layer"
 
 
 # ---- real CKR codes from SoftHSM2, through the provider's pool (the path every operation takes) ----
@@ -102,7 +119,7 @@ def provider(softhsm_token: SoftHsmToken) -> Iterator[Pkcs11Provider]:
         p.delete_key("errors-aes")
 
 
-def run(p: Pkcs11Provider, fn: Callable[[Entry], Any]) -> None:
+def run(p: Pkcs11Provider, fn: Callable[[PooledSession], Any]) -> None:
     p._pool.run(fn, "trying", "on errors-aes")
 
 
@@ -111,7 +128,7 @@ def test_unlisted_mechanism_is_unsupported_algorithm(provider: Pkcs11Provider) -
     info = provider.get_key("errors-aes")
     tpl = {A.CLASS: OC.SECRET_KEY, A.KEY_TYPE: KT.GENERIC_SECRET, A.TOKEN: False, A.EXTRACTABLE: True}
 
-    def wrap(e: Entry) -> None:
+    def wrap(e: PooledSession) -> None:
         e.key(info).wrap_key(e.session.create_object({**tpl, A.VALUE: bytes(32)}), mechanism=M.AES_KEY_WRAP_KWP)
 
     with pytest.raises(UnsupportedAlgorithm, match="does not support this mechanism") as caught:

@@ -29,7 +29,7 @@ def _cases(token: SoftHsmToken) -> dict[str, tuple[Callable[..., object], str]]:
             lambda **kw: open_provider(token.uri(pin=False), user_pin=token.user_pin, **kw),
             "cache_seconds, init_args, module_path, pin_source, user_pin",
         ),
-        "azure class": (lambda **kw: AzureKeyVaultProvider("https://kb.vault.azure.net", **kw), "cache_ttl"),
+        "azure class": (lambda **kw: AzureKeyVaultProvider("https://kb.vault.azure.net", **kw), "cache_seconds"),
         "azure uri": (lambda **kw: open_provider("https://kb.vault.azure.net/keys/k", **kw), "retry_total"),
     }
 

@@ -241,7 +241,7 @@ def _load(fn: Callable[..., None], what: str, *paths: str) -> None:
 
 
 def _handler(server: EkmServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class EkmHandler(BaseHTTPRequestHandler):
         # HTTP/1.1 keeps the TLS connection open between calls, as Managed HSM's client does;
         # a fresh TLS 1.3 handshake per call would cost more than the HSM operation itself.
         protocol_version = "HTTP/1.1"
@@ -282,4 +282,4 @@ def _handler(server: EkmServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-    return Handler
+    return EkmHandler

@@ -278,7 +278,7 @@ def _call(fn: Callable[[], _T]) -> _T:
 
 
 def _handler(server: XksServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class XksHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # KMS keeps connections open; see EkmServer's handler
         timeout = 60
         disable_nagle_algorithm = True
@@ -324,4 +324,4 @@ def _handler(server: XksServer) -> type[BaseHTTPRequestHandler]:
             self.close_connection = self.close_connection or not body_read
             self._answer(status, answer)
 
-    return Handler
+    return XksHandler

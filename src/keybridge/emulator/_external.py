@@ -47,7 +47,7 @@ from ..errors import (
 from ..keys import KeyInfo, KeyOp, KeyRef, KeySpec, KeyType
 from ..provider import KeyProvider
 from ._errors import ApiError, bad
-from ._records import Entry, check_tags
+from ._records import KeyRecord, check_tags
 from ._vault import Vault
 
 __all__ = ["CLIENT_CN", "EkmRoutes", "EkmState", "ExternalProvider", "state"]
@@ -385,7 +385,7 @@ class EkmRoutes:
 
     vault: Vault
 
-    def _bundle(self, base: str, entry: Entry, vid: str | None = None) -> tuple[int, dict[str, Any] | None]:
+    def _bundle(self, base: str, entry: KeyRecord, vid: str | None = None) -> tuple[int, dict[str, Any] | None]:
         raise NotImplementedError  # the router's
 
     def ekm_table(self, parts: list[str]) -> dict[str, Callable[..., tuple[int, dict[str, Any] | None]]]:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._errors import ApiError, bad
-from ._records import Entry, parse_duration
+from ._records import KeyRecord, parse_duration
 
 __all__ = ["check_policy", "rotation_due"]
 
@@ -72,7 +72,7 @@ def _check_rotate(where: str, text: str, seconds: int, expiry: int | None) -> No
         )
 
 
-def rotation_due(entry: Entry) -> int | None:
+def rotation_due(entry: KeyRecord) -> int | None:
     """When the policy's Rotate action next fires for the current version (unix seconds), or None
     if the policy has none (or it counts from an expiry the version does not have)."""
     for action in (entry.policy or {}).get("lifetimeActions", []):

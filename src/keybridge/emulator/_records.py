@@ -1,6 +1,6 @@
 """The service-side records of keys and the rules for their field values.
 
-:class:`Entry` (one key name) and :class:`Version` hold what Key Vault knows about a key beyond what
+:class:`KeyRecord` (one key name) and :class:`Version` hold what Key Vault knows about a key beyond what
 the provider protocol holds; they are plain data, JSON-ready through :func:`dataclasses.asdict`.
 The functions check and convert single request values (names, tags, durations, timestamps,
 base64url) into those records' units, answering 400 BadParameter for anything malformed.
@@ -23,7 +23,7 @@ __all__ = [
     "RETENTION_DAYS",
     "Backup",
     "Clock",
-    "Entry",
+    "KeyRecord",
     "Version",
     "check_tags",
     "decode_b64",
@@ -95,7 +95,7 @@ class Version:
 
 
 @dataclass
-class Entry:
+class KeyRecord:
     """One key name: its provider name, versions (oldest first), deletion and rotation policy."""
 
     name: str
@@ -120,15 +120,15 @@ class Entry:
 class Backup:
     """A snapshot of an entry and of each version's enabled flag."""
 
-    entry: Entry
+    entry: KeyRecord
     enabled: dict[str, bool]
 
 
-def entry_from_json(data: Mapping[str, Any]) -> Entry:
+def entry_from_json(data: Mapping[str, Any]) -> KeyRecord:
     """Inverse of ``dataclasses.asdict(entry)``, for state kept in ``state_dir``."""
     versions = {vid: Version(**v) for vid, v in data["versions"].items()}
     retention = int(data.get("retention", RETENTION_DAYS))
-    return Entry(data["name"], data["pname"], versions, data.get("deleted"), data.get("policy"), retention)
+    return KeyRecord(data["name"], data["pname"], versions, data.get("deleted"), data.get("policy"), retention)
 
 
 def check_tags(tags: object) -> dict[str, str]:

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .. import _crypto
 from ._errors import ApiError, bad
-from ._records import Entry, Version, decode_b64, encode_b64
+from ._records import KeyRecord, Version, decode_b64, encode_b64
 from ._wire import bundle, kid
 
 if TYPE_CHECKING:
@@ -356,7 +356,7 @@ def release(
     issuer: AttestationIssuer,
     attestor: Attestor,
     base: str,
-    entry: Entry,
+    entry: KeyRecord,
     ver: Version,
     body: Mapping[str, Any],
     api_version: str,

@@ -22,7 +22,7 @@ from ._attest import Attestor
 from ._errors import ApiError, bad, from_keybridge
 from ._external import EkmRoutes
 from ._jwk import key_type, material_from_jwk
-from ._records import Entry, check_tags, decode_b64, encode_b64
+from ._records import KeyRecord, check_tags, decode_b64, encode_b64
 from ._release import AttestationIssuer
 from ._vault import Vault
 
@@ -139,7 +139,7 @@ class Router(EkmRoutes):
 
     # ---- helpers -------------------------------------------------------------------------------
 
-    def _bundle(self, base: str, entry: Entry, vid: str | None = None) -> Answer:
+    def _bundle(self, base: str, entry: KeyRecord, vid: str | None = None) -> Answer:
         ver = self.vault.version(entry, vid)
         return 200, _wire.bundle(base, entry, ver, self.vault.info(entry, ver))
 
@@ -309,7 +309,7 @@ class Router(EkmRoutes):
             raise bad(f"count must be an integer from 1 to {_MAX_RANDOM}")
         return 200, {"value": encode_b64(secrets.token_bytes(count))}
 
-    def _extra_target(self, parts: list[str]) -> tuple[Entry, str]:
+    def _extra_target(self, parts: list[str]) -> tuple[KeyRecord, str]:
         """The key version a release/attestation path names (current one when versionless)."""
         entry = self.vault.active(parts[1])
         ver = self.vault.version(entry, parts[2] if len(parts) == 4 else None)

@@ -30,7 +30,7 @@ from ._records import (
     RETENTION_DAYS,
     Backup,
     Clock,
-    Entry,
+    KeyRecord,
     Version,
     check_tags,
     entry_from_json,
@@ -61,7 +61,7 @@ class Vault:
     ) -> None:
         self.provider = provider
         self.lock = threading.RLock()
-        self.entries: dict[str, Entry] = {}
+        self.entries: dict[str, KeyRecord] = {}
         self.backups: dict[str, Backup] = {}
         self.clock = clock or Clock()
         self.retention_days = retention_days
@@ -121,21 +121,21 @@ class Vault:
         except KeybridgeError as exc:
             raise from_keybridge(exc) from exc
 
-    def active(self, name: str) -> Entry:
+    def active(self, name: str) -> KeyRecord:
         """The live (not deleted) entry for ``name``, else 404."""
         entry = self.entries.get(name)
         if entry is None or entry.deleted is not None:
             raise not_found(name)
         return entry
 
-    def deleted(self, name: str) -> Entry:
+    def deleted(self, name: str) -> KeyRecord:
         """The soft-deleted entry for ``name``, else 404."""
         entry = self.entries.get(name)
         if entry is None or entry.deleted is None:
             raise ApiError(404, "KeyNotFound", f"Deleted Key not found: {name}")
         return entry
 
-    def version(self, entry: Entry, vid: str | None) -> Version:
+    def version(self, entry: KeyRecord, vid: str | None) -> Version:
         """A version of ``entry`` (the current one for an empty/None id), else 404."""
         if not vid:
             return entry.current
@@ -143,11 +143,11 @@ class Vault:
             raise not_found(entry.name, vid)
         return entry.versions[vid]
 
-    def ref(self, entry: Entry, ver: Version) -> KeyRef:
+    def ref(self, entry: KeyRecord, ver: Version) -> KeyRef:
         """The provider reference of one version."""
         return self.provider.ref(entry.pname, ver.id)
 
-    def info(self, entry: Entry, ver: Version) -> KeyInfo:
+    def info(self, entry: KeyRecord, ver: Version) -> KeyInfo:
         """The provider's metadata (public key, enabled flag) of one version."""
         info: KeyInfo = self.call(self.provider.get_key, entry.pname, ver.id)
         return info
@@ -174,7 +174,7 @@ class Vault:
         attributes: Mapping[str, Any],
         tags: Mapping[str, str],
         release_policy: object = None,
-    ) -> tuple[Entry, Version]:
+    ) -> tuple[KeyRecord, Version]:
         """Create, import or BYOK-import: ``make(provider_name, provider_ops)`` adds the key to the
         provider. The provider gets every operation the key type allows (or exactly ``import`` for
         a key-exchange key) and this layer enforces the reported ``key_ops``, which the service lets
@@ -194,7 +194,7 @@ class Vault:
         ver = Version(info.ref.version or "", kty, spec_ops, dict(tags), created=t, updated=t, exportable=exportable)
         ver.release_policy = policy
         self._apply_attributes(ver, attributes)
-        entry = existing or Entry(name, pname, retention=self.retention_days)
+        entry = existing or KeyRecord(name, pname, retention=self.retention_days)
         entry.versions[ver.id] = ver
         self.entries[name] = entry
         if attributes.get("enabled") is False:
@@ -245,7 +245,7 @@ class Vault:
 
     # ---- changing ------------------------------------------------------------------------------
 
-    def update(self, name: str, vid: str | None, body: Mapping[str, Any]) -> tuple[Entry, Version]:
+    def update(self, name: str, vid: str | None, body: Mapping[str, Any]) -> tuple[KeyRecord, Version]:
         """PATCH: key_ops, attributes (enabled, nbf, exp), tags and release policy of one version."""
         entry = self.active(name)
         ver = self.version(entry, vid)
@@ -271,7 +271,7 @@ class Vault:
         self._on_change()
         return entry, ver
 
-    def rotate(self, name: str, at: int | None = None) -> tuple[Entry, Version]:
+    def rotate(self, name: str, at: int | None = None) -> tuple[KeyRecord, Version]:
         """A new version (created ``at``, default now) with the current one's kty, key_ops and
         tags; the policy's expiryTime sets its ``exp``."""
         entry = self.active(name)
@@ -288,7 +288,7 @@ class Vault:
         self._on_change()
         return entry, ver
 
-    def set_policy(self, name: str, body: Mapping[str, Any]) -> Entry:
+    def set_policy(self, name: str, body: Mapping[str, Any]) -> KeyRecord:
         """Store a rotation policy after checking it as the service does (see :mod:`._policy`)."""
         entry = self.active(name)
         actions, expiry = check_policy(body)
@@ -303,14 +303,14 @@ class Vault:
 
     # ---- deleting ------------------------------------------------------------------------------
 
-    def delete(self, name: str) -> Entry:
+    def delete(self, name: str) -> KeyRecord:
         """Soft delete: the key disappears from the live routes until recovered or purged."""
         entry = self.active(name)
         entry.deleted = self.now()
         self._on_change()
         return entry
 
-    def recover(self, name: str) -> Entry:
+    def recover(self, name: str) -> KeyRecord:
         """Undo a soft delete."""
         entry = self.deleted(name)
         entry.deleted = None
@@ -321,7 +321,7 @@ class Vault:
         """Remove a soft-deleted key for good; its provider key goes too unless a backup holds it."""
         self._purge(self.deleted(name))
 
-    def _purge(self, entry: Entry) -> None:
+    def _purge(self, entry: KeyRecord) -> None:
         del self.entries[entry.name]
         if not any(b.entry.pname == entry.pname for b in self.backups.values()):
             self.call(self.provider.delete_key, entry.pname)
@@ -338,7 +338,7 @@ class Vault:
         self._on_change()
         return (_BACKUP_PREFIX + handle).encode("ascii")
 
-    def restore(self, blob: bytes) -> Entry:
+    def restore(self, blob: bytes) -> KeyRecord:
         """Bring a backed-up key back under its name, which must be free (not live, not deleted)."""
         text = blob.decode("ascii", "replace")
         backup = self.backups.get(text[len(_BACKUP_PREFIX) :]) if text.startswith(_BACKUP_PREFIX) else None
@@ -358,7 +358,7 @@ class Vault:
 
     # ---- key operations ------------------------------------------------------------------------
 
-    def usable(self, name: str, vid: str | None, op: KeyOp) -> tuple[Entry, Version, KeyRef]:
+    def usable(self, name: str, vid: str | None, op: KeyOp) -> tuple[KeyRecord, Version, KeyRef]:
         """Resolve a key version for ``op`` and refuse what its key_ops or nbf/exp window forbid;
         the provider then checks the algorithm, the key type and the enabled flag."""
         entry = self.active(name)

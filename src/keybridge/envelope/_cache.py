@@ -3,16 +3,16 @@
 :class:`DataKeyCache` wraps any materials source, as the ESDK caching CMM does:
 
 * **Encryption** materials are reused per (suite, encryption context) until the entry is
-  ``max_age`` seconds old, has served ``max_messages`` messages, or would exceed ``max_bytes`` of
+  ``cache_seconds`` seconds old, has served ``max_messages`` messages, or would exceed ``max_bytes`` of
   plaintext. A request of unknown length (``plaintext_length=None``, a stream) is never served
   from nor stored in the cache, since its byte count cannot be charged; neither is one longer than
   ``max_bytes``, nor one for the signed suite 0x0578 (each such message has its own signing key
   in its context, so the entry could never be reused).
-* **Decryption** materials are cached by (suite, context, EDKs) for ``max_age`` seconds.
+* **Decryption** materials are cached by (suite, context, EDKs) for ``cache_seconds`` seconds.
 
 Trade-off to know: reusing a data key means several messages share one key (each still has its own
-message ID and hence its own derived key), and a cached key keeps working for up to ``max_age``
-after its KEK was disabled or deleted. Keep ``max_age`` short.
+message ID and hence its own derived key), and a cached key keeps working for up to ``cache_seconds``
+after its KEK was disabled or deleted. Keep ``cache_seconds`` short.
 
 Entries hold the key in a ``bytearray`` that is overwritten with zeros when the entry leaves the
 cache; copies already handed to callers are out of the cache's reach (Python gives no more).
@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .._durations import renamed, seconds
 from ..errors import InvalidArgument
 from ._keyring import serialize_context
 from ._materials import (
@@ -48,7 +50,7 @@ _SIGNED_SUITES = frozenset({0x0578})
 
 
 @dataclass
-class _Entry:
+class _CachedKey:
     key: bytearray = field(repr=False)
     edks: tuple[EncryptedDataKey, ...]
     created: float
@@ -63,7 +65,8 @@ class _Entry:
 class DataKeyCache:
     """A materials source that caches another one's data keys within age, message and byte limits.
 
-    ``clock`` (seconds, monotonic) is injectable for tests; ``capacity`` bounds the number of
+    ``cache_seconds`` (required, more than 0) is how long an entry may be used (``max_age`` is its
+    deprecated old name). ``clock`` (seconds, monotonic) is injectable for tests; ``capacity`` bounds the number of
     entries (least recently used leave first).
     """
 
@@ -71,14 +74,17 @@ class DataKeyCache:
         self,
         source: MaterialsSource,
         *,
-        max_age: float,
+        cache_seconds: float | None = None,
         max_messages: int = MAX_MESSAGES,
         max_bytes: int = MAX_BYTES,
         capacity: int = 1000,
         clock: Callable[[], float] = time.monotonic,
+        max_age: float | None = None,
     ) -> None:
-        if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or not max_age > 0:
-            raise InvalidArgument(f"max_age must be a positive number of seconds, got {max_age!r}")
+        given = renamed("max_age", max_age, "cache_seconds", cache_seconds, None)
+        if given is None:
+            raise InvalidArgument("DataKeyCache needs cache_seconds: how many seconds a data key may be reused")
+        self.cache_seconds = seconds("cache_seconds", given, positive=True)
         if not 1 <= max_messages <= MAX_MESSAGES:
             raise InvalidArgument(f"max_messages must be between 1 and 2**32, got {max_messages!r}")
         if not 0 <= max_bytes <= MAX_BYTES:
@@ -86,16 +92,21 @@ class DataKeyCache:
         if capacity < 1:
             raise InvalidArgument(f"capacity must be at least 1, got {capacity!r}")
         self.source = source
-        self.max_age = float(max_age)
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.capacity = capacity
         self._clock = clock
-        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._entries: OrderedDict[Hashable, _CachedKey] = OrderedDict()
         self._lock = threading.Lock()
 
+    @property
+    def max_age(self) -> float:
+        """Deprecated old name of :attr:`cache_seconds`."""
+        warnings.warn("DataKeyCache.max_age is deprecated; use cache_seconds", DeprecationWarning, stacklevel=2)
+        return self.cache_seconds
+
     def __repr__(self) -> str:
-        return f"DataKeyCache({self.source!r}, max_age={self.max_age}, entries={len(self._entries)})"
+        return f"DataKeyCache({self.source!r}, cache_seconds={self.cache_seconds}, entries={len(self._entries)})"
 
     def edk_count(self) -> int | None:
         """As many as the cached source writes."""
@@ -131,7 +142,7 @@ class DataKeyCache:
                     return hit
         fresh = self.source.encryption_materials(suite_id=suite_id, context=context, plaintext_length=plaintext_length)
         with self._lock:
-            entry = _Entry(bytearray(fresh.data_key), fresh.edks, self._clock())
+            entry = _CachedKey(bytearray(fresh.data_key), fresh.edks, self._clock())
             self._store(slot, entry)
             self._charge(slot, entry, plaintext_length)
         return fresh
@@ -151,7 +162,7 @@ class DataKeyCache:
         with recording_opened() as inner:
             data_key = self.source.decryption_materials(suite_id=suite_id, context=context, edks=edks)
         with self._lock:
-            self._store(slot, _Entry(bytearray(data_key), (), self._clock(), opened_by=tuple(inner)))
+            self._store(slot, _CachedKey(bytearray(data_key), (), self._clock(), opened_by=tuple(inner)))
         for who in inner:
             report_opened(who)
         return data_key
@@ -168,17 +179,17 @@ class DataKeyCache:
 
     # ---- internals (caller holds the lock) -----------------------------------------------------
 
-    def _live(self, slot: Hashable) -> _Entry | None:
+    def _live(self, slot: Hashable) -> _CachedKey | None:
         entry = self._entries.get(slot)
         if entry is None:
             return None
-        if self._clock() - entry.created >= self.max_age:
+        if self._clock() - entry.created >= self.cache_seconds:
             self._evict(slot)
             return None
         self._entries.move_to_end(slot)
         return entry
 
-    def _charge(self, slot: Hashable, entry: _Entry, nbytes: int) -> bool:
+    def _charge(self, slot: Hashable, entry: _CachedKey, nbytes: int) -> bool:
         """Count one more message of ``nbytes`` against the entry if the limits allow it; an entry
         that can serve no further message leaves the cache."""
         if entry.messages + 1 > self.max_messages or entry.nbytes + nbytes > self.max_bytes:
@@ -190,7 +201,7 @@ class DataKeyCache:
             self._evict(slot)
         return True
 
-    def _store(self, slot: Hashable, entry: _Entry) -> None:
+    def _store(self, slot: Hashable, entry: _CachedKey) -> None:
         self._evict(slot)
         self._entries[slot] = entry
         while len(self._entries) > self.capacity:

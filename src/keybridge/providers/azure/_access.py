@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ...errors import InvalidArgument, MissingDependency
 from ...keys import KeyInfo, KeyRef
-from ._errors import mapped
+from ._errors import translated
 from ._uri import NAME_RE
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ class AccessControl:
 
     def roles(self) -> list[Role]:
         """Every role definition of the HSM, built-in and custom."""
-        with mapped(f"list role definitions of {self._provider.vault_url}"):
+        with translated(f"list role definitions of {self._provider.vault_url}"):
             return [_role(d) for d in self.client.list_role_definitions("/")]
 
     def role(self, role: str | Role) -> Role:
@@ -209,7 +209,7 @@ class AccessControl:
     # ---- assignments ----------------------------------------------------------------------------
 
     def _at(self, scope: str, roles: Mapping[str, Role]) -> Iterator[Assignment]:
-        with mapped(f"list role assignments at {scope} of {self._provider.vault_url}"):
+        with translated(f"list role assignments at {scope} of {self._provider.vault_url}"):
             found = list(self.client.list_role_assignments(scope))
         for a in found:
             props = a.properties
@@ -225,7 +225,7 @@ class AccessControl:
     def _scopes(self, key: str | KeyRef | KeyInfo | None) -> list[str]:
         if key is None:
             # Finding every key's scope needs keys/read at /keys, which Administrator lacks.
-            with mapped(f"list keys of {self._provider.vault_url} (for their role assignments; or pass one key)"):
+            with translated(f"list keys of {self._provider.vault_url} (for their role assignments; or pass one key)"):
                 names = sorted({str(p.name) for p in self._provider.client.list_properties_of_keys() if not p.managed})
             return [*_HSM_WIDE, *(f"/keys/{n}" for n in names)]
         scope = self.scope(key)
@@ -250,7 +250,7 @@ class AccessControl:
         for existing in self._at(scope, by_id):
             if _same(existing.principal, principal) and existing.role.id.lower() == wanted.id.lower():
                 return existing
-        with mapped(f"grant {wanted.name!r} at {scope} of {self._provider.vault_url}"):
+        with translated(f"grant {wanted.name!r} at {scope} of {self._provider.vault_url}"):
             made = self.client.create_role_assignment(scope, wanted.definition_id, principal)
         return Assignment(str(made.name), principal, wanted, scope)
 
@@ -274,7 +274,9 @@ class AccessControl:
 
     def remove(self, assignment: Assignment) -> None:
         """Delete exactly this assignment (by its name), whatever else the principal holds."""
-        with mapped(f"remove role assignment {assignment.name} at {assignment.scope} of {self._provider.vault_url}"):
+        with translated(
+            f"remove role assignment {assignment.name} at {assignment.scope} of {self._provider.vault_url}"
+        ):
             self.client.delete_role_assignment(assignment.scope, assignment.name)
 
     def who_can(self, key: str | KeyRef | KeyInfo) -> dict[str, set[str]]:

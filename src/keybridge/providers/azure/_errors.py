@@ -1,6 +1,6 @@
 """Azure SDK exceptions -> keybridge errors.
 
-Every call into the SDK runs inside :func:`mapped`, so callers only ever see :mod:`keybridge.errors`
+Every call into the SDK runs inside :func:`translated`, so callers only ever see :mod:`keybridge.errors`
 with the Azure exception kept as ``__cause__``. Messages carry the service's error code and text,
 which never contain credentials; anything that looks like a bearer token or JWT is still redacted,
 because a broken proxy or identity endpoint may echo one back.
@@ -59,9 +59,14 @@ def service_error(exc: HttpResponseError) -> tuple[str, str, str]:
     return str(err.get("code") or ""), str(inner_code or ""), str(err.get("message") or "")
 
 
-def translate(exc: Exception, action: str, *, bad_request: type[KeybridgeError] = InvalidArgument) -> KeybridgeError:
-    """The keybridge error for an Azure SDK exception raised while doing ``action``; a 400 answer
-    becomes ``bad_request`` (InvalidPackage for a BYOK import, IntegrityError for decrypt/unwrap)."""
+def translate(
+    action: str, what: object, exc: BaseException, *, bad_input: type[KeybridgeError] = InvalidArgument
+) -> KeybridgeError:
+    """The keybridge error for an Azure SDK exception raised while doing ``action`` (on ``what``, if
+    given); raise it ``from exc``. A 400 answer becomes ``bad_input`` (InvalidPackage for a BYOK
+    import, IntegrityError for decrypt/unwrap). The same shape as the PKCS#11 backend's ``translate``."""
+    if what is not None:
+        action = f"{action} {what}"
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         return ProviderUnavailable(
@@ -95,23 +100,27 @@ def translate(exc: Exception, action: str, *, bad_request: type[KeybridgeError] 
             )
         return KeyExists(f"{action}: conflict ({detail})")
     if status == 400:
-        return bad_request(f"{action}: the service refused the request ({detail})")
+        return bad_input(f"{action}: the service refused the request ({detail})")
     if status == 429 or status >= 500:
         return ProviderUnavailable(f"{action}: the service is busy or failing and retries ran out ({detail})")
-    return KeybridgeError(f"{action}: unexpected HTTP {status} ({detail})")
+    return ProviderUnavailable(f"{action}: unexpected HTTP {status} ({detail})")
 
 
 @contextmanager
-def mapped(action: str, *, bad_request: type[KeybridgeError] = InvalidArgument) -> Iterator[None]:
-    """Run SDK calls, turning Azure exceptions into keybridge errors (original kept as ``__cause__``)."""
+def translated(
+    action: str, what: object = None, *, bad_input: type[KeybridgeError] = InvalidArgument
+) -> Iterator[None]:
+    """Run SDK calls, turning Azure exceptions into keybridge errors (original kept as ``__cause__``);
+    arguments as for :func:`translate`."""
     try:
         yield
     except OSError as exc:
         # e.g. the CA bundle named by connection_verify is missing: requests raises before connecting
-        raise ProviderUnavailable(f"{action}: {redact(str(exc))}") from exc
+        at = action if what is None else f"{action} {what}"
+        raise ProviderUnavailable(f"{at}: {redact(str(exc))}") from exc
     except (AzureError, ValueError) as exc:
         if isinstance(exc, KeybridgeError):
             raise
         if isinstance(exc, ValueError) and not isinstance(exc, AzureError) and "challenge resource" not in str(exc):
             raise
-        raise translate(exc, action, bad_request=bad_request) from exc
+        raise translate(action, what, exc, bad_input=bad_input) from exc

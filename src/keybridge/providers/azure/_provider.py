@@ -12,6 +12,7 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 from azure.keyvault.keys import JsonWebKey, KeyClient, KeyVaultKey
 
+from ..._durations import renamed, seconds
 from ..._redact import redact_uri
 from ...base import BaseProvider, check_options
 from ...errors import (
@@ -25,7 +26,7 @@ from ...errors import (
 from ...keys import ALGORITHMS, AlgorithmSpec, KeyAttributes, KeyInfo, KeyRef, KeySpec, KeyType, PrivateKey
 from . import _convert, _rest
 from ._access import AccessControl
-from ._errors import mapped
+from ._errors import translated
 from ._uri import NAME_RE, is_key_vault_host, split_key_id
 
 DEFAULT_CLIENT_OPTIONS: Mapping[str, Any] = {
@@ -58,7 +59,7 @@ CLIENT_OPTIONS = frozenset(
 )
 """The azure-core / ``KeyClient`` keyword arguments the provider passes on; anything else is refused
 (a misspelt option would otherwise be ignored, or fail later inside the SDK)."""
-_OPTIONS = frozenset({"credential", "hsm", "cache_ttl", "delete_timeout", "purge_on_delete"}) | CLIENT_OPTIONS
+_OPTIONS = frozenset({"credential", "hsm", "cache_seconds", "delete_timeout", "purge_on_delete"}) | CLIENT_OPTIONS
 
 _SYMMETRIC = frozenset(n for n, a in ALGORITHMS.items() if a.kty is KeyType.OCT)
 _NOT_IN_AZURE = frozenset({"RSA-OAEP-384", "RSA-OAEP-512"})  # keybridge/ESDK names Key Vault lacks
@@ -66,13 +67,6 @@ _NO_RELEASE = (
     "Azure Key Vault never hands out key material in clear; an exportable key leaves only through"
     " secure key release (KeyClient.release_key with an attestation token)"
 )
-
-
-def _seconds(option: str, value: object) -> float:
-    """A non-negative number of seconds from a provider option, or InvalidArgument."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise InvalidArgument(f"{option} must be a number of seconds (0 or more), got {value!r}")
-    return float(value)
 
 
 class AzureKeyVaultProvider(BaseProvider):
@@ -83,9 +77,9 @@ class AzureKeyVaultProvider(BaseProvider):
     ``KeyClient`` (``retry_total``, ``connection_verify``, ``verify_challenge_resource``,
     ``transport`` …) on top of :data:`DEFAULT_CLIENT_OPTIONS`; any other is ``InvalidArgument``.
     Provider options: ``hsm`` (create ``-HSM`` keys; default True on Managed HSM and non-Azure
-    hosts such as the emulator), ``cache_ttl`` (seconds key metadata is reused, default 30, 0
-    disables), ``delete_timeout`` (seconds to wait for a soft delete, 60) and ``purge_on_delete``
-    (also purge the soft-deleted key, default False).
+    hosts such as the emulator), ``cache_seconds`` (seconds key metadata is reused, default 30, 0
+    disables; ``cache_ttl`` is its deprecated old name), ``delete_timeout`` (seconds to wait for a
+    soft delete, 60) and ``purge_on_delete`` (also purge the soft-deleted key, default False).
     """
 
     scheme = "https"
@@ -97,9 +91,10 @@ class AzureKeyVaultProvider(BaseProvider):
         credential: TokenCredential | None = None,
         *,
         hsm: bool | None = None,
-        cache_ttl: float = 30.0,
+        cache_seconds: float = 30.0,
         delete_timeout: float = 60.0,
         purge_on_delete: bool = False,
+        cache_ttl: float | None = None,
         **client_kwargs: Any,
     ) -> None:
         check_options("azure", client_kwargs, _OPTIONS)
@@ -118,8 +113,10 @@ class AzureKeyVaultProvider(BaseProvider):
         )
         self._credential = credential
         self._client_kwargs = {**DEFAULT_CLIENT_OPTIONS, **client_kwargs}
-        self._cache_ttl = _seconds("cache_ttl", cache_ttl)
-        self._delete_timeout = _seconds("delete_timeout", delete_timeout)
+        self._cache_seconds = seconds(
+            "cache_seconds", renamed("cache_ttl", cache_ttl, "cache_seconds", cache_seconds, 30.0)
+        )
+        self._delete_timeout = seconds("delete_timeout", delete_timeout)
         self._purge_on_delete = purge_on_delete
         self._client: KeyClient | None = None
         self._access: AccessControl | None = None
@@ -187,7 +184,7 @@ class AzureKeyVaultProvider(BaseProvider):
             self.vault_url,
             credential,
             hsm=self.hsm,
-            cache_ttl=self._cache_ttl,
+            cache_seconds=self._cache_seconds,
             delete_timeout=self._delete_timeout,
             purge_on_delete=self._purge_on_delete,
             **self._client_kwargs,
@@ -215,8 +212,8 @@ class AzureKeyVaultProvider(BaseProvider):
     def _info(self, key: KeyVaultKey, *, latest: bool = False) -> KeyInfo:
         """Convert and cache; ``latest`` also caches it as the key's current version."""
         info = _convert.key_info(key, self._make_ref)
-        if self._cache_ttl:
-            entry = (time.monotonic() + self._cache_ttl, info)
+        if self._cache_seconds:
+            entry = (time.monotonic() + self._cache_seconds, info)
             with self._lock:
                 self._cache[(info.ref.name, info.ref.version)] = entry
                 if latest:
@@ -267,7 +264,7 @@ class AzureKeyVaultProvider(BaseProvider):
             "exportable": True if attrs.exportable else None,
         }
         self._forget(name)
-        with mapped(f"create key {name!r} ({spec}) in {self.vault_url}"):
+        with translated(f"create key {name!r} ({spec}) in {self.vault_url}"):
             if spec.kty is KeyType.RSA:
                 key = self.client.create_rsa_key(name, size=spec.size, **common)
             elif spec.kty is KeyType.EC:
@@ -302,11 +299,11 @@ class AzureKeyVaultProvider(BaseProvider):
         spec: KeySpec,
         tags: Mapping[str, str],
         action: str,
-        bad_request: type[InvalidArgument],
+        bad_input: type[InvalidArgument],
         **kwargs: Any,
     ) -> KeyInfo:
         self._forget(name)
-        with mapped(action, bad_request=bad_request):
+        with translated(action, bad_input=bad_input):
             key = self.client.import_key(name, jwk, enabled=True, tags=_convert.stored_tags(spec, tags), **kwargs)
         return self._info(key, latest=True)
 
@@ -314,12 +311,12 @@ class AzureKeyVaultProvider(BaseProvider):
         cached = self._cached(name, version)
         if cached is not None:
             return cached
-        with mapped(f"get key {self._make_ref(name, version)}"):
+        with translated(f"get key {self._make_ref(name, version)}"):
             key = self.client.get_key(name, version)
         return self._info(key, latest=version is None)
 
     def _list_keys(self) -> Iterator[KeyInfo]:
-        with mapped(f"list keys in {self.vault_url}"):
+        with translated(f"list keys in {self.vault_url}"):
             names = [p.name for p in self.client.list_properties_of_keys() if not p.managed]
         for name in names:
             try:
@@ -328,7 +325,7 @@ class AzureKeyVaultProvider(BaseProvider):
                 continue  # a key type keybridge cannot represent (e.g. RSA-1024, P-256K): not ours to list
 
     def _list_versions(self, name: str) -> Iterator[KeyInfo]:
-        with mapped(f"list versions of {self._make_ref(name, None)}"):
+        with translated(f"list versions of {self._make_ref(name, None)}"):
             versions = [p.version for p in self.client.list_properties_of_key_versions(name)]
         if not versions:
             self._get_key(name, None)  # raises KeyNotFound for a name that does not exist
@@ -339,7 +336,7 @@ class AzureKeyVaultProvider(BaseProvider):
     def _rotate_key(self, name: str) -> KeyInfo:
         current = self._get_key(name, None)
         self._forget(name)
-        with mapped(f"rotate key {self._make_ref(name, None)}"):
+        with translated(f"rotate key {self._make_ref(name, None)}"):
             key = self.client.rotate_key(name)
             if current.spec.kty is KeyType.OCT and _convert.SIZE_TAG not in (key.properties.tags or {}):
                 # Keep the AES size on the new version, whatever the service copied over.
@@ -349,14 +346,14 @@ class AzureKeyVaultProvider(BaseProvider):
 
     def _set_enabled(self, info: KeyInfo, enabled: bool) -> KeyInfo:
         self._forget(info.ref.name)
-        with mapped(f"{'enable' if enabled else 'disable'} key {info.ref}"):
+        with translated(f"{'enable' if enabled else 'disable'} key {info.ref}"):
             key = self.client.update_key_properties(info.ref.name, info.ref.version, enabled=enabled)
         return self._info(key)
 
     def _delete_key(self, name: str) -> None:
         self._forget(name)
         action = f"delete key {self._make_ref(name, None)}"
-        with mapped(action):
+        with translated(action):
             poller = self.client.begin_delete_key(name)
             poller.wait(timeout=self._delete_timeout)
             if not poller.done():
@@ -367,27 +364,27 @@ class AzureKeyVaultProvider(BaseProvider):
     # ---- key operations (always in the service) ------------------------------------------------
 
     def _wrap_key(self, info: KeyInfo, alg: AlgorithmSpec, key: bytes) -> bytes:
-        with mapped(f"wrap with {info.ref} ({alg.name})"):
+        with translated(f"wrap with {info.ref} ({alg.name})"):
             return _rest.transform(self.client, info, "wrapkey", alg.name, key)
 
     def _unwrap_key(self, info: KeyInfo, alg: AlgorithmSpec, wrapped: bytes) -> bytes:
-        with mapped(f"unwrap with {info.ref} ({alg.name})", bad_request=IntegrityError):
+        with translated(f"unwrap with {info.ref} ({alg.name})", bad_input=IntegrityError):
             return _rest.transform(self.client, info, "unwrapkey", alg.name, wrapped)
 
     def _encrypt(self, info: KeyInfo, alg: AlgorithmSpec, data: bytes, aad: bytes | None) -> bytes:
         # Only A*GCM gets here: RSA encryption runs locally from the public key in BaseProvider.
-        with mapped(f"encrypt with {info.ref} ({alg.name})"):
+        with translated(f"encrypt with {info.ref} ({alg.name})"):
             return _rest.gcm_encrypt(self.client, info, alg.name, data, aad)
 
     def _decrypt(self, info: KeyInfo, alg: AlgorithmSpec, data: bytes, aad: bytes | None) -> bytes:
-        with mapped(f"decrypt with {info.ref} ({alg.name})", bad_request=IntegrityError):
+        with translated(f"decrypt with {info.ref} ({alg.name})", bad_input=IntegrityError):
             if alg.kty is KeyType.OCT:
                 return _rest.gcm_decrypt(self.client, info, alg.name, data, aad)
             return _rest.transform(self.client, info, "decrypt", alg.name, data)
 
     def _sign(self, info: KeyInfo, alg: AlgorithmSpec, digest: bytes) -> bytes:
         # Key Vault returns ES* signatures as raw r||s already, which is keybridge's form too.
-        with mapped(f"sign with {info.ref} ({alg.name})"):
+        with translated(f"sign with {info.ref} ({alg.name})"):
             return _rest.transform(self.client, info, "sign", alg.name, digest)
 
 

@@ -33,7 +33,7 @@ from pkcs11 import exceptions as px
 from ...errors import InvalidKeySpec, KeybridgeError, KeyNotFound
 from ...keys import KeyInfo, KeyOp, KeyRef
 from . import _objects as obj
-from ._session import Entry, SessionPool
+from ._session import PooledSession, SessionPool
 from ._uri import redact, shown
 
 APPLICATION = "keybridge"
@@ -58,7 +58,7 @@ class Catalog:
         self._pool = pool
         self._token = token_label
         self._make_ref = make_ref
-        self._ttl = cache_seconds
+        self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, list[KeyInfo]]] = {}
         self._changes = 0  # bumped by forget(): a read that overlapped a change is not cached
         self._in_data: bool | None = None  # records in data objects (else carriers); probed on first use
@@ -75,7 +75,7 @@ class Catalog:
             self._cache.pop(name, None)
             raise KeyNotFound(f"no key named {shown(name)} on token {self._token!r}; list_keys() shows what there is")
         if self._changes == mark:  # else this process changed keys meanwhile: the read may be stale
-            self._cache[name] = (monotonic() + self._ttl, infos)
+            self._cache[name] = (monotonic() + self._cache_seconds, infos)
         return infos
 
     def get(self, name: str, version: str | None) -> KeyInfo:
@@ -94,7 +94,7 @@ class Catalog:
     def names(self) -> list[str]:
         """Labels of every secret and private key on the token, sorted."""
 
-        def labels(e: Entry) -> set[str]:
+        def labels(e: PooledSession) -> set[str]:
             # TOKEN: other threads' short-lived session keys (wrap/unwrap) come and go meanwhile.
             # The search ends (list) before any attribute is read: an error while reading would
             # otherwise leave it open in the session.
@@ -108,7 +108,7 @@ class Catalog:
     def label_for_id(self, id_bytes: bytes, uri: str) -> str:
         """The label of the key whose CKA_ID is ``id_bytes`` (for URIs that give only ``id=``)."""
 
-        def find(e: Entry) -> str:
+        def find(e: PooledSession) -> str:
             for o in list(e.session.get_objects({A.ID: id_bytes, A.TOKEN: True})):
                 if obj.is_key(o) and o.label:
                     return str(o.label)
@@ -120,14 +120,14 @@ class Catalog:
         return label
 
     def update(
-        self, name: str, change: Callable[[VersionRecords], None], also: Callable[[Entry], None] | None = None
+        self, name: str, change: Callable[[VersionRecords], None], also: Callable[[PooledSession], None] | None = None
     ) -> None:
         """Apply ``change`` to the version records of ``name`` and store them on the token.
 
         ``also(entry)`` runs first in the same exclusive call, so no reader sees one without the other.
         """
 
-        def update(e: Entry) -> None:
+        def update(e: PooledSession) -> None:
             if also is not None:
                 also(e)
             in_data = self.in_data_objects(e)
@@ -142,7 +142,7 @@ class Catalog:
             finally:
                 self.forget(name)
 
-    def _read(self, fn: Callable[[Entry], T], action: str, what: object) -> T:
+    def _read(self, fn: Callable[[PooledSession], T], action: str, what: object) -> T:
         # A search while someone logged the process out misses private objects, with no error:
         # if that happened (logged out now, or logged in again meanwhile), look again.
         lib = self._pool.lib
@@ -153,7 +153,7 @@ class Catalog:
                 break
         return found
 
-    def in_data_objects(self, e: Entry) -> bool:
+    def in_data_objects(self, e: PooledSession) -> bool:
         """Whether this token keeps records in private data objects (probed once, in ``e``'s session)."""
         if self._in_data is None:
             self._in_data = takes_private_data(e)
@@ -164,7 +164,7 @@ class Catalog:
         self._changes += 1
         self._cache.pop(name, None)
 
-    def _describe(self, e: Entry, name: str) -> list[KeyInfo]:
+    def _describe(self, e: PooledSession, name: str) -> list[KeyInfo]:
         objects = list(e.session.get_objects({A.LABEL: name}))
         records = load_meta(find_meta(e.session, name, self.in_data_objects(e)))["versions"]
         publics = {bytes(o[A.ID]): o for o in objects if obj.is_public(o)}  # the carrier's META_ID matches no key
@@ -218,7 +218,7 @@ def is_meta(o: Any) -> bool:
     return bool(attrs.get(A.CLASS) == OC.DATA and attrs.get(A.APPLICATION) == APPLICATION)
 
 
-def takes_private_data(e: Entry) -> bool:
+def takes_private_data(e: PooledSession) -> bool:
     """Whether the token accepts private CKO_DATA objects (tried with a session object)."""
     try:
         probe = e.session.create_object(

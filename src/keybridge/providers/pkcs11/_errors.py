@@ -14,7 +14,6 @@ from pkcs11 import exceptions as px
 
 from ...errors import (
     AuthenticationError,
-    IntegrityError,
     InvalidArgument,
     InvalidKeySpec,
     KeybridgeError,
@@ -148,14 +147,14 @@ _CKR_VENDOR_DEFINED = 0x80000000
 class translated:
     """Map PKCS#11 errors raised while doing ``action`` (on key ``what``) to keybridge errors.
 
-    With ``integrity`` (decrypt/unwrap), errors that mean "this ciphertext does not authenticate"
-    become :class:`IntegrityError`. Messages name the action and key only, never a PIN or bytes.
+    ``bad_input`` is as in :func:`translate`. Messages name the action and key only, never a PIN
+    or bytes.
     """
 
-    __slots__ = ("action", "integrity", "what")
+    __slots__ = ("action", "bad_input", "what")
 
-    def __init__(self, action: str, what: object = None, *, integrity: bool = False) -> None:
-        self.action, self.what, self.integrity = action, what, integrity
+    def __init__(self, action: str, what: object = None, *, bad_input: type[KeybridgeError] = InvalidArgument) -> None:
+        self.action, self.what, self.bad_input = action, what, bad_input
 
     def __enter__(self) -> None:
         return None
@@ -165,7 +164,7 @@ class translated:
     ) -> None:
         if exc is None or isinstance(exc, KeybridgeError) or not isinstance(exc, px.PKCS11Error):
             return
-        raise translate(self.action, self.what, self.integrity, exc) from exc
+        raise translate(self.action, self.what, exc, bad_input=self.bad_input) from exc
 
 
 def ckr_code(exc: px.PKCS11Error) -> int | None:
@@ -177,18 +176,28 @@ def ckr_code(exc: px.PKCS11Error) -> int | None:
     return next((code for sentence, code in _SENTENCES.items() if sentence in text), None)
 
 
-def translate(action: str, what: object, integrity: bool, exc: px.PKCS11Error) -> KeybridgeError:
-    """The keybridge error for ``exc`` raised while doing ``action`` (on ``what``); raise it ``from exc``."""
+def translate(
+    action: str, what: object, exc: BaseException, *, bad_input: type[KeybridgeError] = InvalidArgument
+) -> KeybridgeError:
+    """The keybridge error for ``exc`` raised while doing ``action`` (on ``what``); raise it ``from exc``.
+
+    ``bad_input`` is the error for input the token refused. Any type but the default (IntegrityError
+    on decrypt/unwrap) also claims the failures that there mean "does not authenticate": SoftHSM
+    reports a bad GCM tag as CKR_GENERAL_ERROR, for instance.
+    """
     on = f" {what}" if what is not None else ""
     name = type(exc).__name__
+    untrusted = bad_input is not InvalidArgument
     if isinstance(exc, px.NoSuchKey):
         return KeyNotFound(f"{action}: no key{on} on the token")
-    if isinstance(exc, _INTEGRITY) and integrity:
-        return IntegrityError(f"{action}{on} failed: wrong key, wrong aad or damaged input")
+    if isinstance(exc, _INTEGRITY) and untrusted:
+        return bad_input(f"{action}{on} failed: wrong key, wrong aad or damaged input")
     if isinstance(exc, _BAD_INPUT):
-        if integrity:
-            return IntegrityError(f"{action}{on} failed: the input is malformed for this key")
+        if untrusted:
+            return bad_input(f"{action}{on} failed: the input is malformed for this key")
         return InvalidArgument(f"{action}{on}: the token rejected the input ({name})")
+    if not isinstance(exc, px.PKCS11Error):
+        return ProviderUnavailable(f"{action}{on}: {name} from the PKCS#11 layer")
     for classes, error, hint in TABLE:
         if isinstance(exc, classes):
             return error(f"{action}{on}: {hint} ({name})")

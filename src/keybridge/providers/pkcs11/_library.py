@@ -66,7 +66,9 @@ _NAMES = [
 _UL = ctypes.c_ulong
 
 
-class _FunctionList(ctypes.Structure):
+class LoginFunctionList(ctypes.Structure):
+    """CK_FUNCTION_LIST up to C_Logout: what :class:`RawModule` calls (``_sized`` extends it)."""
+
     _fields_: ClassVar[list[tuple[str, Any]]] = [("major", ctypes.c_ubyte), ("minor", ctypes.c_ubyte)]
     _fields_ += [(n, ctypes.c_void_p) for n in _NAMES]
 
@@ -89,7 +91,7 @@ class RawModule:
 
     def __init__(self, path: str) -> None:
         cdll = ctypes.CDLL(path)  # same file -> same dlopen handle python-pkcs11 uses
-        ptr = ctypes.POINTER(_FunctionList)()
+        ptr = ctypes.POINTER(LoginFunctionList)()
         rv = cdll.C_GetFunctionList(ctypes.byref(ptr))
         if rv:
             raise ProviderUnavailable(

@@ -17,6 +17,7 @@ from pkcs11 import ObjectClass as OC
 from pkcs11.util.rsa import decode_rsa_public_key
 
 from ... import _crypto
+from ..._durations import seconds
 from ..._redact import mentions_pin
 from ...base import BaseProvider, check_options
 from ...errors import IntegrityError, InvalidArgument, InvalidKeyUri, KeyNotFound, OperationNotPermitted
@@ -28,12 +29,15 @@ from ._errors import translated
 from ._pin import resolve_pin
 from ._quirks import quirks_of
 from ._rejection import ImplicitRejection
-from ._session import Entry, SessionPool
+from ._session import PooledSession, SessionPool
 from ._sized import SizedCalls
 from ._uri import key_uri, parse, redact
 
 _GCM_IV = _crypto.GCM_IV
+MODULE_ENV = "KEYBRIDGE_PKCS11_MODULE"
 _OPTIONS = ("module_path", "token_label", "user_pin", "pin_source", "cache_seconds", "init_args")
+# from_uri takes the token from the URI, so not as an option.
+_URI_OPTIONS = ("module_path", "user_pin", "pin_source", "cache_seconds", "init_args")
 # The token wraps only objects: key bytes come in as a short-lived session object like this.
 _TRANSIENT_SECRET = {
     A.CLASS: OC.SECRET_KEY,
@@ -71,6 +75,7 @@ class Pkcs11Provider(BaseProvider):
     ) -> None:
         # Taken only to be refused with the same InvalidArgument as every provider, not a TypeError.
         check_options(self.scheme, unknown, _OPTIONS)
+        cache_seconds = seconds("cache_seconds", cache_seconds)
         if mentions_pin(token_label) or mentions_pin(module_path):
             raise InvalidArgument(
                 "the token label or module path contains a PIN attribute (pin-value=/pin-source=): a URI"
@@ -167,7 +172,7 @@ class Pkcs11Provider(BaseProvider):
         common = {A.TOKEN: True, A.LABEL: name, A.ID: id_bytes}
         private = {**common, A.PRIVATE: True, A.SENSITIVE: True, A.EXTRACTABLE: exportable, A.DERIVE: False}
 
-        def generate(e: Entry) -> None:
+        def generate(e: PooledSession) -> None:
             s = e.session
             if spec.kty is KeyType.OCT:
                 tpl = {**private, **obj.SECRET_OFF, **obj.flags_template(obj.SECRET_FLAGS, ops)}
@@ -199,7 +204,7 @@ class Pkcs11Provider(BaseProvider):
         if pub_tpl is None:
             priv_tpl.update(obj.SECRET_OFF)
 
-        def create(e: Entry) -> None:
+        def create(e: PooledSession) -> None:
             priv = e.session.create_object(priv_tpl)
             if pub_tpl is None:
                 return
@@ -225,7 +230,7 @@ class Pkcs11Provider(BaseProvider):
         return self._catalog.get(name, id_bytes.hex())
 
     def _destroy_version(self, name: str, id_bytes: bytes) -> None:
-        def destroy(e: Entry) -> None:
+        def destroy(e: PooledSession) -> None:
             for o in list(e.session.get_objects({A.LABEL: name, A.ID: id_bytes})):
                 o.destroy()
 
@@ -245,7 +250,7 @@ class Pkcs11Provider(BaseProvider):
         name, version = info.ref.name, info.ref.version or ""
         ops = info.ops if enabled else frozenset()
 
-        def flags(e: Entry) -> None:
+        def flags(e: PooledSession) -> None:
             for o in list(e.session.get_objects({A.LABEL: name, A.ID: _id(version) or b""})):
                 if obj.is_secret(o):
                     template = obj.flags_template(obj.SECRET_FLAGS, ops)
@@ -271,7 +276,7 @@ class Pkcs11Provider(BaseProvider):
     def _delete_key(self, name: str) -> None:
         self._catalog.versions(name, fresh=True)  # KeyNotFound if there is none
 
-        def destroy(e: Entry) -> None:
+        def destroy(e: PooledSession) -> None:
             for o in list(e.session.get_objects({A.LABEL: name})):
                 if obj.is_key(o) or obj.is_public(o) or is_meta(o):
                     o.destroy()
@@ -320,7 +325,7 @@ class Pkcs11Provider(BaseProvider):
                     lambda e: self._sized.crypt(e.session, e.key(info), data, mechanism, param, decrypt=True),
                     f"decrypting with {alg.name} and key",
                     info.ref,
-                    integrity=True,
+                    bad_input=IntegrityError,
                 )
             ),
         )
@@ -349,7 +354,7 @@ class Pkcs11Provider(BaseProvider):
             return self._wrap_padded_by_hand(info, alg, key)
         tpl = {**_TRANSIENT_SECRET, A.VALUE: key}
 
-        def wrap(e: Entry) -> bytes:
+        def wrap(e: PooledSession) -> bytes:
             kek = e.key(info)
             tmp = e.session.create_object(tpl)
             try:
@@ -368,7 +373,7 @@ class Pkcs11Provider(BaseProvider):
                 " does not allow encrypt (needed for the work-around); wrap keys of a multiple of 8 bytes"
             )
 
-        def wrap(e: Entry) -> bytes:
+        def wrap(e: PooledSession) -> bytes:
             kek = e.key(info)
             return mech.rfc5649_wrap(lambda block: bytes(kek.encrypt(block, mechanism=M.AES_ECB)), key)
 
@@ -385,7 +390,7 @@ class Pkcs11Provider(BaseProvider):
             mechanism, param = mech.rsa_decryption(alg)
         tpl = {A.TOKEN: False, A.SENSITIVE: False, A.EXTRACTABLE: True}
 
-        def unwrap(e: Entry) -> bytes:
+        def unwrap(e: PooledSession) -> bytes:
             tmp = e.key(info).unwrap_key(
                 OC.SECRET_KEY, KT.GENERIC_SECRET, wrapped, mechanism=mechanism, mechanism_param=param, template=tpl
             )
@@ -398,7 +403,7 @@ class Pkcs11Provider(BaseProvider):
             info,
             alg,
             wrapped,
-            lambda: self._pool.run(unwrap, f"unwrapping with {alg.name} and key", info.ref, integrity=True),
+            lambda: self._pool.run(unwrap, f"unwrapping with {alg.name} and key", info.ref, bad_input=IntegrityError),
         )
 
     @property
@@ -422,7 +427,7 @@ class Pkcs11Provider(BaseProvider):
         kek_tpl = {**decode_rsa_public_key(pkcs1), A.TOKEN: False, A.WRAP: True, A.LABEL: "keybridge-byok-kek"}
         wrap = self._wrap_native if self._native_export else self._wrap_two_step
 
-        def export(e: Entry) -> bytes:
+        def export(e: PooledSession) -> bytes:
             target = e.key(info)
             kek_obj = e.session.create_object(kek_tpl)
             try:
@@ -433,11 +438,11 @@ class Pkcs11Provider(BaseProvider):
         return self._pool.run(export, "exporting (wrapped) key", info.ref)
 
     @staticmethod
-    def _wrap_native(e: Entry, kek: Any, target: Any) -> bytes:
+    def _wrap_native(e: PooledSession, kek: Any, target: Any) -> bytes:
         params = mech.RsaAesKeyWrapParams(256)  # referenced until wrap_key returns: raw points into it
         return bytes(kek.wrap_key(target, mechanism=mech.RSA_AES_KEY_WRAP, mechanism_param=params.raw))
 
-    def _wrap_two_step(self, e: Entry, kek: Any, target: Any) -> bytes:
+    def _wrap_two_step(self, e: PooledSession, kek: Any, target: Any) -> bytes:
         # A fresh AES-256 session key wraps the target with RFC 5649, the KEK wraps that key with
         # RSA-OAEP SHA-1; the AES key is destroyed whatever happens.
         eph_tpl = {A.EXTRACTABLE: True, A.SENSITIVE: True, A.WRAP: True, A.TOKEN: False}
@@ -460,3 +465,34 @@ def _id(version: str | None) -> bytes | None:
         return bytes.fromhex(version)
     except ValueError:
         raise InvalidArgument(f"PKCS#11 key version {version!r} is not hex (it is the CKA_ID in hex)") from None
+
+
+def from_uri(uri: str, **options: Any) -> Pkcs11Provider:
+    """A provider for an RFC 7512 URI (``pkcs11:token=T[;object=NAME]?module-path=...&pin-...``).
+
+    ``options`` may give ``module_path``, ``user_pin`` and ``pin_source`` (they win over the URI)
+    and ``cache_seconds``; ``init_args`` (the module's C_Initialize string) may also come from the
+    query attribute ``x-init-args``. Without a module path in either, ``$KEYBRIDGE_PKCS11_MODULE`` is used.
+    """
+    u = parse(uri)
+    check_options("pkcs11", options, _URI_OPTIONS)
+    token = u.path.get("token")
+    if not token:
+        raise InvalidKeyUri(f"PKCS#11 URI {redact(uri)!r} names no token; add token=LABEL")
+    module = options.get("module_path") or u.query.get("module-path") or os.environ.get(MODULE_ENV)
+    if not module:
+        raise InvalidKeyUri(
+            f"PKCS#11 URI {redact(uri)!r} names no module; add ?module-path=/path/to/module.so or set {MODULE_ENV}"
+        )
+    pin = options.get("user_pin")
+    source = options.get("pin_source")
+    if pin is None and source is None:
+        pin, source = u.query.get("pin-value"), u.query.get("pin-source")
+    return Pkcs11Provider(
+        module,
+        token,
+        pin,
+        pin_source=source,
+        cache_seconds=options.get("cache_seconds", 1.0),
+        init_args=options.get("init_args") or u.query.get("x-init-args"),
+    )

@@ -18,12 +18,12 @@ from typing import Any, TypeVar
 from pkcs11 import ObjectClass as OC
 from pkcs11 import exceptions as px
 
-from ...errors import ProviderUnavailable
+from ...errors import InvalidArgument, KeybridgeError, ProviderUnavailable
 from ...keys import KeyInfo, KeyType
 from ._errors import translate
 from ._library import Library
 
-__all__ = ["Entry", "SessionPool"]
+__all__ = ["PooledSession", "SessionPool"]
 
 T = TypeVar("T")
 
@@ -39,7 +39,7 @@ _RETRY_HANDLE = (
 _RETRY_ELSEWHERE = (px.OperationActive, px.OperationNotInitialized)
 
 
-class Entry:
+class PooledSession:
     """A pooled session plus a per-session cache of object handles (valid while it stays open)."""
 
     __slots__ = ("cache", "epoch", "generation", "session")
@@ -74,47 +74,47 @@ class SessionPool:
         self.token = self.lib.token(token_label)
         self._pin = pin
         self._mu = threading.Lock()  # slow paths only: re-login, close
-        self._idle: list[Entry] = []
+        self._idle: list[PooledSession] = []
         self._closed = False
         self._generation = self.lib.acquire_login(self.token, pin)
         self.lib.watch_fork(self)
 
     def run(
         self,
-        fn: Callable[[Entry], T],
+        fn: Callable[[PooledSession], T],
         action: str,
         what: object = None,
         *,
-        integrity: bool = False,
+        bad_input: type[KeybridgeError] = InvalidArgument,
         write: bool = False,
     ) -> T:
         """``fn(entry)`` on a session no other call uses meanwhile.
 
         An invalid session, a stale object handle or a lost login is repaired and ``fn`` retried
-        once. PKCS#11 errors become keybridge errors naming ``action`` and ``what`` (with
-        ``integrity``, failures that mean "does not authenticate" become IntegrityError). ``write``
+        once. PKCS#11 errors become keybridge errors naming ``action`` and ``what``; ``bad_input`` is the error
+        for input the token refused (IntegrityError on decrypt/unwrap; see :func:`._errors.translate`). ``write``
         says ``fn`` creates, destroys or changes token objects: it then runs alone.
         """
         objects = self.lib.objects
         if write:
             objects.acquire_exclusive()
             try:
-                return self._run(fn, action, what, integrity)
+                return self._run(fn, action, what, bad_input)
             finally:
                 objects.release_exclusive()
         objects.acquire_shared()
         try:
-            return self._run(fn, action, what, integrity)
+            return self._run(fn, action, what, bad_input)
         finally:
             objects.release_shared()
 
-    def _run(self, fn: Callable[[Entry], T], action: str, what: object, integrity: bool) -> T:
+    def _run(self, fn: Callable[[PooledSession], T], action: str, what: object, bad_input: type[KeybridgeError]) -> T:
         try:
             entry = self._idle.pop()
         except IndexError:
             entry = None
         if entry is None or entry.generation != self.lib.generation or entry.epoch != self.lib.epoch:
-            entry = self._take(entry, action, what, integrity)
+            entry = self._take(entry, action, what, bad_input)
         lock = self.lib.call_lock
         try:
             if lock is None:
@@ -123,7 +123,7 @@ class SessionPool:
                 with lock:
                     result = fn(entry)
         except px.PKCS11Error as exc:
-            return self._retry(entry, exc, fn, action, what, integrity)
+            return self._retry(entry, exc, fn, action, what, bad_input)
         except BaseException:
             self._give(entry)
             raise
@@ -132,7 +132,9 @@ class SessionPool:
             self._drain()
         return result
 
-    def _take(self, entry: Entry | None, action: str, what: object, integrity: bool) -> Entry:
+    def _take(
+        self, entry: PooledSession | None, action: str, what: object, bad_input: type[KeybridgeError]
+    ) -> PooledSession:
         """A usable session: ``entry`` (popped from the idle list) if still good, else a new one."""
         if entry is None:
             try:
@@ -147,14 +149,14 @@ class SessionPool:
         try:  # none idle, or re-initialised / forked: _open drops the other stale ones too
             return self._open()
         except px.PKCS11Error as exc:
-            raise translate(action, what, integrity, exc) from exc
+            raise translate(action, what, exc, bad_input=bad_input) from exc
 
-    def _give(self, entry: Entry) -> None:
+    def _give(self, entry: PooledSession) -> None:
         self._idle.append(entry)
         if self._closed:  # close() may have emptied the list before this append: empty it again
             self._drain()
 
-    def _open(self) -> Entry:
+    def _open(self) -> PooledSession:
         if self._closed:
             raise ProviderUnavailable("this PKCS#11 provider is closed; open a new one")
         self.lib.check_fork()
@@ -165,9 +167,9 @@ class SessionPool:
                     self.token = self.lib.token(self.token.label)
                     self._generation = self.lib.acquire_login(self.token, self._pin)
         with self.lib.serialized():
-            return Entry(self.token.open(rw=True), self._generation, self.lib.epoch)
+            return PooledSession(self.token.open(rw=True), self._generation, self.lib.epoch)
 
-    def _discard(self, entry: Entry) -> None:
+    def _discard(self, entry: PooledSession) -> None:
         if entry.generation == self.lib.generation:  # else C_Finalize closed it (or a fork copied it)
             with self.lib.serialized(), suppress(px.PKCS11Error):
                 entry.session.close()
@@ -180,7 +182,7 @@ class SessionPool:
                 return
             self._discard(entry)
 
-    def _settle(self, entry: Entry, exc: BaseException) -> None:
+    def _settle(self, entry: PooledSession, exc: BaseException) -> None:
         """Return ``entry`` after ``exc``, or close it if ``exc`` says the session is broken."""
         if isinstance(exc, _RETRY_SESSION + _RETRY_ELSEWHERE):
             self._discard(entry)
@@ -190,7 +192,13 @@ class SessionPool:
             self._give(entry)
 
     def _retry(
-        self, entry: Entry, exc: px.PKCS11Error, fn: Callable[[Entry], T], action: str, what: object, integrity: bool
+        self,
+        entry: PooledSession,
+        exc: px.PKCS11Error,
+        fn: Callable[[PooledSession], T],
+        action: str,
+        what: object,
+        bad_input: type[KeybridgeError],
     ) -> T:
         # Slow path: repair what ``exc`` says is broken, then run ``fn`` once more.
         started = entry.epoch  # == the library's epoch when fn began (run/_take ensure it)
@@ -203,18 +211,18 @@ class SessionPool:
             # Private objects vanish, and their handles die, when someone logs the process out:
             # log in again first, else the fresh lookup below finds nothing.
             if not self._logged_out_meanwhile(started) and isinstance(exc, px.NoSuchKey):
-                raise translate(action, what, integrity, exc) from exc
+                raise translate(action, what, exc, bad_input=bad_input) from exc
         elif not isinstance(exc, _RETRY_ELSEWHERE) and not self._logged_out_meanwhile(started):
             # (A module may report a key it hides after a logout as anything: NSS says CKR_HOST_MEMORY.)
-            raise translate(action, what, integrity, exc) from exc
-        entry = self._take(None, action, what, integrity)
+            raise translate(action, what, exc, bad_input=bad_input) from exc
+        entry = self._take(None, action, what, bad_input)
         try:
             with self.lib.serialized():
                 result = fn(entry)
         except BaseException as again:
             self._settle(entry, again)
             if isinstance(again, px.PKCS11Error):
-                raise translate(action, what, integrity, again) from again
+                raise translate(action, what, again, bad_input=bad_input) from again
             raise
         self._give(entry)
         return result

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from pkcs11 import exceptions as px
 
 from ._errors import ckr_code
-from ._library import _NAMES, _UL
+from ._library import _UL, LoginFunctionList
 
 __all__ = ["BUFFER_TOO_SMALL", "SizedCalls", "error_for"]
 
@@ -101,9 +101,9 @@ def error_for(rv: int) -> px.PKCS11Error:
     return cls() if cls is not None else px.PKCS11Error(f"Unmapped error code 0x{rv:x}")
 
 
-class _FunctionList(ctypes.Structure):
-    _fields_: ClassVar[list[tuple[str, Any]]] = [("major", ctypes.c_ubyte), ("minor", ctypes.c_ubyte)]
-    _fields_ += [(n, ctypes.c_void_p) for n in (*_NAMES, *_MORE)]
+class _WrapFunctionList(LoginFunctionList):
+    # A ctypes subclass appends its fields after the base's: CK_FUNCTION_LIST on to C_WrapKey.
+    _fields_: ClassVar[list[tuple[str, Any]]] = [(n, ctypes.c_void_p) for n in _MORE]
 
 
 class _Mechanism(ctypes.Structure):
@@ -153,7 +153,7 @@ class SizedCalls:
     """C_Encrypt / C_Decrypt / C_WrapKey of one module, through its function list (ctypes)."""
 
     def __init__(self, path: str) -> None:
-        ptr = ctypes.POINTER(_FunctionList)()
+        ptr = ctypes.POINTER(_WrapFunctionList)()
         rv = ctypes.CDLL(path).C_GetFunctionList(ctypes.byref(ptr))
         if rv:
             raise error_for(int(rv))
