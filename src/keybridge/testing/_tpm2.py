@@ -97,12 +97,15 @@ def _run(args: list[str], env: dict[str, str], what: str) -> str:
     return done.stdout.decode(errors="replace")
 
 
-def _wait_ready(env: dict[str, str], tcti: str, abrmd: subprocess.Popen[bytes]) -> None:
+def _wait_ready(env: dict[str, str], tcti: str, abrmd: subprocess.Popen[bytes], log: Path) -> None:
     """Poll with tpm2_getrandom until abrmd has claimed its bus name and reaches the TPM."""
     deadline = time.monotonic() + _READY_SECONDS
     while time.monotonic() < deadline:
         if abrmd.poll() is not None:
-            raise ProviderUnavailable(f"tpm2-abrmd exited with status {abrmd.returncode} before it was ready")
+            said = log.read_text(errors="replace").strip().splitlines()[-1:]
+            raise ProviderUnavailable(
+                f"tpm2-abrmd exited with status {abrmd.returncode} before it was ready: {' '.join(said)}"
+            )
         probe = subprocess.run(["tpm2_getrandom", "-T", tcti, "8"], env=env, capture_output=True, timeout=30)
         if probe.returncode == 0:
             return
@@ -184,12 +187,16 @@ def tpm2_token(directory: Path) -> Iterator[Tpm2Token]:
             "swtpm",
         )  # fmt: skip
         pids += [p for p in (_read_pid(swtpm_pid),) if p is not None]
-        log = stack.enter_context(open(directory / "abrmd.log", "wb"))  # noqa: SIM115 (closed by stack)
+        log_path = directory / "abrmd.log"
+        log = stack.enter_context(open(log_path, "wb"))  # noqa: SIM115 (closed by stack)
         abrmd = subprocess.Popen(
             [
                 "tpm2-abrmd",
                 "--session",
                 "--allow-root",
+                # tpm2-pkcs11 keeps each key it used loaded; the default 27 per client runs out
+                # within a test session (TPM_RC_OBJECT_MEMORY). abrmd swaps them in and out.
+                "--max-transients=100",
                 f"--dbus-name={bus_name}",
                 f"--tcti=swtpm:host=127.0.0.1,port={port}",
             ],
@@ -197,7 +204,7 @@ def tpm2_token(directory: Path) -> Iterator[Tpm2Token]:
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
-        _wait_ready(env, tcti, abrmd)
+        _wait_ready(env, tcti, abrmd, log_path)
         user_pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
         _run(["tpm2_ptool", "init", f"--path={store}"], env, "tpm2_ptool init")
         # The PINs appear on this short-lived command line only; the token dies with its directory.

@@ -1,0 +1,72 @@
+"""Fixes for what tpm2-pkcs11 (the ``tpm2`` token kind) exposed; each runs on every token kind."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from keybridge import KeyInfo, KeyOp, KeySpec
+from keybridge.testing._softhsm import Pkcs11TestToken
+
+pytest.importorskip("pkcs11")
+
+from pkcs11 import Attribute as A
+from pkcs11 import ObjectClass
+
+from keybridge.providers.pkcs11 import Pkcs11Provider
+from keybridge.providers.pkcs11._objects import _der_octets
+
+PRIVATE_FLAGS = (A.SIGN, A.DECRYPT, A.UNWRAP, A.DERIVE)
+PUBLIC_FLAGS = (A.VERIFY, A.ENCRYPT, A.WRAP)
+
+
+@pytest.fixture(scope="module")
+def provider(pkcs11_token: Pkcs11TestToken) -> Iterator[Pkcs11Provider]:
+    with pkcs11_token.provider() as p:
+        yield p
+
+
+def _flags(provider: Pkcs11Provider, info: KeyInfo, cls: ObjectClass, attrs: tuple[A, ...]) -> dict[str, bool]:
+    def read(e: Any) -> dict[str, bool]:
+        # By the key's id: NSS keeps keybridge's metadata in another public-key object of this label.
+        (o,) = list(e.session.get_objects({A.ID: e.key(info)[A.ID], A.CLASS: cls}))
+        return {A(a).name: bool(v) for a, v in o.get_attributes(list(attrs)).items()}
+
+    return provider._pool.run(read, "reading flags")
+
+
+@pytest.mark.parametrize("spec", [KeySpec.ec("P-256"), KeySpec.rsa(2048)], ids=str)
+def test_key_pair_gets_exactly_the_usage_it_was_asked_for(provider: Pkcs11Provider, spec: KeySpec) -> None:
+    # tpm2-pkcs11 refuses a template with explicit False usage flags (CKR_GENERAL_ERROR) and turns
+    # on more than asked: keybridge asks for the True ones only, then clears the rest.
+    name = f"asked-{spec.kty.value.lower()}"
+    info = provider.create_key(name, spec, ops={KeyOp.SIGN})
+    try:
+        assert _flags(provider, info, ObjectClass.PRIVATE_KEY, PRIVATE_FLAGS) == {
+            "SIGN": True,
+            "DECRYPT": False,
+            "UNWRAP": False,
+            "DERIVE": False,
+        }
+        assert _flags(provider, info, ObjectClass.PUBLIC_KEY, PUBLIC_FLAGS) == {
+            "VERIFY": True,
+            "ENCRYPT": False,
+            "WRAP": False,
+        }
+    finally:
+        provider.delete_key(name)
+
+
+def test_p521_point_with_a_one_byte_length_over_127_is_read() -> None:
+    # What tpm2-pkcs11 1.9 returns as CKA_EC_POINT for P-521: OCTET STRING tag, 0x85 (133) as a
+    # single length byte where DER needs 81 85, then the uncompressed point.
+    key = ec.generate_private_key(ec.SECP521R1()).public_key()
+    point = key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    assert len(point) == 133
+    assert _der_octets(b"\x04\x85" + point) == point
+    assert _der_octets(b"\x04\x81\x85" + point) == point  # proper DER still
+    assert _der_octets(point) == point  # and a raw point passes through
