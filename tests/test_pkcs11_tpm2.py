@@ -18,7 +18,9 @@ from pkcs11 import Attribute as A
 from pkcs11 import ObjectClass
 
 from keybridge.providers.pkcs11 import Pkcs11Provider
+from keybridge.providers.pkcs11._mechanisms import supported
 from keybridge.providers.pkcs11._objects import _der_octets
+from keybridge.providers.pkcs11._quirks import TokenQuirks
 
 PRIVATE_FLAGS = (A.SIGN, A.DECRYPT, A.UNWRAP, A.DERIVE)
 PUBLIC_FLAGS = (A.VERIFY, A.ENCRYPT, A.WRAP)
@@ -70,3 +72,24 @@ def test_p521_point_with_a_one_byte_length_over_127_is_read() -> None:
     assert _der_octets(b"\x04\x85" + point) == point
     assert _der_octets(b"\x04\x81\x85" + point) == point  # proper DER still
     assert _der_octets(point) == point  # and a raw point passes through
+
+
+# CKM_* -> CKF_* as tpm2-pkcs11 1.9 on swtpm lists them (read_mechanisms of the tpm2 token kind).
+TPM2_MECHANISMS = {
+    0x0: 0x10001,  # RSA_PKCS_KEY_PAIR_GEN
+    0x1: 0x2B01,  # RSA_PKCS: encrypt, decrypt, sign, verify; no wrap/unwrap
+    0x9: 0x301,  # RSA_PKCS_OAEP: encrypt, decrypt; no wrap/unwrap
+    0xD: 0x2801,  # RSA_PKCS_PSS
+    0x40: 0x2801,  # SHA256_RSA_PKCS
+    0x1040: 0x10001,  # EC_KEY_PAIR_GEN
+    0x1041: 0x2801,  # ECDSA
+    0x1082: 0x301,  # AES_CBC (no key generation: CKM_AES_KEY_GEN is absent)
+}
+
+
+def test_rsa_decryption_algorithms_are_claimed_only_where_the_token_also_unwraps() -> None:
+    algs = supported(TPM2_MECHANISMS, TokenQuirks())
+    assert {"RS256", "PS256", "ES256"} <= algs
+    assert not algs & {"RSA-OAEP", "RSA-OAEP-256", "RSA1_5"}
+    both = {**TPM2_MECHANISMS, 0x1: 0x2B01 | 0x60000, 0x9: 0x301 | 0x60000}  # + CKF_WRAP | CKF_UNWRAP
+    assert {"RSA-OAEP", "RSA-OAEP-256", "RSA1_5"} <= supported(both, TokenQuirks())
