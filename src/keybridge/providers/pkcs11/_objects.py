@@ -109,9 +109,11 @@ def asked_only(flags: Mapping[Any, bool]) -> dict[Any, Any]:
 
 
 def narrow(key: Any, flags: Mapping[Any, bool]) -> None:
-    """Clear on ``key`` each flag that ``flags`` has False and the token turned on by default."""
+    """Clear on ``key`` each flag that ``flags`` has False (the token may have turned it on)."""
+    # Set without reading first: tpm2-pkcs11 sometimes answers a read of a flag it set itself
+    # with CKR_ATTRIBUTE_TYPE_INVALID, while the write works.
     for attr, on in flags.items():
-        if not on and key[attr]:
+        if not on:
             key[attr] = False
 
 
