@@ -23,8 +23,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def tokens(session: nox.Session) -> None:
-    """The PKCS#11 tests on every test token kind: SoftHSM2 and NSS softokn (needs libnss3-tools)."""
-    session.env["KEYBRIDGE_TEST_TOKENS"] = "softhsm,nss"
+    """The PKCS#11 tests on every test token kind: SoftHSM2, NSS softokn (needs libnss3-tools) and
+    tpm2-pkcs11 on swtpm (needs libtpm2-pkcs11-1 libtpm2-pkcs11-tools swtpm tpm2-tools tpm2-abrmd dbus)."""
+    session.env["KEYBRIDGE_TEST_TOKENS"] = "softhsm,nss,tpm2"
     session.run("python", "-m", "pytest", "-rs", *session.posargs, *sorted(glob.glob("tests/test_pkcs11_*.py")))
 
 

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,10 +70,25 @@ def test_nss_kind_is_an_nss_softokn_database(tmp_path: Path) -> None:
     assert "KIND nss NSS Certificate DB" in out.stdout
 
 
+def test_tpm2_kind_is_tpm2_pkcs11_on_a_software_tpm_and_stops_its_daemons(tmp_path: Path) -> None:
+    from keybridge.testing._tpm2 import find_tpm2_module
+
+    if find_tpm2_module() is None or shutil.which("swtpm") is None or shutil.which("tpm2-abrmd") is None:
+        pytest.skip("tpm2-pkcs11, swtpm or tpm2-abrmd is not installed")
+    base = tmp_path / "base"  # the daemons' command lines name their files under it
+    env = {**_clean_env(), "KEYBRIDGE_TEST_TOKENS": "tpm2", "PYTEST_ADDOPTS": f"--basetemp={base}"}
+    out = child_pytest(tmp_path, env)
+    assert "1 passed" in out.stdout, out.stdout + out.stderr
+    assert "KIND tpm2 keybridge-tpm2" in out.stdout
+    time.sleep(0.5)  # SIGTERM was sent at teardown; give the daemons a moment to exit
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert [line for line in ps.splitlines() if str(base) in line] == []
+
+
 def test_unknown_kind_is_a_usage_error_naming_the_known_ones(tmp_path: Path) -> None:
     out = child_pytest(tmp_path, {**_clean_env(), "KEYBRIDGE_TEST_TOKENS": "nitrokey"})
     assert out.returncode != 0
-    assert "unknown token kind 'nitrokey'; known kinds: softhsm, nss, env" in out.stdout + out.stderr
+    assert "unknown token kind 'nitrokey'; known kinds: softhsm, nss, tpm2, env" in out.stdout + out.stderr
 
 
 def _clean_env() -> dict[str, str]:

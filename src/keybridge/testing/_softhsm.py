@@ -8,6 +8,7 @@ python-pkcs11, so the pytest plugin loads everywhere.
 
 * ``softhsm`` — the session's throwaway SoftHSM2 token (the same one ``softhsm_token`` gives);
 * ``nss`` — a throwaway NSS softokn database (see :mod:`._tokens`; needs ``libnss3-tools``);
+* ``tpm2`` — tpm2-pkcs11 on a throwaway software TPM (swtpm + tpm2-abrmd, see :mod:`._tpm2`);
 * ``env`` — an existing token, e.g. a real HSM: ``$KEYBRIDGE_TEST_PKCS11_MODULE``,
   ``$KEYBRIDGE_TEST_PKCS11_TOKEN`` and ``$KEYBRIDGE_TEST_PKCS11_PIN``. Tests create and delete
   keys on it, so use a token set aside for testing; ``$KEYBRIDGE_TEST_PKCS11_INIT_ARGS`` gives the
@@ -26,6 +27,7 @@ import pytest
 from .._softhsm import SoftHsmToken, find_softhsm_module, throwaway_token
 from ..errors import ProviderUnavailable
 from ._tokens import NSS_TOKEN_LABEL, nss_init_args, nss_token_dir
+from ._tpm2 import tpm2_token
 
 __all__ = [
     "TOKENS_ENV",
@@ -35,11 +37,12 @@ __all__ = [
     "nss_token",
     "pkcs11_token",
     "softhsm_token",
+    "tpm2_test_token",
 ]
 
 TOKENS_ENV = "KEYBRIDGE_TEST_TOKENS"
 _ENV_VARS = ("KEYBRIDGE_TEST_PKCS11_MODULE", "KEYBRIDGE_TEST_PKCS11_TOKEN", "KEYBRIDGE_TEST_PKCS11_PIN")
-KINDS = ("softhsm", "nss", "env")
+KINDS = ("softhsm", "nss", "tpm2", "env")
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,19 @@ def nss_token(tmp_path_factory: pytest.TempPathFactory) -> Pkcs11TestToken:
     return Pkcs11TestToken("nss", module, NSS_TOKEN_LABEL, pin, init_args=nss_init_args(directory))
 
 
+@pytest.fixture(scope="session")
+def tpm2_test_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pkcs11TestToken]:
+    """tpm2-pkcs11 on a fresh software TPM for the test session (skips if its packages are missing).
+
+    The daemons (dbus-daemon, swtpm, tpm2-abrmd) are stopped at the end of the session.
+    """
+    try:
+        with tpm2_token(tmp_path_factory.mktemp("tpm2")) as t:
+            yield Pkcs11TestToken("tpm2", t.module_path, t.token_label, t.user_pin, t.env)
+    except ProviderUnavailable as exc:
+        pytest.skip(str(exc))
+
+
 @pytest.fixture(scope="session", params=_kinds())
 def pkcs11_token(request: pytest.FixtureRequest) -> Pkcs11TestToken:
     """One token per kind in ``$KEYBRIDGE_TEST_TOKENS`` (default ``softhsm``); see the module docs."""
@@ -103,6 +119,9 @@ def pkcs11_token(request: pytest.FixtureRequest) -> Pkcs11TestToken:
     if kind == "nss":
         nss: Pkcs11TestToken = request.getfixturevalue("nss_token")
         return nss
+    if kind == "tpm2":
+        tpm2: Pkcs11TestToken = request.getfixturevalue("tpm2_test_token")
+        return tpm2
     if kind == "env":
         module, label, pin = (os.environ.get(name, "") for name in _ENV_VARS)
         if not (module and label and pin):

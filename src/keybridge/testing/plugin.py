@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from ._azure import azure_emulator
-from ._softhsm import nss_token, pkcs11_token, softhsm_token
+from ._softhsm import nss_token, pkcs11_token, softhsm_token, tpm2_test_token
 
-__all__ = ["azure_emulator", "nss_token", "pkcs11_token", "softhsm_token"]
+__all__ = ["azure_emulator", "nss_token", "pkcs11_token", "softhsm_token", "tpm2_test_token"]

@@ -83,14 +83,19 @@ def supported(mechs: Mapping[int, int | None], quirks: TokenQuirks) -> frozenset
         algs |= {"A128KW", "A192KW", "A256KW", "CKM_AES_KEY_WRAP"}
     if kwp_mechanism(mechs, quirks) is not None:
         algs.add("CKM_AES_KEY_WRAP_PAD")
-    if has(M.RSA_PKCS_OAEP, _CKF_DECRYPT):
+    # RSA-OAEP and RSA1_5 name both decrypt and unwrapKey: claim them only where the token does
+    # both (tpm2-pkcs11 lists CKM_RSA_PKCS_OAEP and CKM_RSA_PKCS for decrypt only, and C_UnwrapKey
+    # then answers CKR_FUNCTION_NOT_SUPPORTED).
+    if has(M.RSA_PKCS_OAEP, _CKF_DECRYPT | _CKF_UNWRAP):
         algs.add("RSA-OAEP")
         if not quirks.oaep_sha1_only:
             algs.add("RSA-OAEP-256")
             # SHA-384/512 OAEP where the token also lists the digest: its MGF1 needs the same hash.
             algs |= {f"RSA-OAEP-{h[3:]}" for h in ("SHA384", "SHA512") if int(_HASH_MECH[h][0]) in mechs}
     if has(M.RSA_PKCS, _CKF_SIGN):
-        algs |= {"RSA1_5", "RS256", "RS384", "RS512"}
+        algs |= {"RS256", "RS384", "RS512"}
+    if has(M.RSA_PKCS, _CKF_DECRYPT | _CKF_UNWRAP):
+        algs.add("RSA1_5")
     if has(M.RSA_PKCS_PSS, _CKF_SIGN):
         algs |= {"PS256", "PS384", "PS512"}
     if has(M.ECDSA, _CKF_SIGN):

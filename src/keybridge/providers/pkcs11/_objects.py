@@ -20,6 +20,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pkcs11 import DEFAULT
 from pkcs11 import Attribute as A
 from pkcs11 import KeyType as KT
 from pkcs11 import ObjectClass as OC
@@ -94,6 +95,26 @@ def public_flags(ops: Iterable[KeyOp]) -> dict[Any, bool]:
     """
     wanted = set(ops)
     return flags_template(PUBLIC_FLAGS, wanted | {_PUBLIC_TWIN[op] for op in wanted if op in _PUBLIC_TWIN})
+
+
+def asked_only(flags: Mapping[Any, bool]) -> dict[Any, Any]:
+    """``flags`` with each False one left to the token (``pkcs11.DEFAULT`` also drops python-pkcs11's).
+
+    Some tokens derive usage from what the key is and refuse a template that contradicts it:
+    tpm2-pkcs11 gives every RSA key all of sign/decrypt/unwrap and an EC key sign and decrypt, and
+    answers an explicit False with CKR_GENERAL_ERROR ("User specified and TPM specified attr
+    mismatch"). So a key is generated with only what was asked, then :func:`narrow` clears the rest.
+    """
+    return {attr: True if on else DEFAULT for attr, on in flags.items()}
+
+
+def narrow(key: Any, flags: Mapping[Any, bool]) -> None:
+    """Clear on ``key`` each flag that ``flags`` has False (the token may have turned it on)."""
+    # Set without reading first: tpm2-pkcs11 sometimes answers a read of a flag it set itself
+    # with CKR_ATTRIBUTE_TYPE_INVALID, while the write works.
+    for attr, on in flags.items():
+        if not on:
+            key[attr] = False
 
 
 def spec_of(obj: Any, attrs: Mapping[Any, Any], meta: Mapping[str, Any]) -> KeySpec:
@@ -222,4 +243,8 @@ def _der_octets(data: bytes) -> bytes:
             n = int.from_bytes(data[2:head], "big")
         if head + n == len(data):
             return data[head:]
+        if data[1] == len(data) - 2:
+            # tpm2-pkcs11 1.9 writes a length over 127 in one byte: P-521's 133-byte point gets
+            # 04 85 (which DER reads as "5 length bytes follow").
+            return data[2:]
     return data

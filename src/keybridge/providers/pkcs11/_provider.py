@@ -178,13 +178,23 @@ class Pkcs11Provider(BaseProvider):
                 tpl = {**private, **obj.SECRET_OFF, **obj.flags_template(obj.SECRET_FLAGS, ops)}
                 s.generate_key(KT.AES, spec.size, store=True, template=tpl)
                 return
-            pub_tpl = {**common, **obj.public_flags(ops)}
-            priv_tpl = {**private, **obj.flags_template(obj.PRIVATE_FLAGS, ops)}
+            pub_flags, priv_flags = obj.public_flags(ops), obj.flags_template(obj.PRIVATE_FLAGS, ops)
+            pub_tpl = {**common, **obj.asked_only(pub_flags)}
+            priv_tpl = {**private, **obj.asked_only(priv_flags)}
             if spec.kty is KeyType.RSA:
-                s.generate_keypair(KT.RSA, spec.size, store=True, public_template=pub_tpl, private_template=priv_tpl)
+                pair = s.generate_keypair(
+                    KT.RSA, spec.size, store=True, public_template=pub_tpl, private_template=priv_tpl
+                )
             else:
                 pub_tpl[A.EC_PARAMS] = obj.ec_params(spec)
-                s.generate_keypair(KT.EC, store=True, public_template=pub_tpl, private_template=priv_tpl)
+                pair = s.generate_keypair(KT.EC, store=True, public_template=pub_tpl, private_template=priv_tpl)
+            try:
+                obj.narrow(pair[0], pub_flags)
+                obj.narrow(pair[1], priv_flags)
+            except BaseException:
+                for key in pair:  # a key with more usage than asked must not stay behind
+                    key.destroy()
+                raise
 
         self._pool.run(generate, "generating key", repr(name), write=True)
         return self._record(name, id_bytes, spec, attrs)

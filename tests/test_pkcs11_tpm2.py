@@ -1,0 +1,124 @@
+"""Fixes for what tpm2-pkcs11 (the ``tpm2`` token kind) exposed; each runs on every token kind."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from keybridge import KeyInfo, KeyOp, KeySpec
+from keybridge.testing._softhsm import Pkcs11TestToken
+
+pytest.importorskip("pkcs11")
+
+from pkcs11 import Attribute as A
+from pkcs11 import ObjectClass
+
+from keybridge.providers.pkcs11 import Pkcs11Provider
+from keybridge.providers.pkcs11._mechanisms import supported
+from keybridge.providers.pkcs11._objects import _der_octets
+from keybridge.providers.pkcs11._quirks import TokenQuirks
+
+PRIVATE_FLAGS = (A.SIGN, A.DECRYPT, A.UNWRAP, A.DERIVE)
+PUBLIC_FLAGS = (A.VERIFY, A.ENCRYPT, A.WRAP)
+
+
+@pytest.fixture(scope="module")
+def provider(pkcs11_token: Pkcs11TestToken) -> Iterator[Pkcs11Provider]:
+    with pkcs11_token.provider() as p:
+        yield p
+
+
+def _flags(provider: Pkcs11Provider, info: KeyInfo, cls: ObjectClass, attrs: tuple[A, ...]) -> dict[str, bool]:
+    def read(e: Any) -> dict[str, bool]:
+        # By the key's id: NSS keeps keybridge's metadata in another public-key object of this label.
+        (o,) = list(e.session.get_objects({A.ID: e.key(info)[A.ID], A.CLASS: cls}))
+        return {A(a).name: bool(v) for a, v in o.get_attributes(list(attrs)).items()}
+
+    return provider._pool.run(read, "reading flags")
+
+
+@pytest.mark.parametrize("spec", [KeySpec.ec("P-256"), KeySpec.rsa(2048)], ids=str)
+def test_key_pair_gets_exactly_the_usage_it_was_asked_for(provider: Pkcs11Provider, spec: KeySpec) -> None:
+    # tpm2-pkcs11 refuses a template with explicit False usage flags (CKR_GENERAL_ERROR) and turns
+    # on more than asked: keybridge asks for the True ones only, then clears the rest.
+    name = f"asked-{spec.kty.value.lower()}"
+    info = provider.create_key(name, spec, ops={KeyOp.SIGN})
+    try:
+        assert _flags(provider, info, ObjectClass.PRIVATE_KEY, PRIVATE_FLAGS) == {
+            "SIGN": True,
+            "DECRYPT": False,
+            "UNWRAP": False,
+            "DERIVE": False,
+        }
+        assert _flags(provider, info, ObjectClass.PUBLIC_KEY, PUBLIC_FLAGS) == {
+            "VERIFY": True,
+            "ENCRYPT": False,
+            "WRAP": False,
+        }
+    finally:
+        provider.delete_key(name)
+
+
+def test_p521_point_with_a_one_byte_length_over_127_is_read() -> None:
+    # What tpm2-pkcs11 1.9 returns as CKA_EC_POINT for P-521: OCTET STRING tag, 0x85 (133) as a
+    # single length byte where DER needs 81 85, then the uncompressed point.
+    key = ec.generate_private_key(ec.SECP521R1()).public_key()
+    point = key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    assert len(point) == 133
+    assert _der_octets(b"\x04\x85" + point) == point
+    assert _der_octets(b"\x04\x81\x85" + point) == point  # proper DER still
+    assert _der_octets(point) == point  # and a raw point passes through
+
+
+# CKM_* -> CKF_* as tpm2-pkcs11 1.9 on swtpm lists them (read_mechanisms of the tpm2 token kind).
+TPM2_MECHANISMS = {
+    0x0: 0x10001,  # RSA_PKCS_KEY_PAIR_GEN
+    0x1: 0x2B01,  # RSA_PKCS: encrypt, decrypt, sign, verify; no wrap/unwrap
+    0x9: 0x301,  # RSA_PKCS_OAEP: encrypt, decrypt; no wrap/unwrap
+    0xD: 0x2801,  # RSA_PKCS_PSS
+    0x40: 0x2801,  # SHA256_RSA_PKCS
+    0x1040: 0x10001,  # EC_KEY_PAIR_GEN
+    0x1041: 0x2801,  # ECDSA
+    0x1082: 0x301,  # AES_CBC (no key generation: CKM_AES_KEY_GEN is absent)
+}
+
+
+def test_rsa_decryption_algorithms_are_claimed_only_where_the_token_also_unwraps() -> None:
+    algs = supported(TPM2_MECHANISMS, TokenQuirks())
+    assert {"RS256", "PS256", "ES256"} <= algs
+    assert not algs & {"RSA-OAEP", "RSA-OAEP-256", "RSA1_5"}
+    both = {**TPM2_MECHANISMS, 0x1: 0x2B01 | 0x60000, 0x9: 0x301 | 0x60000}  # + CKF_WRAP | CKF_UNWRAP
+    assert {"RSA-OAEP", "RSA-OAEP-256", "RSA1_5"} <= supported(both, TokenQuirks())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_using_the_provider_leaves_the_parent_working(
+    provider: Pkcs11Provider, pkcs11_token: Pkcs11TestToken, request: pytest.FixtureRequest
+) -> None:
+    if pkcs11_token.kind == "tpm2":
+        # Not fixed yet: the child's C_Finalize + C_Initialize runs over the parent's tpm2-abrmd
+        # connection and flushes the parent's TPM objects (docs/pkcs11.md, token table).
+        request.applymarker(pytest.mark.xfail(strict=True, reason="child C_Finalize flushes the parent's TPM objects"))
+    digest = hashlib.sha256(b"fork").digest()
+    provider.create_key("forked", KeySpec.ec("P-256"), ops={KeyOp.SIGN, KeyOp.VERIFY})
+    try:
+        assert provider.verify("forked", "ES256", digest, provider.sign("forked", "ES256", digest))
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status only
+            try:
+                ok = provider.verify("forked", "ES256", digest, provider.sign("forked", "ES256", digest))
+                os._exit(0 if ok else 1)
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        parent_ok = provider.verify("forked", "ES256", digest, provider.sign("forked", "ES256", digest))
+        assert parent_ok  # the parent's sessions and objects survived the child
+        assert os.waitstatus_to_exitcode(status) == 0  # and the child could use the token itself
+    finally:
+        provider.delete_key("forked")
