@@ -230,6 +230,18 @@ def peer_cn(connection: Any) -> str | None:
     return next((v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"), None)
 
 
+def send_json(handler: BaseHTTPRequestHandler, status: int, answer: dict[str, Any]) -> None:
+    """One JSON answer, with ``Connection: close`` when the handler is closing the connection."""
+    data = json.dumps(answer).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    if handler.close_connection:
+        handler.send_header("Connection", "close")
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 def _load(fn: Callable[..., None], what: str, *paths: str) -> None:
     try:
         fn(*paths)
@@ -273,13 +285,6 @@ def _handler(server: EkmServer) -> type[BaseHTTPRequestHandler]:
                 status, answer = 400, {"code": "BadRequest", "message": "bad Content-Length"}
             # An unread body (401, oversize) would be parsed as the next request: close instead.
             self.close_connection = self.close_connection or not body_read
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, status, answer)
 
     return EkmHandler

@@ -33,7 +33,7 @@ from ..errors import (
 )
 from ..keys import KeyType
 from ..provider import KeyProvider
-from ._server import ClientRule, ExportedKey, _Listening, _load, peer_cn, within
+from ._server import ClientRule, ExportedKey, _Listening, _load, peer_cn, send_json, within
 from ._sigv4 import Headers, SigV4Error, verify
 
 __all__ = ["SERVICE", "XksServer", "full_aad"]
@@ -287,14 +287,7 @@ def _handler(server: XksServer) -> type[BaseHTTPRequestHandler]:
             return None
 
         def _answer(self, status: int, answer: dict[str, Any]) -> None:
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, status, answer)
 
         def _not_post(self) -> None:
             # The spec asks for 405 on anything but POST; the body is left unread, so close.
