@@ -170,9 +170,9 @@ def _grants(
     for every principal."""
     if not grant:
         return []
-    from ..providers.azure import AzureKeyVaultProvider
-
-    if not isinstance(target, AzureKeyVaultProvider):
+    # What grants need, asked of the target itself (byok uses providers only through what they
+    # offer): role assignments (`access`) and a copy acting as another principal.
+    if not (hasattr(type(target), "access") and callable(getattr(target, "with_credential", None))):
         raise InvalidArgument(f"grant= needs an Azure Managed HSM target, not {type(target).__name__}")
     if credentials is None:
         raise InvalidArgument(
@@ -183,7 +183,7 @@ def _grants(
         if not (isinstance(item, tuple) and len(item) == 2 and all(isinstance(x, str) for x in item)):
             raise InvalidArgument(f"each grant must be a (principal, role) pair of strings, got {item!r}")
         principal, role = item
-        out.append((principal, target.access.role(role), _credential_for(credentials, principal)))
+        out.append((principal, target.access.role(role), _credential_for(credentials, principal)))  # type: ignore[attr-defined]
     return out
 
 
