@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from _ekm_support import make_cert, make_pki
-from keybridge import open_provider
+from keybridge import audit, open_provider
 from keybridge.ekm import Client, ClientRule, EkmError, EkmServer, ExportedKey
 from keybridge.errors import ProviderUnavailable
 from keybridge.keys import KeyOp, KeySpec
@@ -74,6 +76,23 @@ def test_rsa_wrap_is_real_oaep(proxy, pki: Path) -> None:  # type: ignore[no-unt
     oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
     ours = rsa.public_key.encrypt(secret, oaep)
     assert c.unwrap_key("rsa-1", "RSA-OAEP", ours) == secret
+
+
+def test_hsm_audit_events_carry_the_request_id_managed_hsm_sent(proxy, pki: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    server, _ = proxy
+    events: list[audit.AuditEvent] = []
+    audit.add_sink(events.append)
+    try:
+        with caplog.at_level(logging.INFO, logger="keybridge.ekm"):
+            assert _client(server, pki).unwrap_key(
+                "aes-1", "A256KW", _client(server, pki).wrap_key("aes-1", "A256KW", os.urandom(32))
+            )
+    finally:
+        audit.remove_sink(events.append)
+    sent = re.findall(r"'request_id': '([0-9a-f-]{36})'", caplog.text)  # what the proxy logged as received
+    assert len(sent) == 2
+    hsm_calls = [e for e in events if e.operation in ("wrap_key", "unwrap_key")]
+    assert [e.correlation_id for e in hsm_calls] == sent
 
 
 def test_aes_kwp_length_rule(proxy, pki: Path) -> None:  # type: ignore[no-untyped-def]

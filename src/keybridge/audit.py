@@ -13,6 +13,7 @@ writes events to a file, one JSON object per line.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as _dt
 import json
@@ -21,7 +22,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -32,7 +33,7 @@ from ._redact import redact_uri
 from .errors import InvalidArgument
 from .keys import KeyRef
 
-__all__ = ["AuditEvent", "AuditSink", "JsonLinesSink", "add_sink", "correlation_id", "remove_sink"]
+__all__ = ["AuditEvent", "AuditSink", "JsonLinesSink", "add_sink", "correlated", "correlation_id", "remove_sink"]
 
 logger = logging.getLogger("keybridge.audit")
 
@@ -62,6 +63,21 @@ def correlation_id() -> str | None:
     """The correlation id of the audited operation running in this context, or None (no
     operation, or nobody listens to audit events)."""
     return _current.get()
+
+
+@contextlib.contextmanager
+def correlated(correlation: str | None) -> Iterator[None]:
+    """Audit events of the operations inside the block carry ``correlation`` (e.g. the request id
+    a caller such as Managed HSM or AWS KMS sent), so they join that caller's own logs; None or
+    empty leaves each operation its own new id. Context-local: set it in the thread that runs them."""
+    if not correlation:
+        yield
+        return
+    reset = _current.set(str(correlation)[:128])
+    try:
+        yield
+    finally:
+        _current.reset(reset)
 
 
 def add_sink(sink: AuditSink) -> None:
@@ -106,7 +122,7 @@ class _Audit:
         self.key = None if key is None else (key if isinstance(key, KeyRef) else redact_uri(key))
         self.algorithm = algorithm
         self.start = 0.0
-        self.correlation = str(uuid.uuid4())
+        self.correlation = _current.get() or str(uuid.uuid4())  # a caller's id (correlated()), else new
         self.reset: contextvars.Token[str | None] | None = None
 
     def __enter__(self) -> _Audit:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from .. import audit
 from ..errors import (
     InvalidArgument,
     KeybridgeError,
@@ -160,9 +161,15 @@ class EkmServer(_Listening):
         if key is None:
             raise _Fail(404, "KeyNotFound", f"external key {m['key']!r} is not exported by this proxy")
         try:
-            return within(self._pool, lambda: self._operate(key, m["op"], req), self.deadline)
+            return within(self._pool, lambda: self._correlated_operate(key, m["op"], req), self.deadline)
         except concurrent.futures.TimeoutError:
             raise _Fail(408, "RequestTimeout", f"the HSM did not answer within {self.deadline * 1000:.0f} ms") from None
+
+    def _correlated_operate(self, key: ExportedKey, op: str, req: dict[str, Any]) -> dict[str, Any]:
+        # In the pool's thread: the audit events of the HSM calls carry Managed HSM's request id.
+        ctx = req["request_context"]
+        with audit.correlated(ctx.get("request_id") or ctx.get("correlation_id")):
+            return self._operate(key, op, req)
 
     def _operate(self, key: ExportedKey, op: str, req: dict[str, Any]) -> dict[str, Any]:
         if op == "metadata":

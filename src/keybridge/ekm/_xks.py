@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler
 from typing import Any, TypeVar
 
+from .. import audit
 from ..errors import (
     IntegrityError,
     InvalidArgument,
@@ -146,7 +147,13 @@ class XksServer(_Listening):
         if key is None:
             raise _XksFail(404, "KeyNotFoundException", f"external key {m['key']!r} is not exported by this proxy")
         op: Callable[[ExportedKey, dict[str, Any]], dict[str, Any]] = getattr(self, f"_{m['op']}")
-        return self._timed(lambda: op(key, req))
+        request_id = md.get("kmsRequestId")
+
+        def correlated() -> dict[str, Any]:  # in the pool's thread, where the HSM calls are audited
+            with audit.correlated(request_id if isinstance(request_id, str) else None):
+                return op(key, req)
+
+        return self._timed(correlated)
 
     def _timed(self, fn: Callable[[], _T]) -> _T:
         try:
