@@ -28,16 +28,14 @@ def _access(uri: str, *, key: bool = True) -> Iterator[tuple[AccessControl, str 
     """The HSM's access control and the key (None for a bare HSM URL when ``key`` is False)."""
     if not uri.lower().startswith("https://"):
         raise InvalidArgument(f"{uri!r} is not a Managed HSM key id: use https://HSM/keys/NAME")
-    from ..providers.azure import AzureKeyVaultProvider
-    from ..providers.azure._uri import split_key_id
-
-    _, name, _ = split_key_id(uri)
-    if name is None and key:
-        raise InvalidArgument(f"{uri!r} names no key: use https://HSM/keys/NAME (roles on one key)")
     with open_cli_provider(uri) as provider:
-        if not isinstance(provider, AzureKeyVaultProvider):
+        # The provider parses its own URIs and says whether it has local RBAC (`access`).
+        name = provider.ref(uri).name if "/keys/" in uri.lower() else None
+        if name is None and key:
+            raise InvalidArgument(f"{uri!r} names no key: use https://HSM/keys/NAME (roles on one key)")
+        if not hasattr(type(provider), "access"):
             raise InvalidArgument(f"{uri!r} is not served by the Azure provider")
-        yield provider.access, (uri if name else None)
+        yield provider.access, (uri if name else None)  # type: ignore[attr-defined]
 
 
 def _row(a: Assignment) -> dict[str, Any]:
