@@ -70,6 +70,20 @@ def has_rsa_aes_key_wrap(mechs: Mapping[int, int | None]) -> bool:
     return _CKM_RSA_AES_KEY_WRAP in mechs and _flags_ok(mechs[_CKM_RSA_AES_KEY_WRAP], _CKF_WRAP)
 
 
+def can_export_in_two_steps(mechs: Mapping[int, int | None], quirks: TokenQuirks) -> bool:
+    """Whether the token can do CKM_RSA_AES_KEY_WRAP's two steps itself: make an AES key, wrap
+    the target with RFC 5649 and wrap the AES key with RSA-OAEP. A token that lists RFC 5649
+    for encryption only (or has no OAEP wrap) would fail half-way, so all three are checked."""
+    kwp = kwp_mechanism(mechs, quirks)
+    return (
+        kwp is not None
+        and _flags_ok(mechs[int(kwp)], _CKF_WRAP)
+        and int(M.AES_KEY_GEN) in mechs
+        and int(M.RSA_PKCS_OAEP) in mechs
+        and _flags_ok(mechs[int(M.RSA_PKCS_OAEP)], _CKF_WRAP)
+    )
+
+
 def supported(mechs: Mapping[int, int | None], quirks: TokenQuirks) -> frozenset[str]:
     """JWA names whose private/secret half the token performs correctly."""
 

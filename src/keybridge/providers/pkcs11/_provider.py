@@ -6,6 +6,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -34,6 +35,11 @@ from ._sized import SizedCalls
 from ._uri import key_uri, parse, redact
 
 _GCM_IV = _crypto.GCM_IV
+_NO_WRAPPED_EXPORT = (
+    "the token lists neither CKM_RSA_AES_KEY_WRAP nor the mechanisms for its two steps (an RFC 5649"
+    " wrap, CKM_AES_KEY_GEN and CKM_RSA_PKCS_OAEP, each with the wrap flag); generate the key for"
+    " BYOK on a token that lists them"
+)
 MODULE_ENV = "KEYBRIDGE_PKCS11_MODULE"
 _OPTIONS = ("module_path", "token_label", "user_pin", "pin_source", "cache_seconds", "init_args")
 # from_uri takes the token from the URI, so not as an option.
@@ -96,6 +102,9 @@ class Pkcs11Provider(BaseProvider):
             self.algorithms = mech.supported(mechanisms, self.quirks)
             self._kwp = mech.kwp_mechanism(mechanisms, self.quirks)
             self._native_export = mech.has_rsa_aes_key_wrap(mechanisms)
+            self._two_step_export = mech.can_export_in_two_steps(mechanisms, self.quirks)
+            if self.wrapped_export_mechanism is None:  # known at open, so capabilities say it up front
+                self.unsupported = MappingProxyType({"export_wrapped": _NO_WRAPPED_EXPORT})
             self._sized = SizedCalls(self._pool.lib.path)  # for modules whose length queries under-report
             self._catalog = Catalog(self._pool, token_label, self._make_ref, cache_seconds)
         except BaseException:
@@ -426,13 +435,15 @@ class Pkcs11Provider(BaseProvider):
         """
         if self._native_export:
             return "CKM_RSA_AES_KEY_WRAP"
-        return None if self._kwp is None else f"CKM_{self._kwp.name}+CKM_RSA_PKCS_OAEP"
+        if not self._two_step_export or self._kwp is None:
+            return None
+        return f"CKM_{self._kwp.name}+CKM_RSA_PKCS_OAEP"
 
     def _export_wrapped(self, info: KeyInfo, kek: rsa.RSAPublicKey) -> bytes:
         # CKM_RSA_AES_KEY_WRAP inside the token: natively where listed, else in two steps that the
         # Azure BYOK spec calls equivalent. The KEK public key enters as a session object.
         if self.wrapped_export_mechanism is None:
-            raise self._unsupported("export_wrapped", "the token has neither CKM_RSA_AES_KEY_WRAP nor RFC 5649 wrap")
+            raise self._unsupported("export_wrapped", _NO_WRAPPED_EXPORT)
         pkcs1 = kek.public_bytes(Encoding.DER, PublicFormat.PKCS1)
         kek_tpl = {**decode_rsa_public_key(pkcs1), A.TOKEN: False, A.WRAP: True, A.LABEL: "keybridge-byok-kek"}
         wrap = self._wrap_native if self._native_export else self._wrap_two_step
