@@ -173,3 +173,13 @@ def test_real_subprocess_round_trip_and_one_line_errors(env: dict[str, str]) -> 
     assert wrong.returncode == 1
     assert wrong.stderr.splitlines() == ["keybridge: error: wrong passphrase for this keystore"]
     assert "Traceback" not in missing.stderr + wrong.stderr
+
+
+def test_create_and_list_say_which_keystore_file_the_keys_are_in(env: dict[str, str]) -> None:
+    path = env["KEYBRIDGE_KEYSTORE"]
+    out = run("create", "where").output
+    assert out.splitlines()[-1] == f"in keystore {path}"
+    assert run_json("create", "where2")["keystore"] == path
+    listed = run("list").output
+    assert f"keystore: {path}" in listed.replace("\n", "")
+    assert run_json("list")["keystore"] == path

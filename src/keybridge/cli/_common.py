@@ -24,6 +24,7 @@ __all__ = [
     "default_keystore",
     "emit",
     "json_option",
+    "keystore_of",
     "keystore_option",
     "key_info_dict",
     "open_cli_key",
@@ -74,6 +75,12 @@ def _passphrase(keystore: Path) -> str:
     raise AuthenticationError(
         f"the keystore {keystore} needs a passphrase: set {PASSPHRASE_ENV} (no terminal to ask on)"
     )
+
+
+def keystore_of(uri: str) -> Path | None:
+    """The keystore file a ``memory:`` URI's keys live in, for output that says where a key went;
+    ``None`` for other providers, whose URI already says where."""
+    return default_keystore() if uri.split(":", 1)[0].lower() == "memory" else None
 
 
 def open_cli_provider(uri: str, *, create: bool = False) -> KeyProvider:

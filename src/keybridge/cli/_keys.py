@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ..errors import InvalidArgument
 from ..keys import KeyInfo, KeySpec, KeyType
-from ._common import cli_uri, emit, json_option, key_info_dict, open_cli_provider
+from ._common import cli_uri, emit, json_option, key_info_dict, keystore_of, open_cli_provider
 
 __all__ = ["keys"]
 
@@ -80,7 +80,10 @@ def create(
             _check_same_kind(ctx, provider.get_key(name), spec)
             info = provider.rotate_key(name)
     verb = "new version" if new_version else "created"
-    emit(key_info_dict(info), f"{verb} {_summary(info)}", as_json=as_json)
+    data, human = key_info_dict(info), f"{verb} {_summary(info)}"
+    if (keystore := keystore_of(uri)) is not None:  # a bare NAME gives no hint of which file it went to
+        data["keystore"], human = str(keystore), f"{human}\nin keystore {keystore}"
+    emit(data, human, as_json=as_json)
 
 
 def _check_same_kind(ctx: click.Context, current: KeyInfo, spec: KeySpec) -> None:
@@ -104,9 +107,13 @@ def _check_same_kind(ctx: click.Context, current: KeyInfo, spec: KeySpec) -> Non
 @json_option
 def list_(provider_uri: str, as_json: bool) -> None:
     """List the current version of every key in PROVIDER_URI (default: the keystore)."""
-    with open_cli_provider(cli_uri(provider_uri)) as provider:
+    uri = cli_uri(provider_uri)
+    with open_cli_provider(uri) as provider:
         infos = list(provider.list_keys())
-    table = Table("key", "spec", "ops", "state", "version")
+    keystore = keystore_of(uri)
+    where = {} if keystore is None else {"keystore": str(keystore)}
+    caption = None if keystore is None else f"keystore: {keystore}"
+    table = Table("key", "spec", "ops", "state", "version", caption=caption)
     for i in infos:
         table.add_row(
             i.ref.name,
@@ -115,7 +122,8 @@ def list_(provider_uri: str, as_json: bool) -> None:
             "enabled" if i.enabled else "disabled",
             i.ref.version or "",
         )
-    emit({"keys": [key_info_dict(i) for i in infos]}, table if infos else "no keys", as_json=as_json)
+    empty = "no keys" if keystore is None else f"no keys in keystore {keystore}"
+    emit({"keys": [key_info_dict(i) for i in infos], **where}, table if infos else empty, as_json=as_json)
 
 
 @keys.command()
