@@ -173,7 +173,7 @@ def test_without_o_tmpfile_a_named_temp_is_used_and_cleaned_up(tmp_path: Path) -
         _write_then(tmp_path / "out", lambda: (seen.append(_names(tmp_path)), _boom()))
     ((tmp,),) = seen
     assert tmp.startswith(".out.")
-    assert tmp.endswith(".tmp")
+    assert tmp.endswith(_files._TMP_SUFFIX)
     assert _names(tmp_path) == []
     atomic_write(tmp_path / "out", b"first")
     with pytest.raises(OutputExists):
@@ -227,3 +227,79 @@ def test_sigkill_mid_write_leaves_no_name_holding_data(tmp_path: Path, overwrite
         assert _names(out_dir) == (["out"] if overwrite else [])
         if overwrite:
             assert (out_dir / "out").read_bytes() == b"old"
+
+
+_KILLED_AT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from keybridge import _files
+    where = sys.argv[2]
+    if where != "unnamed":
+        _files._open_unnamed = lambda directory: None  # a filesystem without O_TMPFILE
+    if where == "rename":  # SIGKILL in the instant between linking the temp name and the rename
+        _files.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+    with _files.atomic_output(sys.argv[1], overwrite=True) as f:
+        f.write(b"secret" * 1000)
+        f.flush()
+        print("writing", flush=True)
+        if where != "rename":
+            sys.stdin.read()  # until the parent has looked, or kills it
+    """
+)
+
+
+def _writer(target: Path, where: str) -> subprocess.Popen[bytes]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_AT, str(target), where],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline() == b"writing\n"
+    return child
+
+
+def _killed(child: subprocess.Popen[bytes]) -> None:
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    for stream in (child.stdin, child.stdout):
+        assert stream is not None
+        stream.close()
+    assert child.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("where", ["rename", "named-temp"])
+def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path: Path, where: str) -> None:
+    target = tmp_path / "out"
+    target.write_bytes(b"old")
+    _killed(_writer(target, where))
+    left = [n for n in _names(tmp_path) if n != "out"]
+    assert len(left) == 1  # the fault is real: SIGKILL left a named temp file beside the target
+    assert left[0].startswith(".out.")
+    assert left[0].endswith(_files._TMP_SUFFIX)
+    atomic_write(target, b"new", overwrite=True)
+    assert _names(tmp_path) == ["out"]
+    assert target.read_bytes() == b"new"
+
+
+def test_a_live_writers_temp_file_is_left_alone(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    child = _writer(target, "named-temp")
+    try:
+        (theirs,) = _names(tmp_path)
+        atomic_write(target, b"mine", overwrite=True)
+        assert _names(tmp_path) == sorted([theirs, "out"])  # still writing: its file stays
+    finally:
+        _killed(child)
+    atomic_write(target, b"again", overwrite=True)
+    assert _names(tmp_path) == ["out"]
+
+
+def test_a_symlink_named_like_a_temp_file_is_neither_followed_nor_removed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / f".out.0123456789abcdef{_files._TMP_SUFFIX}").symlink_to(victim)
+    atomic_write(tmp_path / "out", b"x")
+    assert victim.read_bytes() == b"keep"
+    assert len(_names(tmp_path)) == 3

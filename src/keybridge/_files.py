@@ -6,6 +6,11 @@ a process killed at any moment, even by SIGKILL, leaves no file name holding par
 Elsewhere (other systems, filesystems without ``O_TMPFILE``) it is a named temp file beside the
 target, removed on any exception. Without ``overwrite`` the name is given by a hard link, which
 fails if the name exists, so two writers can never both think they created it.
+
+A named temp file (``.NAME.<random>.kbtmp``) can still be left by SIGKILL: in the fallback, or in
+the instant between linking and renaming with ``overwrite``. Its writer holds an flock on it for
+as long as it lives, so the next write of the same target removes every such file whose lock it
+can take: a killed writer's leftovers go, a live writer's file stays.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import fcntl
 import os
 import secrets
 import signal
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -35,6 +41,7 @@ _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
 # exception cannot land between "link the temp name" and "rename it" (which would strand the name).
 _HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE}
 _EXISTS_HINT = "pass overwrite=True to replace it"
+_TMP_SUFFIX = ".kbtmp"
 
 
 @contextlib.contextmanager
@@ -107,6 +114,34 @@ def _directory_lock(directory: Path) -> Iterator[int]:
         os.close(dfd)
 
 
+def _temp_name(target: Path) -> str:
+    return f".{target.name}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
+
+
+def _sweep(target: Path, dfd: int) -> None:
+    """Remove temp files of ``target`` whose writer is dead (no flock on them), under the directory lock."""
+    prefix = f".{target.name}."
+    for entry in os.listdir(dfd):
+        if not (entry.startswith(prefix) and entry.endswith(_TMP_SUFFIX)):
+            continue
+        try:  # O_NOFOLLOW: a planted symlink is never opened, let alone its target removed
+            fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.getuid() or not stat.S_ISREG(st.st_mode):
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its writer lives
+            now = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                os.unlink(entry, dir_fd=dfd)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+
+
 def _link(src: str, name: str, dfd: int, *, src_is_proc: bool) -> bool:
     """Hard-link ``src`` as ``name`` in ``dfd``; False where the filesystem has no hard links."""
     try:
@@ -144,8 +179,9 @@ def atomic_output(
     fd = _open_unnamed(directory)
     tmp: str | None = None  # the temp file's name while one exists
     if fd is None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=_TMP_SUFFIX, dir=directory)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # "this writer is alive", for _sweep; released when it dies
         with os.fdopen(fd, "wb", closefd=False) as f:
             yield f
             f.flush()
@@ -153,9 +189,10 @@ def atomic_output(
             os.fsync(fd)
         with _signals_held(), _directory_lock(directory) as dfd:
             _check_target(target, protected, overwrite, exists_hint)
+            _sweep(target, dfd)
             if tmp is None and overwrite:
                 # No linkat replaces a name: link under a fresh temp name, then rename it over.
-                tmp = os.fspath(target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp"))
+                tmp = os.fspath(target.with_name(_temp_name(target)))
                 _link(f"/proc/self/fd/{fd}", os.path.basename(tmp), dfd, src_is_proc=True)
             if tmp is None:
                 _link_new(f"/proc/self/fd/{fd}", target, dfd, exists_hint, src_is_proc=True)
