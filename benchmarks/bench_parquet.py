@@ -66,13 +66,15 @@ def make_keys(directory: Path) -> ParquetKeys:
 
 
 Rates = dict[str, tuple[float, float]]
+Samples = dict[str, tuple[list[float], list[float]]]
 
 
-def throughput(table: Any, keys: ParquetKeys, directory: Path, reps: int) -> tuple[Rates, Rates]:
+def throughput(table: Any, keys: ParquetKeys, directory: Path, reps: int) -> tuple[Rates, Rates, Samples]:
     """(write, read) MiB/s of Arrow data per configuration, by wall clock and per CPU second of
     this process (all threads): the median of ``reps`` rounds after one warm-up round,
     configurations interleaved within a round so that noise from other processes on the machine
-    falls on all of them alike. CPU time hardly moves with the machine's load; wall time does."""
+    falls on all of them alike. CPU time hardly moves with the machine's load; wall time does.
+    Also answers the wall-clock seconds of every round, for per-round ratios."""
     n = table.nbytes
     path = directory / "t.parquet"
 
@@ -95,8 +97,8 @@ def throughput(table: Any, keys: ParquetKeys, directory: Path, reps: int) -> tup
         ),
         "keybridge, uniform": (lambda: write_table(table, path, keys=keys, footer_key="footer"), read_keybridge),
     }
-    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in configs}
-    cpu: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in configs}
+    times: Samples = {name: ([], []) for name in configs}
+    cpu: Samples = {name: ([], []) for name in configs}
     for round_ in range(reps + 1):
         for name, (write, read) in configs.items():
             gc.collect()
@@ -115,10 +117,16 @@ def throughput(table: Any, keys: ParquetKeys, directory: Path, reps: int) -> tup
                 cpu[name][0].append(c1 - c0)
                 cpu[name][1].append(c2 - c1)
 
-    def rates(samples: dict[str, tuple[list[float], list[float]]]) -> Rates:
+    def rates(samples: Samples) -> Rates:
         return {k: (n / MiB / statistics.median(w), n / MiB / statistics.median(r)) for k, (w, r) in samples.items()}
 
-    return rates(times), rates(cpu)
+    return rates(times), rates(cpu), times
+
+
+def round_ratios(times: Samples, name: str, op: int) -> str:
+    """Median (min-max) of plain/keybridge time, each round against the plain run beside it."""
+    values = [p / k for p, k in zip(times["plain pyarrow"][op], times[name][op], strict=True)]
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def kms_calls(
@@ -148,17 +156,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="CI size: 64 MiB table, 3 rounds")
     ap.add_argument("--mib", type=int, help="table size in MiB (default 1024, or 64 with --quick)")
+    ap.add_argument("--rounds", type=int, default=3, help="measured rounds (after one warm-up)")
     args = ap.parse_args()
     size = (args.mib or (64 if args.quick else 1024)) * MiB
-    reps = 3
+    reps = args.rounds
     with tempfile.TemporaryDirectory(prefix="kb-bench-parquet-") as tmp:
         directory = Path(tmp)
         keys = make_keys(directory)
         table = make_table(size)
         mib = table.nbytes / MiB
         print(f"pyarrow {pa.__version__}, {table.num_rows} rows, {mib:.0f} MiB Arrow data, {os.cpu_count()} CPUs")
-        rates, per_cpu = throughput(table, keys, directory, reps)
-        print(f"\nThroughput, median of {reps}: MiB/s of Arrow data (wall clock) and MiB per CPU second")
+        print(f"load average {os.getloadavg()[0]:.2f}")
+        rates, per_cpu, times = throughput(table, keys, directory, reps)
+        print(
+            f"\nThroughput (load now {os.getloadavg()[0]:.2f}), median of {reps}:"
+            " MiB/s of Arrow data (wall clock) and MiB per CPU second"
+        )
         print(f"{'configuration':28} {'write':>8} {'read':>8} {'write/CPU':>10} {'read/CPU':>10}")
         for name, (w, r) in rates.items():
             cw, cr = per_cpu[name]
@@ -170,16 +183,23 @@ def main() -> None:
             w, r = kms_calls(keys.fresh, directory, files, double)
             print(f"  {label:28} wrap {w:5.2f}   unwrap {r:5.2f}")
 
-        print(f"\nRatios against plain pyarrow, wall clock (target >= {TARGET}x), and per CPU second")
+        print(f"\nRatios against plain pyarrow: of medians, wall clock (target >= {TARGET}x), per CPU second,")
+        print("  and per round (median, min-max), each round against the plain run interleaved with it")
         missed = False
         base_w, base_r = rates["plain pyarrow"]
         cpu_w, cpu_r = per_cpu["plain pyarrow"]
         for name in ("keybridge, 2 of 4 columns", "keybridge, uniform"):
             (w, r), (cw, cr) = rates[name], per_cpu[name]
-            for op, value, by_cpu in (("write", w / base_w, cw / cpu_w), ("read", r / base_r, cr / cpu_r)):
+            for i, (op, value, by_cpu) in enumerate(
+                (("write", w / base_w, cw / cpu_w), ("read", r / base_r, cr / cpu_r))
+            ):
                 ok = value >= TARGET
                 missed |= not ok
-                print(f"  {name + ' ' + op:40} {value:5.2f}x  {'ok' if ok else 'MISSED':6}  CPU {by_cpu:5.2f}x")
+                verdict = "ok" if ok else "MISSED"
+                print(
+                    f"  {name + ' ' + op:40} {value:5.2f}x  {verdict:6}  CPU {by_cpu:5.2f}x"
+                    f"  rounds {round_ratios(times, name, i)}x"
+                )
         fs_w = rates["plain + fsync (atomic)"][0]
         for name in ("keybridge, 2 of 4 columns", "keybridge, uniform"):
             print(f"  ({name} write against plain + fsync: {rates[name][0] / fs_w:.2f}x)")
