@@ -37,7 +37,7 @@ from ._session import PooledSession, SessionPool
 from ._uri import redact, shown
 
 APPLICATION = "keybridge"
-_READ_ATTEMPTS = 3  # searches overlapping a logout from elsewhere; each retry needs another one
+_READ_ATTEMPTS = 5  # searches overlapping a logout from elsewhere; each retry needs another one
 META_ID = b"keybridge-metadata:"  # CKA_ID prefix of metadata carriers (keybridge's version ids are b"kb" + time)
 _P256_PARAMS = bytes.fromhex("06082a8648ce3d030107")
 

@@ -37,6 +37,7 @@ _RETRY_HANDLE = (
 # A search an earlier error left open in this session (python-pkcs11 finalises it only when its
 # generator is collected): this session is unusable until then, another one is fine.
 _RETRY_ELSEWHERE = (px.OperationActive, px.OperationNotInitialized)
+_LOGOUT_ATTEMPTS = 4  # retries of one call, each only after the token showed another logout
 
 
 class PooledSession:
@@ -215,17 +216,25 @@ class SessionPool:
         elif not isinstance(exc, _RETRY_ELSEWHERE) and not self._logged_out_meanwhile(started):
             # (A module may report a key it hides after a logout as anything: NSS says CKR_HOST_MEMORY.)
             raise translate(action, what, exc, bad_input=bad_input) from exc
-        entry = self._take(None, action, what, bad_input)
-        try:
-            with self.lib.serialized():
-                result = fn(entry)
-        except BaseException as again:
-            self._settle(entry, again)
-            if isinstance(again, px.PKCS11Error):
+        for attempt in range(_LOGOUT_ATTEMPTS):
+            entry = self._take(None, action, what, bad_input)
+            started = entry.epoch
+            try:
+                with self.lib.serialized():
+                    result = fn(entry)
+            except BaseException as again:
+                self._settle(entry, again)
+                if not isinstance(again, px.PKCS11Error):
+                    raise
+                # Logouts from elsewhere come again and again under load: a retry that ran into
+                # another one (the token says logged out now, or a relogin moved the epoch) is no
+                # verdict on the key either.
+                if attempt + 1 < _LOGOUT_ATTEMPTS and self._logged_out_meanwhile(started):
+                    continue
                 raise translate(action, what, again, bad_input=bad_input) from again
-            raise
-        self._give(entry)
-        return result
+            self._give(entry)
+            return result
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _logged_out_meanwhile(self, started: int) -> bool:
         # A logout from elsewhere *during* a call surfaces as anything (SoftHSM: GeneralError, which
