@@ -442,8 +442,6 @@ class Pkcs11Provider(BaseProvider):
     def _export_wrapped(self, info: KeyInfo, kek: rsa.RSAPublicKey) -> bytes:
         # CKM_RSA_AES_KEY_WRAP inside the token: natively where listed, else in two steps that the
         # Azure BYOK spec calls equivalent. The KEK public key enters as a session object.
-        if self.wrapped_export_mechanism is None:
-            raise self._unsupported("export_wrapped", _NO_WRAPPED_EXPORT)
         pkcs1 = kek.public_bytes(Encoding.DER, PublicFormat.PKCS1)
         kek_tpl = {**decode_rsa_public_key(pkcs1), A.TOKEN: False, A.WRAP: True, A.LABEL: "keybridge-byok-kek"}
         wrap = self._wrap_native if self._native_export else self._wrap_two_step
