@@ -76,46 +76,57 @@ def throughput(table: Any, keys: ParquetKeys, directory: Path, reps: int) -> tup
     falls on all of them alike. CPU time hardly moves with the machine's load; wall time does.
     Also answers the wall-clock seconds of every round, for per-round ratios."""
     n = table.nbytes
-    path = directory / "t.parquet"
 
-    def plain_fsync() -> None:
+    def plain_fsync(path: Path) -> None:
         with atomic_output(path) as out:
             pq.write_table(table, out)
 
-    def read_plain() -> Any:
-        return pq.read_table(path)
-
-    def read_keybridge() -> Any:
+    def read_keybridge(path: Path) -> Any:
         return read_table(path, keys=keys)
 
-    configs: dict[str, tuple[Callable[[], object], Callable[[], Any]]] = {
-        "plain pyarrow": (lambda: pq.write_table(table, path), read_plain),
-        "plain + fsync (atomic)": (plain_fsync, read_plain),
+    configs: dict[str, tuple[Callable[[Path], object], Callable[[Path], Any]]] = {
+        "plain pyarrow": (lambda path: pq.write_table(table, path), pq.read_table),
+        "plain + fsync (atomic)": (plain_fsync, pq.read_table),
         "keybridge, 2 of 4 columns": (
-            lambda: write_table(table, path, keys=keys, footer_key="footer", columns=COLUMNS),
+            lambda path: write_table(table, path, keys=keys, footer_key="footer", columns=COLUMNS),
             read_keybridge,
         ),
-        "keybridge, uniform": (lambda: write_table(table, path, keys=keys, footer_key="footer"), read_keybridge),
+        "keybridge, uniform": (
+            lambda path: write_table(table, path, keys=keys, footer_key="footer"),
+            read_keybridge,
+        ),
     }
     times: Samples = {name: ([], []) for name in configs}
     cpu: Samples = {name: ([], []) for name in configs}
+    paths = {name: directory / f"t{i}.parquet" for i, name in enumerate(configs)}
+    names = list(configs)
     for round_ in range(reps + 1):
-        for name, (write, read) in configs.items():
+        # All writes, then all reads: a read right after its own write races the kernel's
+        # writeback of that file (plain pyarrow does not fsync), which swamped the read figures.
+        # Each round starts with another configuration, so none always goes first.
+        order = names[round_ % len(names) :] + names[: round_ % len(names)]
+        for name in order:
+            write = configs[name][0]
             gc.collect()
             t0, c0 = time.perf_counter(), time.process_time()
-            write()
+            write(paths[name])
+            if round_:  # round 0 warms caches and pyarrow's thread pool
+                times[name][0].append(time.perf_counter() - t0)
+                cpu[name][0].append(time.process_time() - c0)
+        os.sync()
+        for name in order:
+            gc.collect()
+            t0, c0 = time.perf_counter(), time.process_time()
+            back = configs[name][1](paths[name])
             t1, c1 = time.perf_counter(), time.process_time()
-            back = read()
-            t2, c2 = time.perf_counter(), time.process_time()
             if back.num_rows != table.num_rows:
                 raise SystemExit(f"{name}: read {back.num_rows} rows, wrote {table.num_rows}")
             del back
+            if round_:
+                times[name][1].append(t1 - t0)
+                cpu[name][1].append(c1 - c0)
+        for path in paths.values():
             path.unlink()
-            if round_:  # round 0 warms caches and pyarrow's thread pool
-                times[name][0].append(t1 - t0)
-                times[name][1].append(t2 - t1)
-                cpu[name][0].append(c1 - c0)
-                cpu[name][1].append(c2 - c1)
 
     def rates(samples: Samples) -> Rates:
         return {k: (n / MiB / statistics.median(w), n / MiB / statistics.median(r)) for k, (w, r) in samples.items()}
