@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from keybridge.testing._softhsm import SoftHsmToken
+from keybridge.testing._softhsm import Pkcs11TestToken, SoftHsmToken
 
 pytest.importorskip("pkcs11")
 
@@ -63,3 +63,19 @@ def test_softhsm_firmware_decides_the_padding_quirk() -> None:
     assert fixed.pad_is_rfc5649
     assert kwp_mechanism(MECHS, fixed) is M.AES_KEY_WRAP_PAD
     assert "RSA-OAEP-256" not in supported(MECHS, fixed)
+
+
+def test_opencryptoki_soft_token_gets_serialised_calls_and_nothing_else() -> None:
+    assert quirks_of(Described("IBM Corp.", "IBM SoftTok     ", (1, 0))) == TokenQuirks(parallel_calls_crash=True)
+    # opencryptoki's other tokens (CCA, EP11, ICA) and other IBM devices were not seen to crash.
+    assert quirks_of(Described("IBM Corp.", "IBM CCA Token", (1, 0))) == TokenQuirks()
+    assert quirks_of(Described("Acme HSM Ltd", "IBM SoftTok", (1, 0))) == TokenQuirks()
+
+
+def test_a_token_that_crashes_on_parallel_calls_serialises_its_module(pkcs11_token: Pkcs11TestToken) -> None:
+    # Whatever the kind: the provider's call lock follows the quirk its token reports.
+    with pkcs11_token.provider() as p:
+        serial = p._pool.lib.call_lock is not None
+        assert p.quirks.parallel_calls_crash <= serial  # the quirk always serialises
+        if p.quirks.parallel_calls_crash:
+            assert not p._pool.lib.os_locking

@@ -88,7 +88,8 @@ def test_tpm2_kind_is_tpm2_pkcs11_on_a_software_tpm_and_stops_its_daemons(tmp_pa
 def test_unknown_kind_is_a_usage_error_naming_the_known_ones(tmp_path: Path) -> None:
     out = child_pytest(tmp_path, {**_clean_env(), "KEYBRIDGE_TEST_TOKENS": "nitrokey"})
     assert out.returncode != 0
-    assert "unknown token kind 'nitrokey'; known kinds: softhsm, nss, tpm2, env" in out.stdout + out.stderr
+    known = "known kinds: softhsm, nss, opencryptoki, tpm2, env"
+    assert f"unknown token kind 'nitrokey'; {known}" in out.stdout + out.stderr
 
 
 def _clean_env() -> dict[str, str]:

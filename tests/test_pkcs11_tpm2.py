@@ -47,6 +47,8 @@ def _flags(provider: Pkcs11Provider, info: KeyInfo, cls: ObjectClass, attrs: tup
 def test_key_pair_gets_exactly_the_usage_it_was_asked_for(provider: Pkcs11Provider, spec: KeySpec) -> None:
     # tpm2-pkcs11 refuses a template with explicit False usage flags (CKR_GENERAL_ERROR) and turns
     # on more than asked: keybridge asks for the True ones only, then clears the rest.
+    if spec.kty.value == "EC" and "ES256" not in provider.algorithms:
+        pytest.skip("the token claims no ECDSA (no EC key generation in its mechanism list)")
     name = f"asked-{spec.kty.value.lower()}"
     info = provider.create_key(name, spec, ops={KeyOp.SIGN})
     try:
@@ -106,18 +108,19 @@ def test_a_forked_child_using_the_provider_leaves_the_parent_working(
         # connection and flushes the parent's TPM objects (docs/pkcs11.md, token table).
         request.applymarker(pytest.mark.xfail(strict=True, reason="child C_Finalize flushes the parent's TPM objects"))
     digest = hashlib.sha256(b"fork").digest()
-    provider.create_key("forked", KeySpec.ec("P-256"), ops={KeyOp.SIGN, KeyOp.VERIFY})
+    alg, spec = ("ES256", KeySpec.ec("P-256")) if "ES256" in provider.algorithms else ("PS256", KeySpec.rsa(2048))
+    provider.create_key("forked", spec, ops={KeyOp.SIGN, KeyOp.VERIFY})
     try:
-        assert provider.verify("forked", "ES256", digest, provider.sign("forked", "ES256", digest))
+        assert provider.verify("forked", alg, digest, provider.sign("forked", alg, digest))
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child reports through its exit status only
             try:
-                ok = provider.verify("forked", "ES256", digest, provider.sign("forked", "ES256", digest))
+                ok = provider.verify("forked", alg, digest, provider.sign("forked", alg, digest))
                 os._exit(0 if ok else 1)
             except BaseException:
                 os._exit(2)
         _, status = os.waitpid(pid, 0)
-        parent_ok = provider.verify("forked", "ES256", digest, provider.sign("forked", "ES256", digest))
+        parent_ok = provider.verify("forked", alg, digest, provider.sign("forked", alg, digest))
         assert parent_ok  # the parent's sessions and objects survived the child
         assert os.waitstatus_to_exitcode(status) == 0  # and the child could use the token itself
     finally:

@@ -8,6 +8,8 @@ python-pkcs11, so the pytest plugin loads everywhere.
 
 * ``softhsm`` — the session's throwaway SoftHSM2 token (the same one ``softhsm_token`` gives);
 * ``nss`` — a throwaway NSS softokn database (see :mod:`._tokens`; needs ``libnss3-tools``);
+* ``opencryptoki`` — opencryptoki's soft token behind pkcsslotd (see :mod:`._ock`; needs root,
+  Debian ``opencryptoki`` and a soft token nobody has initialised);
 * ``tpm2`` — tpm2-pkcs11 on a throwaway software TPM (swtpm + tpm2-abrmd, see :mod:`._tpm2`);
 * ``env`` — an existing token, e.g. a real HSM: ``$KEYBRIDGE_TEST_PKCS11_MODULE``,
   ``$KEYBRIDGE_TEST_PKCS11_TOKEN`` and ``$KEYBRIDGE_TEST_PKCS11_PIN``. Tests create and delete
@@ -26,6 +28,7 @@ import pytest
 
 from .._softhsm import SoftHsmToken, find_softhsm_module, throwaway_token
 from ..errors import ProviderUnavailable
+from ._ock import opencryptoki_token
 from ._tokens import NSS_TOKEN_LABEL, nss_init_args, nss_token_dir
 from ._tpm2 import tpm2_token
 
@@ -35,6 +38,7 @@ __all__ = [
     "SoftHsmToken",
     "find_softhsm_module",
     "nss_token",
+    "opencryptoki_test_token",
     "pkcs11_token",
     "softhsm_token",
     "tpm2_test_token",
@@ -42,7 +46,7 @@ __all__ = [
 
 TOKENS_ENV = "KEYBRIDGE_TEST_TOKENS"
 _ENV_VARS = ("KEYBRIDGE_TEST_PKCS11_MODULE", "KEYBRIDGE_TEST_PKCS11_TOKEN", "KEYBRIDGE_TEST_PKCS11_PIN")
-KINDS = ("softhsm", "nss", "tpm2", "env")
+KINDS = ("softhsm", "nss", "opencryptoki", "tpm2", "env")
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,17 @@ def nss_token(tmp_path_factory: pytest.TempPathFactory) -> Pkcs11TestToken:
 
 
 @pytest.fixture(scope="session")
+def opencryptoki_test_token() -> Iterator[Pkcs11TestToken]:
+    """opencryptoki's soft token, initialised for the test session and wiped back to fresh after it
+    (skips if opencryptoki is missing, if not root, or if the token is already someone's)."""
+    try:
+        with opencryptoki_token() as t:
+            yield Pkcs11TestToken("opencryptoki", t.module_path, t.token_label, t.user_pin)
+    except ProviderUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
 def tpm2_test_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pkcs11TestToken]:
     """tpm2-pkcs11 on a fresh software TPM for the test session (skips if its packages are missing).
 
@@ -119,6 +134,9 @@ def pkcs11_token(request: pytest.FixtureRequest) -> Pkcs11TestToken:
     if kind == "nss":
         nss: Pkcs11TestToken = request.getfixturevalue("nss_token")
         return nss
+    if kind == "opencryptoki":
+        ock: Pkcs11TestToken = request.getfixturevalue("opencryptoki_test_token")
+        return ock
     if kind == "tpm2":
         tpm2: Pkcs11TestToken = request.getfixturevalue("tpm2_test_token")
         return tpm2

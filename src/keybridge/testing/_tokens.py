@@ -1,4 +1,5 @@
-"""Non-SoftHSM test tokens for the ``pkcs11_token`` fixture: an NSS softokn database.
+"""Non-SoftHSM test tokens for the ``pkcs11_token`` fixture: an NSS softokn database, and the
+bring-up step runner the other kinds share.
 
 NSS's software token (``libsoftokn3.so``, Debian ``libnss3``) is a second, independent PKCS#11
 implementation: it checks templates and mechanism parameters differently from SoftHSM, needs an
@@ -20,7 +21,7 @@ from pathlib import Path
 from .._files import atomic_write
 from ..errors import ProviderUnavailable
 
-__all__ = ["NSS_TOKEN_LABEL", "find_nss_module", "nss_init_args", "nss_token_dir"]
+__all__ = ["NSS_TOKEN_LABEL", "find_nss_module", "nss_init_args", "nss_token_dir", "run_step"]
 
 NSS_TOKEN_LABEL = "NSS Certificate DB"
 _NSS_CANDIDATES = (
@@ -72,3 +73,16 @@ def nss_token_dir(directory: Path) -> tuple[str, str]:
     finally:
         pin_file.unlink(missing_ok=True)
     return module, pin
+
+
+def run_step(args: list[str], env: dict[str, str] | None, what: str, stdin: bytes | None = None) -> str:
+    """Run a bring-up step; its stdout, or ProviderUnavailable with the last line it printed."""
+    try:
+        done = subprocess.run(args, env=env, check=True, capture_output=True, timeout=60, input=stdin)
+    except subprocess.CalledProcessError as exc:
+        said = exc.stderr or exc.stdout  # some tools (pkcsconf) report errors on stdout
+        tail = said.decode(errors="replace").strip().splitlines()[-1:] if said else []
+        raise ProviderUnavailable(f"{what} failed (exit {exc.returncode}): {' '.join(tail)}") from None
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ProviderUnavailable(f"{what} could not run: {type(exc).__name__}") from None
+    return done.stdout.decode(errors="replace")

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ProviderUnavailable
+from ._tokens import run_step as _run
 
 __all__ = ["TPM2_PACKAGES", "TPM2_TOKEN_LABEL", "Tpm2Token", "find_tpm2_module", "tpm2_token"]
 
@@ -83,18 +84,6 @@ def _free_port_pair() -> int:
                     continue
                 return port
     raise ProviderUnavailable("no free TCP port pair on 127.0.0.1 for swtpm; free some ports and retry")
-
-
-def _run(args: list[str], env: dict[str, str], what: str) -> str:
-    """Run a bring-up step; its stdout, or ProviderUnavailable with the last line it printed."""
-    try:
-        done = subprocess.run(args, env=env, check=True, capture_output=True, timeout=60)
-    except subprocess.CalledProcessError as exc:
-        tail = exc.stderr.decode(errors="replace").strip().splitlines()[-1:] if exc.stderr else []
-        raise ProviderUnavailable(f"{what} failed (exit {exc.returncode}): {' '.join(tail)}") from None
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise ProviderUnavailable(f"{what} could not run: {type(exc).__name__}") from None
-    return done.stdout.decode(errors="replace")
 
 
 def _wait_ready(env: dict[str, str], tcti: str, abrmd: subprocess.Popen[bytes], log: Path) -> None:

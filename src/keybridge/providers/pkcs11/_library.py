@@ -172,6 +172,7 @@ class Library:
         self.relogins = 0  # bumped by every relogin(): a search that overlapped one may have missed keys
         self.objects = SharedExclusiveLock()
         self._forked = False
+        self._serial = False  # a token behind this module crashes on parallel calls (_quirks)
         self._logins: dict[int, _Login] = {}
         self._dependents: weakref.WeakSet[ForkAware] = weakref.WeakSet()
         want_os = os.environ.get(THREADING_ENV, "os").lower() != "lock"
@@ -248,6 +249,16 @@ class Library:
         lock = self.call_lock
         return nullcontext() if lock is None else lock
 
+    def serialize_calls(self) -> None:
+        """Hold the process-wide lock around every call from now on, even in OS-locking mode.
+
+        For a module with a token known to crash on parallel calls (``TokenQuirks.parallel_calls_crash``):
+        the module was initialised before its tokens could be asked, so the mode changes here.
+        """
+        with self._mu:
+            self._serial = True
+            self.call_lock = self._mu
+
     def bump_epoch(self) -> None:
         """Cached object handles may be stale now: every session drops its cache before next use."""
         self.epoch = next(self._epochs)  # next() on a count is atomic under the GIL; += is not
@@ -282,7 +293,7 @@ class Library:
         with self._mu:
             if _compat.is_os_locking_lib(self.lib):
                 self.raw.finalize(None)
-                self.call_lock = None if self._init() == 0 and self._want_os else self._mu
+                self.call_lock = None if self._init() == 0 and self._want_os and not self._serial else self._mu
             else:
                 self.lib.reinitialize()
             self._logins.clear()  # the finalize logged everyone out and closed every session

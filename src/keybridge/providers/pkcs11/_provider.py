@@ -15,13 +15,21 @@ from pkcs11 import Attribute as A
 from pkcs11 import KeyType as KT
 from pkcs11 import Mechanism as M
 from pkcs11 import ObjectClass as OC
+from pkcs11 import exceptions as px
 from pkcs11.util.rsa import decode_rsa_public_key
 
 from ... import _crypto
 from ..._durations import seconds
 from ..._redact import mentions_pin
 from ...base import BaseProvider, check_options
-from ...errors import IntegrityError, InvalidArgument, InvalidKeyUri, KeyNotFound, OperationNotPermitted
+from ...errors import (
+    IntegrityError,
+    InvalidArgument,
+    InvalidKeyUri,
+    KeyNotFound,
+    OperationNotPermitted,
+    UnsupportedOperation,
+)
 from ...keys import AlgorithmSpec, KeyAttributes, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType, PrivateKey
 from . import _mechanisms as mech
 from . import _objects as obj
@@ -52,6 +60,17 @@ _TRANSIENT_SECRET = {
     A.EXTRACTABLE: True,
     A.SENSITIVE: True,
 }
+# An unwrapped data key is read back, so it must be readable: ask for that explicitly. Some tokens
+# refuse part of that with CKR_ATTRIBUTE_READ_ONLY (opencryptoki 3.8: CKA_SENSITIVE=FALSE and
+# CKA_EXTRACTABLE=TRUE) and choose those flags themselves; the fallbacks ask for less, in order,
+# and the first whose key can be read is kept. Token defaults differ (SoftHSM makes an unwrapped
+# key unextractable unless told), hence each is tried with a read.
+_READABLE_UNWRAP = {A.TOKEN: False, A.SENSITIVE: False, A.EXTRACTABLE: True}
+_UNWRAP_FALLBACKS = ({A.TOKEN: False, A.SENSITIVE: False}, {A.TOKEN: False, A.EXTRACTABLE: True}, {A.TOKEN: False})
+_SENSITIVE_UNWRAP = (
+    "the token makes every unwrapped key sensitive, so keybridge cannot return the unwrapped data key;"
+    " use a key for decrypt (RSA-OAEP, AES-GCM) instead of unwrapKey on this token, or another token"
+)
 
 
 class Pkcs11Provider(BaseProvider):
@@ -99,6 +118,8 @@ class Pkcs11Provider(BaseProvider):
                 mechanisms = mech.read_mechanisms(self._pool.token.slot)
             self.mechanisms: Mapping[int, int | None] = mechanisms
             self.quirks = quirks_of(self._pool.token)  # from CK_TOKEN_INFO, never the library's name
+            if self.quirks.parallel_calls_crash:
+                lib.serialize_calls()
             self.algorithms = mech.supported(mechanisms, self.quirks)
             self._kwp = mech.kwp_mechanism(mechanisms, self.quirks)
             self._native_export = mech.has_rsa_aes_key_wrap(mechanisms)
@@ -106,6 +127,7 @@ class Pkcs11Provider(BaseProvider):
             if self.wrapped_export_mechanism is None:  # known at open, so capabilities say it up front
                 self.unsupported = MappingProxyType({"export_wrapped": _NO_WRAPPED_EXPORT})
             self._sized = SizedCalls(self._pool.lib.path)  # for modules whose length queries under-report
+            self._unwrap_template = _READABLE_UNWRAP  # until the token refuses it, see _unwrap_key
             self._catalog = Catalog(self._pool, token_label, self._make_ref, cache_seconds)
         except BaseException:
             self._pool.close()
@@ -407,16 +429,38 @@ class Pkcs11Provider(BaseProvider):
             mechanism, param = self._aes_wrap_mechanism(alg), None
         else:
             mechanism, param = mech.rsa_decryption(alg)
-        tpl = {A.TOKEN: False, A.SENSITIVE: False, A.EXTRACTABLE: True}
 
         def unwrap(e: PooledSession) -> bytes:
-            tmp = e.key(info).unwrap_key(
-                OC.SECRET_KEY, KT.GENERIC_SECRET, wrapped, mechanism=mechanism, mechanism_param=param, template=tpl
-            )
+            key = e.key(info)
+
+            def attempt(tpl: dict[A, Any]) -> bytes:
+                tmp = key.unwrap_key(
+                    OC.SECRET_KEY, KT.GENERIC_SECRET, wrapped, mechanism=mechanism, mechanism_param=param, template=tpl
+                )
+                try:
+                    return bytes(tmp[A.VALUE])
+                finally:
+                    tmp.destroy()
+
+            first = self._unwrap_template
             try:
-                return bytes(tmp[A.VALUE])
-            finally:
-                tmp.destroy()
+                return attempt(first)
+            except (px.AttributeReadOnly, px.AttributeSensitive) as exc:
+                if any(first is tpl for tpl in _UNWRAP_FALLBACKS):
+                    raise  # this one worked before: not a matter of its attributes
+                refused: px.PKCS11Error = exc
+            for tpl in _UNWRAP_FALLBACKS:
+                try:
+                    value = attempt(tpl)
+                except (px.AttributeReadOnly, px.AttributeSensitive) as exc:
+                    refused = exc
+                    continue
+                self._unwrap_template = tpl  # found once per provider, not per call
+                return value
+            if isinstance(refused, px.AttributeSensitive):
+                detail = f"key {info.ref}: {_SENSITIVE_UNWRAP}"
+                raise UnsupportedOperation(self.scheme, "unwrap_key", detail) from refused
+            raise refused
 
         return self._rejecting(
             info,

@@ -13,6 +13,7 @@ from typing import Protocol
 __all__ = ["TokenQuirks", "quirks_of"]
 
 _SOFTHSM = "SoftHSM"
+_OCK_SOFT_MODEL = "IBM SoftTok"
 
 
 class TokenDescription(Protocol):
@@ -38,11 +39,16 @@ class TokenQuirks:
     oaep_sha1_only: bool = False
     #: RFC 5649 wrap zero-pads the key to 8 bytes first, so unwrap returns trailing zeros (SoftHSM < 2.7).
     kwp_pads_first: bool = False
+    #: Parallel calls from several threads crash the process (SIGSEGV in C_GetAttributeValue and
+    #: C_FindObjects under 8 threads: opencryptoki 3.8's soft token), so keybridge serialises them.
+    parallel_calls_crash: bool = False
 
 
 def quirks_of(token: TokenDescription) -> TokenQuirks:
     """The quirks of ``token``, from its manufacturer, model and firmware version."""
     maker, model = str(token.manufacturer_id).strip(), str(token.model).strip()
+    if maker.startswith("IBM") and model == _OCK_SOFT_MODEL:
+        return TokenQuirks(parallel_calls_crash=True)
     if not (maker.startswith(_SOFTHSM) and model.startswith(_SOFTHSM)):
         return TokenQuirks()
     firmware = tuple(token.firmware_version)  # SoftHSM reports its release here, e.g. (2, 6)
