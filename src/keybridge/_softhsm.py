@@ -34,13 +34,18 @@ _CANDIDATES = (
 )
 
 
-def find_softhsm_module() -> str | None:
-    """Path of libsofthsm2.so ($KEYBRIDGE_SOFTHSM_MODULE first), or None if not installed."""
-    env = os.environ.get("KEYBRIDGE_SOFTHSM_MODULE")
-    for path in ((env,) if env else ()) + _CANDIDATES:
+def first_module(env_var: str, candidates: tuple[str, ...]) -> str | None:
+    """The path in ``$env_var`` if set, else the first of ``candidates`` that exists, or None."""
+    env = os.environ.get(env_var)
+    for path in ((env,) if env else ()) + candidates:
         if os.path.exists(path):
             return path
     return None
+
+
+def find_softhsm_module() -> str | None:
+    """Path of libsofthsm2.so ($KEYBRIDGE_SOFTHSM_MODULE first), or None if not installed."""
+    return first_module("KEYBRIDGE_SOFTHSM_MODULE", _CANDIDATES)
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .._softhsm import first_module
 from ..errors import ProviderUnavailable
 from ._tokens import run_step
 
-__all__ = ["OCK_PACKAGES", "OCK_TOKEN_LABEL", "OckToken", "find_ock_module", "opencryptoki_token"]
+__all__ = ["OCK_PACKAGES", "OCK_TOKEN_LABEL", "find_ock_module", "opencryptoki_token"]
 
 OCK_TOKEN_LABEL = "keybridge-ock"
 OCK_PACKAGES = "opencryptoki"
@@ -48,26 +49,9 @@ _MODULE_CANDIDATES = (
 )
 
 
-class OckToken:
-    """An initialised opencryptoki soft token: module path, label, slot and user PIN (not in repr)."""
-
-    def __init__(self, module_path: str, token_label: str, slot: int, user_pin: str) -> None:
-        self.module_path = module_path
-        self.token_label = token_label
-        self.slot = slot
-        self.user_pin = user_pin
-
-    def __repr__(self) -> str:
-        return f"OckToken(module_path={self.module_path!r}, token_label={self.token_label!r}, slot={self.slot})"
-
-
 def find_ock_module() -> str | None:
     """Path of libopencryptoki.so ($KEYBRIDGE_OCK_MODULE first), or None if not installed."""
-    env = os.environ.get("KEYBRIDGE_OCK_MODULE")
-    for path in ((env,) if env else ()) + _MODULE_CANDIDATES:
-        if os.path.exists(path):
-            return path
-    return None
+    return first_module("KEYBRIDGE_OCK_MODULE", _MODULE_CANDIDATES)
 
 
 def _daemon_pid() -> int | None:
@@ -182,8 +166,9 @@ def _restore(root: Path, before: dict[Path, bytes | None]) -> None:
 
 
 @contextlib.contextmanager
-def opencryptoki_token() -> Iterator[OckToken]:
-    """Initialise the fresh opencryptoki soft token for the block; wipe it back to fresh afterwards.
+def opencryptoki_token() -> Iterator[tuple[str, str, str]]:
+    """Initialise the fresh opencryptoki soft token for the block, giving (module path, token
+    label, user PIN); wipe it back to fresh afterwards.
 
     Raises ProviderUnavailable when opencryptoki is missing, when not root, or when the soft token
     is already initialised (it is left untouched then).
@@ -210,7 +195,7 @@ def opencryptoki_token() -> Iterator[OckToken]:
                 f"the opencryptoki soft token in {_SWTOK} is already initialised and keybridge's tests only"
                 " take a fresh one; to test on it, use token kind 'env' with its module, label and user PIN"
             )
-        yield OckToken(module, OCK_TOKEN_LABEL, slot, _initialise(slot))
+        yield module, OCK_TOKEN_LABEL, _initialise(slot)
     finally:
         _restore(_SWTOK, before)
         if not shm_before:  # else it would tell the next user that the wiped token is initialised

@@ -104,8 +104,8 @@ def opencryptoki_test_token() -> Iterator[Pkcs11TestToken]:
     """opencryptoki's soft token, initialised for the test session and wiped back to fresh after it
     (skips if opencryptoki is missing, if not root, or if the token is already someone's)."""
     try:
-        with opencryptoki_token() as t:
-            yield Pkcs11TestToken("opencryptoki", t.module_path, t.token_label, t.user_pin)
+        with opencryptoki_token() as (module, label, pin):
+            yield Pkcs11TestToken("opencryptoki", module, label, pin)
     except ProviderUnavailable as exc:
         pytest.skip(str(exc))
 

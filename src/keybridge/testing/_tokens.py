@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 from .._files import atomic_write
+from .._softhsm import first_module
 from ..errors import ProviderUnavailable
 
 __all__ = ["NSS_TOKEN_LABEL", "find_nss_module", "nss_init_args", "nss_token_dir", "run_step"]
@@ -34,11 +35,7 @@ _NSS_CANDIDATES = (
 
 def find_nss_module() -> str | None:
     """Path of NSS's libsoftokn3.so ($KEYBRIDGE_NSS_MODULE first), or None if not installed."""
-    env = os.environ.get("KEYBRIDGE_NSS_MODULE")
-    for path in ((env,) if env else ()) + _NSS_CANDIDATES:
-        if os.path.exists(path):
-            return path
-    return None
+    return first_module("KEYBRIDGE_NSS_MODULE", _NSS_CANDIDATES)
 
 
 def nss_init_args(db_dir: str | os.PathLike[str]) -> str:

@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .._softhsm import first_module
 from ..errors import ProviderUnavailable
 from ._tokens import run_step as _run
 
@@ -62,11 +63,7 @@ class Tpm2Token:
 
 def find_tpm2_module() -> str | None:
     """Path of libtpm2_pkcs11.so.1 ($KEYBRIDGE_TPM2_MODULE first), or None if not installed."""
-    env = os.environ.get("KEYBRIDGE_TPM2_MODULE")
-    for path in ((env,) if env else ()) + _MODULE_CANDIDATES:
-        if os.path.exists(path):
-            return path
-    return None
+    return first_module("KEYBRIDGE_TPM2_MODULE", _MODULE_CANDIDATES)
 
 
 def _free_port_pair() -> int:
