@@ -50,28 +50,34 @@ def _wrapped_by_cryptography(provider: Pkcs11Provider, name: str, key: bytes) ->
     return public.encrypt(key, OAEP_SHA1)
 
 
-def _refused_first(provider: Pkcs11Provider) -> None:
-    if provider._unwrap_template is _provider._READABLE_UNWRAP:
-        provider._unwrap_template = {**_provider._READABLE_UNWRAP, A.LOCAL: True}
+def _refused_first(monkeypatch: pytest.MonkeyPatch, *later: dict[A, bool]) -> None:
+    """The provider's first template gets CKA_LOCAL, which the token should refuse as read-only;
+    ``later`` replaces the fallbacks if given."""
+    templates = _provider._UNWRAP_TEMPLATES
+    first = {**templates[0], A.LOCAL: True}
+    monkeypatch.setattr(_provider, "_UNWRAP_TEMPLATES", (first, *(later or templates[1:])))
 
 
-def test_unwrap_falls_back_to_the_template_the_token_accepts(provider: Pkcs11Provider, rsa_kek: str) -> None:
+def test_unwrap_falls_back_to_the_template_the_token_accepts(
+    provider: Pkcs11Provider, rsa_kek: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key = os.urandom(32)
-    _refused_first(provider)
+    _refused_first(monkeypatch)
     assert provider.unwrap_key(rsa_kek, "RSA-OAEP", _wrapped_by_cryptography(provider, rsa_kek, key)) == key
-    if provider._unwrap_template not in _provider._UNWRAP_FALLBACKS:
+    found = provider._unwrap_from
+    if found == 0:
         pytest.skip("this token accepts CKA_LOCAL in an unwrap template; the refusal cannot be provoked")
-    # Remembered: the next unwrap asks with the bare template straight away, and still works.
+    # Remembered: the next unwrap starts with the template that worked, and still works.
     again = os.urandom(16)
     assert provider.unwrap_key(rsa_kek, "RSA-OAEP", _wrapped_by_cryptography(provider, rsa_kek, again)) == again
+    assert provider._unwrap_from == found
 
 
 def test_a_token_that_makes_unwrapped_keys_sensitive_gets_a_typed_error(
     provider: Pkcs11Provider, rsa_kek: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # As a token would that forces CKA_SENSITIVE=TRUE: the only fallback asks for it here.
-    monkeypatch.setattr(_provider, "_UNWRAP_FALLBACKS", ({A.TOKEN: False, A.SENSITIVE: True},))
-    _refused_first(provider)
+    _refused_first(monkeypatch, {A.TOKEN: False, A.SENSITIVE: True})
     wrapped = _wrapped_by_cryptography(provider, rsa_kek, os.urandom(32))
     try:
         provider.unwrap_key(rsa_kek, "RSA-OAEP", wrapped)

@@ -60,13 +60,17 @@ _TRANSIENT_SECRET = {
     A.EXTRACTABLE: True,
     A.SENSITIVE: True,
 }
-# An unwrapped data key is read back, so it must be readable: ask for that explicitly. Some tokens
-# refuse part of that with CKR_ATTRIBUTE_READ_ONLY (opencryptoki 3.8: CKA_SENSITIVE=FALSE and
-# CKA_EXTRACTABLE=TRUE) and choose those flags themselves; the fallbacks ask for less, in order,
-# and the first whose key can be read is kept. Token defaults differ (SoftHSM makes an unwrapped
-# key unextractable unless told), hence each is tried with a read.
-_READABLE_UNWRAP = {A.TOKEN: False, A.SENSITIVE: False, A.EXTRACTABLE: True}
-_UNWRAP_FALLBACKS = ({A.TOKEN: False, A.SENSITIVE: False}, {A.TOKEN: False, A.EXTRACTABLE: True}, {A.TOKEN: False})
+# An unwrapped data key is read back, so it must be readable: the first template asks for that
+# explicitly. Some tokens refuse part of it with CKR_ATTRIBUTE_READ_ONLY (opencryptoki 3.8:
+# CKA_SENSITIVE=FALSE and CKA_EXTRACTABLE=TRUE) and choose those flags themselves; the later ones
+# ask for less, and the first whose key can be read is kept. Token defaults differ (SoftHSM makes
+# an unwrapped key unextractable unless told), hence each is tried with a read.
+_UNWRAP_TEMPLATES = (
+    {A.TOKEN: False, A.SENSITIVE: False, A.EXTRACTABLE: True},
+    {A.TOKEN: False, A.SENSITIVE: False},
+    {A.TOKEN: False, A.EXTRACTABLE: True},
+    {A.TOKEN: False},
+)
 _SENSITIVE_UNWRAP = (
     "the token makes every unwrapped key sensitive, so keybridge cannot return the unwrapped data key;"
     " use a key for decrypt (RSA-OAEP, AES-GCM) instead of unwrapKey on this token, or another token"
@@ -127,7 +131,7 @@ class Pkcs11Provider(BaseProvider):
             if self.wrapped_export_mechanism is None:  # known at open, so capabilities say it up front
                 self.unsupported = MappingProxyType({"export_wrapped": _NO_WRAPPED_EXPORT})
             self._sized = SizedCalls(self._pool.lib.path)  # for modules whose length queries under-report
-            self._unwrap_template = _READABLE_UNWRAP  # until the token refuses it, see _unwrap_key
+            self._unwrap_from = 0  # index into _UNWRAP_TEMPLATES of the first this token takes
             self._catalog = Catalog(self._pool, token_label, self._make_ref, cache_seconds)
         except BaseException:
             self._pool.close()
@@ -442,24 +446,19 @@ class Pkcs11Provider(BaseProvider):
                 finally:
                     tmp.destroy()
 
-            first = self._unwrap_template
-            try:
-                return attempt(first)
-            except (px.AttributeReadOnly, px.AttributeSensitive) as exc:
-                if any(first is tpl for tpl in _UNWRAP_FALLBACKS):
-                    raise  # this one worked before: not a matter of its attributes
-                refused: px.PKCS11Error = exc
-            for tpl in _UNWRAP_FALLBACKS:
+            refused: px.PKCS11Error | None = None
+            for i in range(self._unwrap_from, len(_UNWRAP_TEMPLATES)):
                 try:
-                    value = attempt(tpl)
+                    value = attempt(_UNWRAP_TEMPLATES[i])
                 except (px.AttributeReadOnly, px.AttributeSensitive) as exc:
                     refused = exc
                     continue
-                self._unwrap_template = tpl  # found once per provider, not per call
+                self._unwrap_from = i  # found once per provider, not per call
                 return value
             if isinstance(refused, px.AttributeSensitive):
                 detail = f"key {info.ref}: {_SENSITIVE_UNWRAP}"
                 raise UnsupportedOperation(self.scheme, "unwrap_key", detail) from refused
+            assert refused is not None  # the loop ran at least once
             raise refused
 
         return self._rejecting(
