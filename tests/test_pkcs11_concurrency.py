@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
-from keybridge import KeyOp, KeySpec
+from keybridge import KeySpec
 from keybridge.testing._softhsm import Pkcs11TestToken
 
 pytest.importorskip("pkcs11")
@@ -48,12 +48,6 @@ class Kit:
     signer: KeySpec
     sign: str
     scratch: KeySpec
-
-    def create_kek(self, p: Pkcs11Provider, name: str) -> None:
-        p.create_key(name, self.kek, ops={KeyOp.WRAP_KEY, KeyOp.UNWRAP_KEY})
-
-    def create_signer(self, p: Pkcs11Provider, name: str) -> None:
-        p.create_key(name, self.signer, ops={KeyOp.SIGN, KeyOp.VERIFY})
 
 
 def choose_kit(provider: Pkcs11Provider) -> Kit | None:
@@ -107,8 +101,8 @@ def log_out_from_another_session(token: Pkcs11TestToken, p: Pkcs11Provider, *, c
 def test_logout_by_another_session_is_recovered_for_cached_handles(
     pkcs11_token: Pkcs11TestToken, provider: Pkcs11Provider, kit: Kit
 ) -> None:
-    kit.create_kek(provider, "logout-kek")
-    kit.create_signer(provider, "logout-ec")
+    provider.create_key("logout-kek", kit.kek)
+    provider.create_key("logout-ec", kit.signer)
     dek = os.urandom(32)
 
     def wrap() -> None:
@@ -137,8 +131,8 @@ def mixed_stress(
     With ``logouts``, every third management round another session logs the process out."""
     keks = [f"busy-kek-{i}" for i in range(3)]
     for name in keks:
-        kit.create_kek(provider, name)
-    kit.create_signer(provider, "busy-ec")
+        provider.create_key(name, kit.kek)
+    provider.create_key("busy-ec", kit.signer)
     provider.create_key("busy-toggle", kit.scratch)
     permanent = {*keks, "busy-ec", "busy-toggle"}
     errors: collections.Counter[str] = collections.Counter()
