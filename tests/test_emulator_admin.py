@@ -102,11 +102,16 @@ def test_full_backup_delete_full_restore_signs_with_the_same_key(hsm: ManagedHsm
     keys = KeyClient(hsm.vault_url, hsm.credential(), **_opts(hsm))
     original = keys.create_ec_key("precious", curve="P-256")
     before = _public(original)
-    backup = _backup(hsm)
+    seen: list[str] = []  # every job status the SDK received, in order
 
-    poller = backup.begin_backup(CONTAINER, sas_token=SAS)
-    assert poller.status() == "InProgress"
-    result = poller.result()
+    def record(response: Any) -> None:
+        body = response.http_response.read().decode("utf-8")
+        if body.startswith("{") and "status" in (parsed := json.loads(body)):
+            seen.append(parsed["status"])
+
+    backup = KeyVaultBackupClient(hsm.vault_url, hsm.credential(), raw_response_hook=record, **_opts(hsm))
+    result = backup.begin_backup(CONTAINER, sas_token=SAS).result()
+    assert seen[0] == "InProgress" and seen[-1] == "Succeeded"  # the service's sequence, as polled
     assert result.folder_url.startswith(CONTAINER + "/mhsm-emulator-")
     folder = Path(hsm.backup_dir) / "acct.blob.core.windows.net" / "backups" / result.folder_url.rsplit("/", 1)[1]
     manifest = (folder / "backup.json").read_text("utf-8")
