@@ -111,7 +111,8 @@ def test_full_backup_delete_full_restore_signs_with_the_same_key(hsm: ManagedHsm
 
     backup = KeyVaultBackupClient(hsm.vault_url, hsm.credential(), raw_response_hook=record, **_opts(hsm))
     result = backup.begin_backup(CONTAINER, sas_token=SAS).result()
-    assert seen[0] == "InProgress" and seen[-1] == "Succeeded"  # the service's sequence, as polled
+    assert seen[0] == "InProgress"  # the service's sequence, as the SDK polled it
+    assert seen[-1] == "Succeeded"
     assert result.folder_url.startswith(CONTAINER + "/mhsm-emulator-")
     folder = Path(hsm.backup_dir) / "acct.blob.core.windows.net" / "backups" / result.folder_url.rsplit("/", 1)[1]
     manifest = (folder / "backup.json").read_text("utf-8")

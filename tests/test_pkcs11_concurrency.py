@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
 from keybridge import KeySpec
+from keybridge.errors import KeyNotFound
 from keybridge.testing._softhsm import Pkcs11TestToken
 
 pytest.importorskip("pkcs11")
@@ -122,6 +123,47 @@ def test_logout_by_another_session_is_recovered_for_cached_handles(
         check()
     provider.delete_key("logout-kek")
     provider.delete_key("logout-ec")
+
+
+def test_a_stale_logged_in_session_state_is_checked_with_the_token(
+    pkcs11_token: Pkcs11TestToken, provider: Pkcs11Provider, kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NSS softokn under load: after a logout from elsewhere overlapped a login, the login session
+    # kept reporting CKS_RW_USER_FUNCTIONS while every private object was hidden. That race cannot
+    # be caused on demand, so the one call that reports the state is made to lie; the logout is real.
+    provider.create_key("stale-kek", kit.kek)
+    provider.create_key("stale-ec", kit.signer)
+    lib = provider._pool.lib
+    dek = os.urandom(32)
+
+    def wrap() -> None:
+        assert provider.unwrap_key("stale-kek", kit.wrap, provider.wrap_key("stale-kek", kit.wrap, dek)) == dek
+
+    def sign() -> None:
+        verify_signature(provider, "stale-ec", provider.sign("stale-ec", kit.sign, DIGEST))
+
+    def listing() -> None:
+        assert {"stale-kek", "stale-ec"} <= {k.ref.name for k in provider.list_keys()}
+
+    def fresh_lookup() -> None:
+        provider._catalog.forget("stale-ec")  # the catalog must search the token again
+        assert provider.get_key("stale-ec").ref.name == "stale-ec"
+
+    for check in (wrap, sign, listing, fresh_lookup):
+        wrap(), sign()  # pooled sessions cache handles the logout kills
+        log_out_from_another_session(pkcs11_token, provider)
+        before = lib.relogins
+        with monkeypatch.context() as m:
+            m.setattr(lib.raw, "session_state", lambda handle: 3)  # CKS_RW_USER_FUNCTIONS, whatever is true
+            check()
+        assert lib.relogins == before + 1, check.__name__  # recovered by logging in, not by luck
+        assert lib.logged_in(provider._pool.token)
+    before = lib.relogins
+    with pytest.raises(KeyNotFound):
+        provider.get_key("stale-never-existed")  # C_Login says "already logged in": the verdict stands
+    assert lib.relogins == before
+    provider.delete_key("stale-kek")
+    provider.delete_key("stale-ec")
 
 
 def mixed_stress(

@@ -144,12 +144,15 @@ class Catalog:
 
     def _read(self, fn: Callable[[PooledSession], T], action: str, what: object) -> T:
         # A search while someone logged the process out misses private objects, with no error:
-        # if that happened (logged out now, or logged in again meanwhile), look again.
-        lib = self._pool.lib
+        # if that happened (logged out now, or logged in again meanwhile), look again. One that
+        # found nothing at all asks the token too (a module may report a stale login state).
+        lib, pool = self._pool.lib, self._pool
         for _ in range(_READ_ATTEMPTS):
             before = lib.relogins
-            found = self._pool.run(fn, action, what)
-            if not self._pool.relogin_if_logged_out() and lib.relogins == before:
+            found = pool.run(fn, action, what)
+            if pool.relogin_if_logged_out() or lib.relogins != before:
+                continue
+            if found or not pool.relogin_if_logged_out(ask_token=True):
                 break
         return found
 

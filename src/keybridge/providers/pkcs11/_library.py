@@ -337,11 +337,12 @@ class Library:
             self._logins[slot] = _Login(session, pin)
             return self.generation
 
-    def _log_in(self, session: Any, token: Any, pin: str) -> None:
+    def _log_in(self, session: Any, token: Any, pin: str) -> bool:
+        """C_Login as the user: True if that logged in, False if the token says it already was."""
         pin_b = pin.encode()
         rv = int(self.raw.login(session.handle, _CKU_USER, pin_b, len(pin_b)))
         if rv in (0, _CKR_USER_ALREADY_LOGGED_IN):
-            return
+            return rv == 0
         if rv in _PIN_ERRORS:
             raise AuthenticationError(f"the user PIN for token {token.label!r} is {_PIN_ERRORS[rv]}")
         raise ProviderUnavailable(f"login to token {token.label!r} failed (CKR 0x{rv:x})")
@@ -352,17 +353,24 @@ class Library:
             login = self._logins.get(token.slot.slot_id)
             return login is not None and self.raw.session_state(login.session.handle) in _USER_STATES
 
-    def relogin(self, token: Any) -> None:
-        """Log in again after someone logged the process out (or closed the login session)."""
+    def relogin(self, token: Any, *, ask_token: bool = False) -> bool:
+        """Log in again after someone logged the process out (or closed the login session).
+
+        True if a login happened. The session state says whether one is needed; with
+        ``ask_token`` C_Login itself decides, for when the token's other answers contradict that
+        state: NSS softokn can leave a session reporting "user functions" after a logout from
+        elsewhere overlapped a login, while it hides every private object.
+        """
         with self._mu, self.serialized():
             login = self._logins.get(token.slot.slot_id)
             if login is None:
-                return  # re-initialised meanwhile: the pool logs in again when it notices
+                return False  # re-initialised meanwhile: the pool logs in again when it notices
             state = self.raw.session_state(login.session.handle)
-            if state in _USER_STATES:
-                return  # another thread did it already
+            if state in _USER_STATES and not ask_token:
+                return False  # another thread did it already
             if state is not None:
-                self._log_in(login.session, token, login.pin)
+                if not self._log_in(login.session, token, login.pin):
+                    return False
             else:
                 session = token.open(rw=True)  # the login session itself was closed behind our back
                 try:
@@ -373,6 +381,7 @@ class Library:
                 login.session = session
             self.relogins = next(self._relogins)
             self.bump_epoch()  # handles of private objects found before the logout are dead
+            return True
 
     def release_login(self, token: Any, generation: int) -> None:
         """Drop one reference; the last one logs out and closes the login session."""

@@ -207,7 +207,7 @@ class SessionPool:
         if isinstance(exc, _RETRY_SESSION):
             self._drain()  # one session died: the others most likely with it (C_CloseAllSessions)
             if isinstance(exc, px.UserNotLoggedIn):
-                self._relogin()
+                self._relogin(ask_token=True)  # the token said so, whatever the session state says
         elif isinstance(exc, (px.NoSuchKey, *_RETRY_HANDLE)):
             # Private objects vanish, and their handles die, when someone logs the process out:
             # log in again first, else the fresh lookup below finds nothing.
@@ -240,23 +240,28 @@ class SessionPool:
         # A logout from elsewhere *during* a call surfaces as anything (SoftHSM: GeneralError, which
         # would read as a bad tag on decrypt). Worth another try if the process is logged out now,
         # or was and another thread already logged in again (the epoch moved since ``started``).
-        return self.relogin_if_logged_out() or self.lib.epoch != started
+        # If nothing says so, C_Login has the last word: the session state may be stale (NSS).
+        return self.relogin_if_logged_out() or self.lib.epoch != started or self.relogin_if_logged_out(ask_token=True)
 
-    def relogin_if_logged_out(self) -> bool:
+    def relogin_if_logged_out(self, *, ask_token: bool = False) -> bool:
         """Log in again if someone logged the process out (private objects vanish then).
 
-        True if that was needed: a lookup that found nothing is worth repeating.
+        True if that was needed: a lookup that found nothing is worth repeating. The session
+        state tells; with ``ask_token`` C_Login does (see :meth:`Library.relogin`), for a lookup
+        that found nothing where something was expected.
         """
+        if ask_token:
+            return self._relogin(ask_token=True)
         if self.lib.logged_in(self.token):
             return False
         self._relogin()
         return True
 
-    def _relogin(self) -> None:
+    def _relogin(self, *, ask_token: bool = False) -> bool:
         with self._mu:
             if self._closed:
                 raise ProviderUnavailable("this PKCS#11 provider is closed; open a new one")
-            self.lib.relogin(self.token)
+            return self.lib.relogin(self.token, ask_token=ask_token)
 
     def invalidate_handles(self) -> None:
         """Objects were destroyed: cached handles may now point nowhere (or elsewhere)."""
