@@ -26,7 +26,7 @@ def tests(session: nox.Session) -> None:
 def tokens(session: nox.Session) -> None:
     """The PKCS#11 tests on SoftHSM2, NSS softokn (needs libnss3-tools) and opencryptoki (needs
     opencryptoki and root), or on the kinds in $KEYBRIDGE_TEST_TOKENS: add tpm2 (tpm2-pkcs11 on
-    swtpm; needs libtpm2-pkcs11-1 libtpm2-pkcs11-tools swtpm tpm2-tools tpm2-abrmd dbus) to see its
+    swtpm; needs libtpm2-pkcs11-1 libtpm2-pkcs11-tools swtpm tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 dbus) to see its
     known gaps (docs/pkcs11.md)."""
     session.env["KEYBRIDGE_TEST_TOKENS"] = os.environ.get("KEYBRIDGE_TEST_TOKENS", "softhsm,nss,opencryptoki")
     session.run("python", "-m", "pytest", "-rs", *session.posargs, *sorted(glob.glob("tests/test_pkcs11_*.py")))

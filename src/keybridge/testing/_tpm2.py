@@ -14,12 +14,13 @@ in one throwaway directory, torn down in reverse order):
 
 The module reads ``TPM2_PKCS11_TCTI`` / ``TPM2_PKCS11_STORE`` in ``C_Initialize``, so they are set
 in ``os.environ`` for the block (restored afterwards). Debian packages: ``libtpm2-pkcs11-1
-libtpm2-pkcs11-tools swtpm tpm2-tools tpm2-abrmd dbus``.
+libtpm2-pkcs11-tools swtpm tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 dbus``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
 import os
 import secrets
 import shutil
@@ -37,7 +38,7 @@ from ._tokens import run_step as _run
 __all__ = ["TPM2_PACKAGES", "TPM2_TOKEN_LABEL", "Tpm2Token", "find_tpm2_module", "tpm2_token"]
 
 TPM2_TOKEN_LABEL = "keybridge-tpm2"
-TPM2_PACKAGES = "libtpm2-pkcs11-1 libtpm2-pkcs11-tools swtpm tpm2-tools tpm2-abrmd dbus"
+TPM2_PACKAGES = "libtpm2-pkcs11-1 libtpm2-pkcs11-tools swtpm tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 dbus"
 _TOOLS = ("dbus-daemon", "swtpm", "tpm2-abrmd", "tpm2_ptool", "tpm2_getrandom")
 _MODULE_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/libtpm2_pkcs11.so.1",
@@ -119,6 +120,8 @@ def tpm2_token(directory: Path) -> Iterator[Tpm2Token]:
     """
     module = find_tpm2_module()
     missing = [tool for tool in _TOOLS if shutil.which(tool) is None]
+    if ctypes.util.find_library("tss2-tcti-tabrmd") is None:  # else every probe fails for 20 s
+        missing.append("libtss2-tcti-tabrmd.so.0")
     if module is None or missing:
         what = ", ".join(missing + ([] if module else ["libtpm2_pkcs11.so.1"]))
         raise ProviderUnavailable(
