@@ -142,12 +142,14 @@ class PolicyChecks(ConformanceBase):
         self, provider: KeyProvider, shared_keys: Keys, byok_kek: rsa.RSAPrivateKey, spec: KeySpec
     ) -> None:
         self.require("supports_export_wrapped")
-        info = shared_keys.shared(spec, exportable=True)
         if "export_wrapped" not in provider.capabilities:  # e.g. a token without the mechanisms
+            # refused before the key is looked at, so any key shows it (such a token may not even
+            # make exportable keys: tpm2-pkcs11 refuses CKA_EXTRACTABLE with CKA_SENSITIVE)
             with pytest.raises(UnsupportedOperation):
-                provider.export_wrapped(info.ref, byok_kek.public_key())
+                provider.export_wrapped(shared_keys.shared(spec).ref, byok_kek.public_key())
             why = getattr(provider, "unsupported", {}).get("export_wrapped", "no reason given")
             pytest.skip(f"this {provider.scheme} provider's capabilities lack export_wrapped: {why}")
+        info = shared_keys.shared(spec, exportable=True)
         blob = provider.export_wrapped(info.ref, byok_kek.public_key())
         assert len(blob) > byok_kek.key_size // 8
         plain = unwrap_rsa_aes(byok_kek, blob)  # RSA-OAEP-SHA1 of an AES key, then RFC 5649

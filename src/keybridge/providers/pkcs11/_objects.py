@@ -27,6 +27,7 @@ from pkcs11 import ObjectClass as OC
 from pkcs11 import PrivateKey as P11Private
 from pkcs11 import PublicKey as P11Public
 from pkcs11 import SecretKey as P11Secret
+from pkcs11 import exceptions as px
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from ...errors import InvalidKeySpec
@@ -232,19 +233,50 @@ def _der_octet_string(data: bytes) -> bytes:
     return b"\x04" + length + data
 
 
+def _strict_octets(data: bytes) -> bytes | None:
+    """The content of a DER OCTET STRING, or None if ``data`` is not one."""
+    if len(data) < 2 or data[0] != 0x04:
+        return None
+    if data[1] < 0x80:
+        head, n = 2, data[1]
+    else:
+        head = 2 + (data[1] & 0x7F)
+        n = int.from_bytes(data[2:head], "big")
+    return data[head:] if head + n == len(data) else None
+
+
 def _der_octets(data: bytes) -> bytes:
     """The point inside a DER OCTET STRING (CKA_EC_POINT); a raw point (some tokens) passes through."""
     data = bytes(data)
-    if len(data) > 2 and data[0] == 0x04:
-        if data[1] < 0x80:
-            head, n = 2, data[1]
-        else:
-            head = 2 + (data[1] & 0x7F)
-            n = int.from_bytes(data[2:head], "big")
-        if head + n == len(data):
-            return data[head:]
-        if data[1] == len(data) - 2:
-            # tpm2-pkcs11 1.9 writes a length over 127 in one byte: P-521's 133-byte point gets
-            # 04 85 (which DER reads as "5 length bytes follow").
-            return data[2:]
+    inside = _strict_octets(data)
+    if inside is not None:
+        return inside
+    if len(data) > 2 and data[0] == 0x04 and data[1] == len(data) - 2:
+        # tpm2-pkcs11 1.9 writes a length over 127 in one byte: P-521's 133-byte point gets
+        # 04 85 (which DER reads as "5 length bytes follow").
+        return data[2:]
     return data
+
+
+def point_is_der(pub: Any) -> bool:
+    """Whether the public object's CKA_EC_POINT is a DER OCTET STRING, as PKCS#11 asks."""
+    return _strict_octets(bytes(pub[A.EC_POINT])) is not None
+
+
+# What C_CreateObject answers when it will not take a template.
+TEMPLATE_REFUSED = (px.AttributeValueInvalid, px.AttributeTypeInvalid, px.TemplateInconsistent, px.TemplateIncomplete)
+
+
+def takes_bare_key(session: Any, values: Mapping[Any, Any]) -> bool:
+    """Whether the token creates a session object from only a key's values (``import_templates``).
+
+    After it refused a full import template: no means the token does not import keys of this kind
+    at all (tpm2-pkcs11 creates only RSA public keys and data objects), yes that it refused our
+    other attributes. The probe object is destroyed at once.
+    """
+    try:
+        probe = session.create_object({**values, A.TOKEN: False})
+    except TEMPLATE_REFUSED:
+        return False
+    probe.destroy()
+    return True

@@ -28,6 +28,7 @@ from ...errors import (
     InvalidKeyUri,
     KeyNotFound,
     OperationNotPermitted,
+    UnsupportedAlgorithm,
     UnsupportedOperation,
 )
 from ...keys import AlgorithmSpec, KeyAttributes, KeyInfo, KeyOp, KeyRef, KeySpec, KeyType, PrivateKey
@@ -226,8 +227,17 @@ class Pkcs11Provider(BaseProvider):
             try:
                 obj.narrow(pair[0], pub_flags)
                 obj.narrow(pair[1], priv_flags)
+                if spec.kty is KeyType.EC and not obj.point_is_der(pair[0]):
+                    # tpm2-pkcs11 1.9 with P-521 then fails its own parse when signing (CKR_HOST_MEMORY,
+                    # "d2i_ASN1_OCTET_STRING: too long"); after a failed sign the key cannot even be
+                    # destroyed, so it is not tried: the pair goes now.
+                    raise UnsupportedAlgorithm(
+                        f"token {self.token_label!r} stored the public point of a new {spec} key as malformed"
+                        " DER (CKA_EC_POINT), and such keys fail to sign on it; the key was not kept; use"
+                        " another curve"
+                    )
             except BaseException:
-                for key in pair:  # a key with more usage than asked must not stay behind
+                for key in pair:  # a key with more usage than asked, or none it can use, must not stay
                     key.destroy()
                 raise
 
@@ -249,8 +259,21 @@ class Pkcs11Provider(BaseProvider):
         if pub_tpl is None:
             priv_tpl.update(obj.SECRET_OFF)
 
+        values, _ = obj.import_templates(key, spec)
+
         def create(e: PooledSession) -> None:
-            priv = e.session.create_object(priv_tpl)
+            try:
+                priv = e.session.create_object(priv_tpl)
+            except obj.TEMPLATE_REFUSED as refused:
+                if obj.takes_bare_key(e.session, values):
+                    raise  # our attributes, not the key: InvalidKeySpec names them
+                raise UnsupportedOperation(
+                    self.scheme,
+                    "import_key",
+                    f"token {self.token_label!r} takes no {spec} key material: C_CreateObject refused even a"
+                    f" session object with only the key's values ({type(refused).__name__}); create the key"
+                    " on the token with create_key instead",
+                ) from refused
             if pub_tpl is None:
                 return
             try:
