@@ -15,7 +15,7 @@ from pkcs11 import Mechanism as M
 
 from keybridge.providers.pkcs11 import Pkcs11Provider
 from keybridge.providers.pkcs11._mechanisms import kwp_mechanism, supported
-from keybridge.providers.pkcs11._quirks import TokenQuirks, quirks_of
+from keybridge.providers.pkcs11._quirks import ModuleQuirks, TokenQuirks, module_quirks_of, quirks_of
 
 
 @dataclass(frozen=True)
@@ -79,3 +79,13 @@ def test_a_token_that_crashes_on_parallel_calls_serialises_its_module(pkcs11_tok
         assert p.quirks.parallel_calls_crash <= serial  # the quirk always serialises
         if p.quirks.parallel_calls_crash:
             assert not p._pool.lib.os_locking
+
+
+def test_module_quirks_follow_ck_info_and_only_tpm2_pkcs11_has_them(provider: Pkcs11Provider) -> None:
+    tpm2 = ModuleQuirks(fork_unusable=True, destroy_leaks_in_use=True)
+    assert module_quirks_of("tpm2-software.github.io") == tpm2  # CK_INFO.manufacturerID
+    assert module_quirks_of("tpm2-software.github.io        ") == tpm2  # blank-padded, as on the wire
+    assert module_quirks_of("SoftHSM") == ModuleQuirks()
+    assert module_quirks_of("Mozilla Foundation") == ModuleQuirks()
+    lib = provider._pool.lib
+    assert lib.quirks == module_quirks_of(lib.lib.manufacturer_id)

@@ -30,6 +30,7 @@ from pkcs11 import exceptions as px
 from ...errors import AuthenticationError, ProviderUnavailable
 from . import _compat
 from ._locks import SharedExclusiveLock
+from ._quirks import module_quirks_of
 
 THREADING_ENV = "KEYBRIDGE_PKCS11_THREADING"
 _CKR_ALREADY_INITIALIZED = 0x191
@@ -187,6 +188,7 @@ class Library:
         else:
             self.lib = pkcs11.lib(path)
         _compat.register_reinitializer(path, self.reinitialize)
+        self.quirks = module_quirks_of(getattr(self.lib, "manufacturer_id", ""))
 
     def _initialize_os_locking(self) -> None:
         # python-pkcs11 calls this instead of its C_Initialize(NULL) (see _compat.os_locking_lib).
@@ -281,7 +283,18 @@ class Library:
             dependent.after_fork()
 
     def check_fork(self) -> None:
-        """In a forked child, initialise the module again (the standard requires it)."""
+        """In a forked child, initialise the module again (the standard requires it).
+
+        Raises ProviderUnavailable, without calling the module, if that would break the parent
+        (``quirks.fork_unusable``).
+        """
+        if self._forked and self.quirks.fork_unusable:
+            raise ProviderUnavailable(
+                f"PKCS#11 module {self.path} cannot be used in a process forked from one that initialised it:"
+                " initialising it again here would break the parent's connection to its device; open the"
+                " provider in a process started with multiprocessing's 'spawn' or 'forkserver' method, or"
+                " fork before this process first opens a provider on it"
+            )
         if self._forked:
             with self._mu:
                 if self._forked:

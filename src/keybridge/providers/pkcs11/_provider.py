@@ -28,6 +28,7 @@ from ...errors import (
     InvalidKeyUri,
     KeyNotFound,
     OperationNotPermitted,
+    ProviderUnavailable,
     UnsupportedAlgorithm,
     UnsupportedOperation,
 )
@@ -345,16 +346,27 @@ class Pkcs11Provider(BaseProvider):
         self._catalog.versions(name, fresh=True)  # KeyNotFound if there is none
 
         def destroy(e: PooledSession) -> None:
-            for o in list(e.session.get_objects({A.LABEL: name})):
-                if obj.is_key(o) or obj.is_public(o) or is_meta(o):
-                    o.destroy()
+            found = list(e.session.get_objects({A.LABEL: name}))
+            # keys first, the record last: a failure halfway leaves the key listed with its record
+            for o in [o for o in found if obj.is_key(o)] + [o for o in found if obj.is_public(o) or is_meta(o)]:
+                o.destroy()
 
         with self._catalog.lock:
             try:
-                self._pool.run(destroy, "deleting key", repr(name), write=True)
+                self._run_destroy(destroy, name)
             finally:  # also after a partial failure: some handles may point nowhere now
                 self._pool.invalidate_handles()
                 self._catalog.forget(name)
+
+    def _run_destroy(self, destroy: Callable[[PooledSession], None], name: str) -> None:
+        lib = self._pool.lib
+        try:
+            self._pool.run(destroy, "deleting key", repr(name), write=True)
+        except ProviderUnavailable as exc:
+            if not (lib.quirks.destroy_leaks_in_use and isinstance(exc.__cause__, px.FunctionFailed)):
+                raise
+            lib.reinitialize()  # its leaked "in use" counts live in the module's memory (_quirks)
+            self._pool.run(destroy, "deleting key", repr(name), write=True)
 
     # ---- key operations -----------------------------------------------------------------------
     # Hot path: each op is one pool.run of a small closure; the key's handle is cached per session.

@@ -2,7 +2,8 @@
 
 Never from the module's path or the library's manufacturer: one module can front tokens of several
 kinds (p11-kit proxies, vendor multiplexers), and a renamed or rebuilt library says nothing about
-the firmware behind it.
+the firmware behind it. The one exception is what the module's *own* code does with its process
+state, such as surviving a ``fork``: that is decided from CK_INFO, which the module itself reports.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["TokenQuirks", "quirks_of"]
+__all__ = ["ModuleQuirks", "TokenQuirks", "module_quirks_of", "quirks_of"]
 
 _SOFTHSM = "SoftHSM"
 _OCK_SOFT_MODEL = "IBM SoftTok"
+_TPM2_PKCS11 = "tpm2-software.github.io"  # CK_INFO.manufacturerID of tpm2-pkcs11
 
 
 class TokenDescription(Protocol):
@@ -53,3 +55,26 @@ def quirks_of(token: TokenDescription) -> TokenQuirks:
         return TokenQuirks()
     firmware = tuple(token.firmware_version)  # SoftHSM reports its release here, e.g. (2, 6)
     return TokenQuirks(pad_is_rfc5649=True, oaep_sha1_only=True, kwp_pads_first=firmware < (2, 7))
+
+
+@dataclass(frozen=True)
+class ModuleQuirks:
+    """Known deviations of one PKCS#11 *module's* own code (from CK_INFO), not of a token."""
+
+    #: A forked child must not touch the module its parent initialised. tpm2-pkcs11 1.9: the
+    #: child's C_Finalize + C_Initialize, which the standard asks for, runs over the parent's
+    #: tpm2-abrmd connection and flushes the parent's TPM objects (the parent's next sign fails);
+    #: C_Initialize alone answers CKR_CRYPTOKI_ALREADY_INITIALIZED and the child then drives the
+    #: parent's TPM sessions, whose nonces move on, so the parent's next command fails its HMAC check.
+    fork_unusable: bool = False
+    #: The module counts operations in progress per object in its memory and leaks the count when an
+    #: operation meets a logout from elsewhere; C_DestroyObject then answers CKR_FUNCTION_FAILED
+    #: until the module is initialised again (tpm2-pkcs11 1.9, its ``tobject`` "active" count).
+    destroy_leaks_in_use: bool = False
+
+
+def module_quirks_of(module_manufacturer: str) -> ModuleQuirks:
+    """The quirks of a module, from CK_INFO.manufacturerID."""
+    if str(module_manufacturer).strip() == _TPM2_PKCS11:
+        return ModuleQuirks(fork_unusable=True, destroy_leaks_in_use=True)
+    return ModuleQuirks()
