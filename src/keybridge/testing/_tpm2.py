@@ -67,6 +67,16 @@ def find_tpm2_module() -> str | None:
     return first_module("KEYBRIDGE_TPM2_MODULE", _MODULE_CANDIDATES)
 
 
+def _clashing_module() -> str | None:
+    """A library mapped into this process that exports tpm2-pkcs11's internal names (opencryptoki's
+    token libraries, loaded with RTLD_GLOBAL by libopencryptoki), or None."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            if "/opencryptoki/stdll/" in line:
+                return line.split()[-1]
+    return None
+
+
 def _free_port_pair() -> int:
     """A port p with p and p+1 both free on 127.0.0.1 (swtpm's command and control channels)."""
     for _ in range(50):
@@ -128,6 +138,13 @@ def tpm2_token(directory: Path) -> Iterator[Tpm2Token]:
             f"the tpm2 test token needs {what}; install them with `apt-get install {TPM2_PACKAGES}`"
             " (or set KEYBRIDGE_TPM2_MODULE)"
         )
+    clash = _clashing_module()
+    if clash is not None:
+        raise ProviderUnavailable(
+            f"{clash} is loaded in this process: it exports object_create, as tpm2-pkcs11 1.9 does, and"
+            " tpm2-pkcs11 then calls that one (C_CreateObject fails with CKR_KEY_HANDLE_INVALID); run the"
+            " tpm2 kind in a process of its own (`nox -s tokens` runs each kind separately)"
+        )
     state, store = directory / "tpm-state", directory / "store"
     state.mkdir(mode=0o700)
     store.mkdir(mode=0o700)
@@ -184,7 +201,8 @@ def tpm2_token(directory: Path) -> Iterator[Tpm2Token]:
                 "--session",
                 "--allow-root",
                 # tpm2-pkcs11 keeps each key it used loaded; the default 27 per client runs out
-                # within a test session (TPM_RC_OBJECT_MEMORY). abrmd swaps them in and out.
+                # within a test session (TPM_RC_OBJECT_MEMORY), and 100 within the suite on one
+                # token (conformance plus the 8-thread stress). abrmd swaps them in and out.
                 "--max-transients=100",
                 f"--dbus-name={bus_name}",
                 f"--tcti=swtpm:host=127.0.0.1,port={port}",

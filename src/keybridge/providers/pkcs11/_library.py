@@ -312,6 +312,13 @@ class Library:
             self._logins.clear()  # the finalize logged everyone out and closed every session
             self.generation += 1
 
+    def reinitialize_after_leak(self, generation: int) -> None:
+        """Re-initialise a module whose per-process leaks only that clears (``quirks``), once per
+        ``generation``: threads that ran into the same leak meanwhile find it done."""
+        with self._mu:
+            if self.generation == generation:
+                self.reinitialize()
+
     def token(self, label: str) -> Any:
         """The token with CKA_LABEL ``label``."""
         with self.serialized():

@@ -28,7 +28,6 @@ from ...errors import (
     InvalidKeyUri,
     KeyNotFound,
     OperationNotPermitted,
-    ProviderUnavailable,
     UnsupportedAlgorithm,
     UnsupportedOperation,
 )
@@ -353,20 +352,10 @@ class Pkcs11Provider(BaseProvider):
 
         with self._catalog.lock:
             try:
-                self._run_destroy(destroy, name)
+                self._pool.run(destroy, "deleting key", repr(name), write=True)
             finally:  # also after a partial failure: some handles may point nowhere now
                 self._pool.invalidate_handles()
                 self._catalog.forget(name)
-
-    def _run_destroy(self, destroy: Callable[[PooledSession], None], name: str) -> None:
-        lib = self._pool.lib
-        try:
-            self._pool.run(destroy, "deleting key", repr(name), write=True)
-        except ProviderUnavailable as exc:
-            if not (lib.quirks.destroy_leaks_in_use and isinstance(exc.__cause__, px.FunctionFailed)):
-                raise
-            lib.reinitialize()  # its leaked "in use" counts live in the module's memory (_quirks)
-            self._pool.run(destroy, "deleting key", repr(name), write=True)
 
     # ---- key operations -----------------------------------------------------------------------
     # Hot path: each op is one pool.run of a small closure; the key's handle is cached per session.

@@ -67,14 +67,19 @@ class ModuleQuirks:
     #: C_Initialize alone answers CKR_CRYPTOKI_ALREADY_INITIALIZED and the child then drives the
     #: parent's TPM sessions, whose nonces move on, so the parent's next command fails its HMAC check.
     fork_unusable: bool = False
-    #: The module counts operations in progress per object in its memory and leaks the count when an
-    #: operation meets a logout from elsewhere; C_DestroyObject then answers CKR_FUNCTION_FAILED
-    #: until the module is initialised again (tpm2-pkcs11 1.9, its ``tobject`` "active" count).
-    destroy_leaks_in_use: bool = False
+    #: The module leaks per-process state that only C_Finalize + C_Initialize clears, so keybridge
+    #: re-initialises it (once, then runs the call again) when a call fails the way the leak makes
+    #: it fail. tpm2-pkcs11 1.9 leaks two things: (1) every key pair it generates stays loaded in
+    #: the TPM, even after C_DestroyObject, so after about 50 the resource manager has no object
+    #: slots left ("out of memory for object contexts", CKR_GENERAL_ERROR); (2) its per-object
+    #: count of operations in progress, when an operation fails halfway (a logout from elsewhere
+    #: during a signature, or a failed P-521 one), after which C_DestroyObject answers
+    #: CKR_FUNCTION_FAILED.
+    leaks_until_reinitialised: bool = False
 
 
 def module_quirks_of(module_manufacturer: str) -> ModuleQuirks:
     """The quirks of a module, from CK_INFO.manufacturerID."""
     if str(module_manufacturer).strip() == _TPM2_PKCS11:
-        return ModuleQuirks(fork_unusable=True, destroy_leaks_in_use=True)
+        return ModuleQuirks(fork_unusable=True, leaks_until_reinitialised=True)
     return ModuleQuirks()

@@ -37,6 +37,8 @@ _RETRY_HANDLE = (
 # A search an earlier error left open in this session (python-pkcs11 finalises it only when its
 # generator is collected): this session is unusable until then, another one is fine.
 _RETRY_ELSEWHERE = (px.OperationActive, px.OperationNotInitialized)
+# How a module that leaks until re-initialised (ModuleQuirks.leaks_until_reinitialised) fails.
+_LEAK_SYMPTOMS = (px.GeneralError, px.FunctionFailed)
 _LOGOUT_ATTEMPTS = 4  # retries of one call, each only after the token showed another logout
 
 
@@ -204,7 +206,9 @@ class SessionPool:
         # Slow path: repair what ``exc`` says is broken, then run ``fn`` once more.
         started = entry.epoch  # == the library's epoch when fn began (run/_take ensure it)
         self._settle(entry, exc)
-        if isinstance(exc, _RETRY_SESSION):
+        if self.lib.quirks.leaks_until_reinitialised and isinstance(exc, _LEAK_SYMPTOMS):
+            self.lib.reinitialize_after_leak(entry.generation)  # then run again, in a new session
+        elif isinstance(exc, _RETRY_SESSION):
             self._drain()  # one session died: the others most likely with it (C_CloseAllSessions)
             if isinstance(exc, px.UserNotLoggedIn):
                 self._relogin(ask_token=True)  # the token said so, whatever the session state says
