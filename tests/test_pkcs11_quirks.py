@@ -82,7 +82,7 @@ def test_a_token_that_crashes_on_parallel_calls_serialises_its_module(pkcs11_tok
 
 
 def test_module_quirks_follow_ck_info_and_only_tpm2_pkcs11_has_them(provider: Pkcs11Provider) -> None:
-    tpm2 = ModuleQuirks(fork_unusable=True, leaks_until_reinitialised=True)
+    tpm2 = ModuleQuirks(fork_unusable=True, leaks_until_reinitialised=True, reuses_handles_after_destroy=True)
     assert module_quirks_of("tpm2-software.github.io") == tpm2  # CK_INFO.manufacturerID
     assert module_quirks_of("tpm2-software.github.io        ") == tpm2  # blank-padded, as on the wire
     assert module_quirks_of("SoftHSM") == ModuleQuirks()

@@ -5,26 +5,31 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from keybridge import KeyInfo, KeyOp, KeySpec
 from keybridge.errors import KeybridgeError, ProviderUnavailable, UnsupportedAlgorithm
+from keybridge.testing._conformance_support import same_public_key
 from keybridge.testing._softhsm import Pkcs11TestToken
 
 pytest.importorskip("pkcs11")
 
 from pkcs11 import Attribute as A
 from pkcs11 import ObjectClass
+from pkcs11 import PrivateKey as P11Private
+from pkcs11 import PublicKey as P11Public
 
 from keybridge.providers.pkcs11 import Pkcs11Provider
 from keybridge.providers.pkcs11 import _objects as obj
+from keybridge.providers.pkcs11._catalog import meta_id
 from keybridge.providers.pkcs11._mechanisms import supported
 from keybridge.providers.pkcs11._objects import _der_octets
 from keybridge.providers.pkcs11._quirks import TokenQuirks
@@ -182,12 +187,68 @@ def _objects_labelled(provider: Pkcs11Provider, label: str) -> list[Any]:
 def test_more_key_pairs_than_the_tpm_has_object_slots_for(provider: Pkcs11Provider) -> None:
     # tpm2-pkcs11 keeps every pair it generates loaded, destroyed or not: through tpm2-abrmd (100
     # transient objects per client) the 51st pair failed with CKR_GENERAL_ERROR until keybridge
-    # re-initialised the module on that failure. 60 rounds where the module leaks; 3 elsewhere.
+    # re-initialised the module on that failure. From 4 threads, so that the re-initialisation
+    # happens while others are busy with the module (C_Finalize then deadlocked tpm2-pkcs11 until
+    # keybridge made it wait for them). 4 x 15 rounds where the module leaks; 4 x 1 elsewhere.
     leaks = provider._pool.lib.quirks.leaks_until_reinitialised
     spec, alg = (KeySpec.ec("P-256"), "ES256") if "ES256" in provider.algorithms else (KeySpec.rsa(2048), "PS256")
     generation = provider._pool.lib.generation
-    for i in range(60 if leaks else 3):
-        provider.create_key(f"slot-{i}", spec)
-        assert provider.verify(f"slot-{i}", alg, bytes(32), provider.sign(f"slot-{i}", alg, bytes(32)))
-        provider.delete_key(f"slot-{i}")
+    failures: list[BaseException] = []
+
+    def rounds(t: int) -> None:
+        try:
+            for i in range(15 if leaks else 1):
+                name = f"slot-{t}-{i}"
+                provider.create_key(name, spec)
+                assert provider.verify(name, alg, bytes(32), provider.sign(name, alg, bytes(32)))
+                provider.delete_key(name)
+        except BaseException as exc:  # reported below, with the others
+            failures.append(exc)
+
+    threads = [threading.Thread(target=rounds, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads), "a thread hung in the module"
+    assert failures == []
     assert (provider._pool.lib.generation != generation) is leaks  # re-initialised only where needed
+
+
+def test_a_key_made_after_deleting_an_older_one_is_itself(provider: Pkcs11Provider) -> None:
+    # tpm2-pkcs11 1.9 gave the objects of a key created after "create a, create b, delete a" the
+    # handles of b's objects: a's lookups returned b's objects, a signature by "a" was b's. Each
+    # key must sign as itself, checked with its own public key outside the token.
+    spec, alg = (KeySpec.ec("P-256"), "ES256") if "ES256" in provider.algorithms else (KeySpec.rsa(2048), "PS256")
+    digest = hashlib.sha256(b"handles").digest()
+    provider.create_key("older", spec)
+    provider.create_key("other", spec)
+    provider.delete_key("older")
+    generation = provider._pool.lib.generation
+    try:
+        remade = provider.create_key("older", spec)
+        assert (provider._pool.lib.generation != generation) is provider._pool.lib.quirks.reuses_handles_after_destroy
+        for name in ("older", "other"):
+            info = provider.get_key(name)
+            verify_outside(info, alg, digest, provider.sign(name, alg, digest))
+            keys = [o for o in _objects_labelled(provider, name) if isinstance(o, (P11Private, P11Public))]
+            ids = {bytes(o[A.ID]) for o in keys} - {meta_id(name)}  # NSS: the record's carrier
+            assert ids == {bytes.fromhex(info.ref.version or "")}, name  # its objects, none of the other's
+        assert remade.public_key is not None
+        assert not same_public_key(remade.public_key, provider.get_key("other").public_key)
+    finally:
+        provider.delete_key("older")
+        provider.delete_key("other")
+
+
+def verify_outside(info: KeyInfo, alg: str, digest: bytes, sig: bytes) -> None:
+    """Check an ES256 or PS256 signature with cryptography and the key's reported public key."""
+    pub = info.public_key
+    if alg == "PS256":
+        assert isinstance(pub, rsa.RSAPublicKey)
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+        pub.verify(sig, digest, pss, Prehashed(hashes.SHA256()))
+        return
+    assert isinstance(pub, ec.EllipticCurvePublicKey)
+    r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+    pub.verify(encode_dss_signature(r, s), digest, ec.ECDSA(Prehashed(hashes.SHA256())))

@@ -134,7 +134,7 @@ class Catalog:
             old = find_meta(e.session, name, in_data)
             meta = load_meta(old)
             change(meta["versions"])
-            store_meta(e.session, name, old, meta, in_data)
+            store_meta(e.session, name, old, meta, in_data, self._pool.destroy)
 
         with self.lock:
             try:
@@ -261,7 +261,14 @@ def _seq(meta: Mapping[str, Any]) -> int:
     return seq if isinstance(seq, int) else 0
 
 
-def store_meta(session: Any, name: str, old: list[Any], meta: dict[str, Any], in_data: bool = True) -> None:
+def store_meta(
+    session: Any,
+    name: str,
+    old: list[Any],
+    meta: dict[str, Any],
+    in_data: bool = True,
+    destroy: Callable[[Any], None] = lambda o: o.destroy(),
+) -> None:
     """Replace the metadata objects ``old`` (SoftHSM makes CKA_VALUE of data objects read-only).
 
     A data object is made before the old ones go, so a failure halfway (e.g. a logout from
@@ -271,7 +278,7 @@ def store_meta(session: Any, name: str, old: list[Any], meta: dict[str, Any], in
     """
     if not in_data:
         for o in old:
-            o.destroy()
+            destroy(o)
         old = []
     if meta.get("versions"):
         meta["seq"] = _seq(meta) + 1
@@ -293,7 +300,7 @@ def store_meta(session: Any, name: str, old: list[Any], meta: dict[str, Any], in
                 }
             )
     for o in old:
-        o.destroy()
+        destroy(o)
 
 
 def meta_id(name: str) -> bytes:

@@ -174,6 +174,7 @@ class Library:
         self.objects = SharedExclusiveLock()
         self._forked = False
         self._serial = False  # a token behind this module crashes on parallel calls (_quirks)
+        self.destroyed = False  # an object was destroyed since C_Initialize (ModuleQuirks.reuses_handles...)
         self._logins: dict[int, _Login] = {}
         self._dependents: weakref.WeakSet[ForkAware] = weakref.WeakSet()
         want_os = os.environ.get(THREADING_ENV, "os").lower() != "lock"
@@ -311,6 +312,7 @@ class Library:
                 self.lib.reinitialize()
             self._logins.clear()  # the finalize logged everyone out and closed every session
             self.generation += 1
+            self.destroyed = False
 
     def reinitialize_after_leak(self, generation: int) -> None:
         """Re-initialise a module whose per-process leaks only that clears (``quirks``), once per

@@ -238,7 +238,7 @@ class Pkcs11Provider(BaseProvider):
                     )
             except BaseException:
                 for key in pair:  # a key with more usage than asked, or none it can use, must not stay
-                    key.destroy()
+                    self._pool.destroy(key)
                 raise
 
         self._pool.run(generate, "generating key", repr(name), write=True)
@@ -279,7 +279,7 @@ class Pkcs11Provider(BaseProvider):
             try:
                 e.session.create_object({**pub_tpl, **common, **obj.public_flags(ops)})
             except BaseException:
-                priv.destroy()  # no half-imported key left behind
+                self._pool.destroy(priv)  # no half-imported key left behind
                 raise
 
         self._pool.run(create, "importing key", repr(name), write=True)
@@ -300,7 +300,7 @@ class Pkcs11Provider(BaseProvider):
     def _destroy_version(self, name: str, id_bytes: bytes) -> None:
         def destroy(e: PooledSession) -> None:
             for o in list(e.session.get_objects({A.LABEL: name, A.ID: id_bytes})):
-                o.destroy()
+                self._pool.destroy(o)
 
         try:
             self._pool.run(destroy, "rolling back the new version of key", repr(name), write=True)
@@ -348,7 +348,7 @@ class Pkcs11Provider(BaseProvider):
             found = list(e.session.get_objects({A.LABEL: name}))
             # keys first, the record last: a failure halfway leaves the key listed with its record
             for o in [o for o in found if obj.is_key(o)] + [o for o in found if obj.is_public(o) or is_meta(o)]:
-                o.destroy()
+                self._pool.destroy(o)
 
         with self._catalog.lock:
             try:
@@ -429,7 +429,7 @@ class Pkcs11Provider(BaseProvider):
             try:
                 return self._sized.wrap_key(e.session, kek, tmp, mechanism)
             finally:
-                tmp.destroy()
+                self._pool.destroy(tmp)
 
         return self._pool.run(wrap, f"wrapping with {alg.name} and key", info.ref)
 
@@ -468,7 +468,7 @@ class Pkcs11Provider(BaseProvider):
                 try:
                     return bytes(tmp[A.VALUE])
                 finally:
-                    tmp.destroy()
+                    self._pool.destroy(tmp)
 
             refused: px.PKCS11Error | None = None
             for i in range(self._unwrap_from, len(_UNWRAP_TEMPLATES)):
@@ -519,7 +519,7 @@ class Pkcs11Provider(BaseProvider):
             try:
                 return wrap(e, kek_obj, target)
             finally:
-                kek_obj.destroy()
+                self._pool.destroy(kek_obj)
 
         return self._pool.run(export, "exporting (wrapped) key", info.ref)
 
@@ -537,7 +537,7 @@ class Pkcs11Provider(BaseProvider):
             w_target = self._sized.wrap_key(e.session, eph, target, self._kwp)
             w_eph = kek.wrap_key(eph, mechanism=M.RSA_PKCS_OAEP, mechanism_param=mech.OAEP_SHA1)
         finally:
-            eph.destroy()
+            self._pool.destroy(eph)
         return bytes(w_eph) + bytes(w_target)
 
     def _close(self) -> None:

@@ -76,10 +76,17 @@ class ModuleQuirks:
     #: during a signature, or a failed P-521 one), after which C_DestroyObject answers
     #: CKR_FUNCTION_FAILED.
     leaks_until_reinitialised: bool = False
+    #: After C_DestroyObject of any but the newest object, the module hands the next object it
+    #: creates a handle that an existing object already has: lookups of the new key then return
+    #: the other key's objects (a signature with the wrong key), and attribute writes change it.
+    #: keybridge re-initialises such a module before the next call that creates or changes
+    #: objects, which makes it load every object again under fresh handles (tpm2-pkcs11 1.9: after
+    #: create a, create b, delete a, the new a's objects answered with b's CKA_ID).
+    reuses_handles_after_destroy: bool = False
 
 
 def module_quirks_of(module_manufacturer: str) -> ModuleQuirks:
     """The quirks of a module, from CK_INFO.manufacturerID."""
     if str(module_manufacturer).strip() == _TPM2_PKCS11:
-        return ModuleQuirks(fork_unusable=True, leaks_until_reinitialised=True)
+        return ModuleQuirks(fork_unusable=True, leaks_until_reinitialised=True, reuses_handles_after_destroy=True)
     return ModuleQuirks()

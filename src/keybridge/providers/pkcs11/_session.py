@@ -42,6 +42,19 @@ _LEAK_SYMPTOMS = (px.GeneralError, px.FunctionFailed)
 _LOGOUT_ATTEMPTS = 4  # retries of one call, each only after the token showed another logout
 
 
+class _Leaked(Exception):
+    """A call failed the way a module that leaks until re-initialised fails (``ModuleQuirks``).
+
+    Raised out of the call so that its object lock is released before the module is
+    re-initialised; ``error`` is what the caller gets if the call fails so again afterwards.
+    """
+
+    def __init__(self, generation: int, error: KeybridgeError) -> None:
+        super().__init__(str(error))
+        self.generation = generation
+        self.error = error
+
+
 class PooledSession:
     """A pooled session plus a per-session cache of object handles (valid while it stays open)."""
 
@@ -98,10 +111,31 @@ class SessionPool:
         for input the token refused (IntegrityError on decrypt/unwrap; see :func:`._errors.translate`). ``write``
         says ``fn`` creates, destroys or changes token objects: it then runs alone.
         """
+        try:
+            return self._locked(fn, action, what, bad_input, write)
+        except _Leaked as leak:
+            # C_Finalize must not run while another thread is inside the module (tpm2-pkcs11
+            # deadlocked): re-initialise holding the object lock exclusively, then run fn again.
+            objects = self.lib.objects
+            objects.acquire_exclusive()
+            try:
+                self.lib.reinitialize_after_leak(leak.generation)
+            finally:
+                objects.release_exclusive()
+        try:
+            return self._locked(fn, action, what, bad_input, write)
+        except _Leaked as again:
+            raise again.error from again.__cause__
+
+    def _locked(
+        self, fn: Callable[[PooledSession], T], action: str, what: object, bad_input: type[KeybridgeError], write: bool
+    ) -> T:
         objects = self.lib.objects
         if write:
             objects.acquire_exclusive()
             try:
+                if self.lib.destroyed and self.lib.quirks.reuses_handles_after_destroy:
+                    self.lib.reinitialize()  # nobody else is in the module now: see ModuleQuirks
                 return self._run(fn, action, what, bad_input)
             finally:
                 objects.release_exclusive()
@@ -206,9 +240,8 @@ class SessionPool:
         # Slow path: repair what ``exc`` says is broken, then run ``fn`` once more.
         started = entry.epoch  # == the library's epoch when fn began (run/_take ensure it)
         self._settle(entry, exc)
-        if self.lib.quirks.leaks_until_reinitialised and isinstance(exc, _LEAK_SYMPTOMS):
-            self.lib.reinitialize_after_leak(entry.generation)  # then run again, in a new session
-        elif isinstance(exc, _RETRY_SESSION):
+        self._raise_if_leaked(entry, exc, action, what, bad_input)
+        if isinstance(exc, _RETRY_SESSION):
             self._drain()  # one session died: the others most likely with it (C_CloseAllSessions)
             if isinstance(exc, px.UserNotLoggedIn):
                 self._relogin(ask_token=True)  # the token said so, whatever the session state says
@@ -230,6 +263,7 @@ class SessionPool:
                 self._settle(entry, again)
                 if not isinstance(again, px.PKCS11Error):
                     raise
+                self._raise_if_leaked(entry, again, action, what, bad_input)
                 # Logouts from elsewhere come again and again under load: a retry that ran into
                 # another one (the token says logged out now, or a relogin moved the epoch) is no
                 # verdict on the key either.
@@ -239,6 +273,12 @@ class SessionPool:
             self._give(entry)
             return result
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _raise_if_leaked(
+        self, entry: PooledSession, exc: px.PKCS11Error, action: str, what: object, bad_input: type[KeybridgeError]
+    ) -> None:
+        if self.lib.quirks.leaks_until_reinitialised and isinstance(exc, _LEAK_SYMPTOMS):
+            raise _Leaked(entry.generation, translate(action, what, exc, bad_input=bad_input)) from exc
 
     def _logged_out_meanwhile(self, started: int) -> bool:
         # A logout from elsewhere *during* a call surfaces as anything (SoftHSM: GeneralError, which
@@ -266,6 +306,11 @@ class SessionPool:
             if self._closed:
                 raise ProviderUnavailable("this PKCS#11 provider is closed; open a new one")
             return self.lib.relogin(self.token, ask_token=ask_token)
+
+    def destroy(self, obj: Any) -> None:
+        """C_DestroyObject of ``obj``, noted for modules that then reuse handles (``ModuleQuirks``)."""
+        self.lib.destroyed = True
+        obj.destroy()
 
     def invalidate_handles(self) -> None:
         """Objects were destroyed: cached handles may now point nowhere (or elsewhere)."""
