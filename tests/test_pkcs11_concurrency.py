@@ -17,12 +17,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keybridge import KeySpec
 from keybridge.errors import KeyNotFound
+from keybridge.testing._conformance_support import verify_outside
 from keybridge.testing._softhsm import Pkcs11TestToken
 
 pytest.importorskip("pkcs11")
@@ -87,13 +86,7 @@ def kit(provider: Pkcs11Provider) -> Kit:
 def verify_signature(p: Pkcs11Provider, name: str, sig: bytes) -> None:
     """Check an ES256 or PS256 signature with cryptography, not with the provider that made it."""
     pub = p.get_key(name).public_key
-    if isinstance(pub, rsa.RSAPublicKey):
-        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
-        pub.verify(sig, DIGEST, pss, Prehashed(hashes.SHA256()))
-        return
-    assert isinstance(pub, ec.EllipticCurvePublicKey)
-    r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
-    pub.verify(encode_dss_signature(r, s), DIGEST, ec.ECDSA(Prehashed(hashes.SHA256())))
+    assert verify_outside(pub, "PS256" if isinstance(pub, rsa.RSAPublicKey) else "ES256", DIGEST, sig)
 
 
 def log_out_from_another_session(token: Pkcs11TestToken, p: Pkcs11Provider, *, check: bool = True) -> None:
@@ -110,22 +103,30 @@ def log_out_from_another_session(token: Pkcs11TestToken, p: Pkcs11Provider, *, c
         assert not lib.logged_in(p._pool.token)
 
 
+def key_checks(provider: Pkcs11Provider, kit: Kit, prefix: str) -> list[Callable[[], None]]:
+    """Creates ``<prefix>-kek`` and ``<prefix>-ec``; returns checks that use them: a round trip with
+    the KEK, a signature checked outside the token, and a listing that must show both."""
+    kek, signer = f"{prefix}-kek", f"{prefix}-ec"
+    provider.create_key(kek, kit.kek)
+    provider.create_key(signer, kit.signer)
+
+    def wrap() -> None:
+        kit.exercise(provider, kek)
+
+    def sign() -> None:
+        verify_signature(provider, signer, provider.sign(signer, kit.sign, DIGEST))
+
+    def listing() -> None:
+        assert {kek, signer} <= {k.ref.name for k in provider.list_keys()}
+
+    return [wrap, sign, listing]
+
+
 def test_logout_by_another_session_is_recovered_for_cached_handles(
     pkcs11_token: Pkcs11TestToken, provider: Pkcs11Provider, kit: Kit
 ) -> None:
-    provider.create_key("logout-kek", kit.kek)
-    provider.create_key("logout-ec", kit.signer)
-
-    def wrap() -> None:
-        kit.exercise(provider, "logout-kek")
-
-    def sign() -> None:
-        verify_signature(provider, "logout-ec", provider.sign("logout-ec", kit.sign, DIGEST))
-
-    def listing() -> None:
-        assert {"logout-kek", "logout-ec"} <= {k.ref.name for k in provider.list_keys()}
-
-    checks: list[Callable[[], None]] = [wrap, sign, listing, wrap]
+    wrap, sign, listing = key_checks(provider, kit, "logout")
+    checks = [wrap, sign, listing, wrap]
     for check in checks:
         for warm in checks:  # every pooled session caches handles that the logout kills
             warm()
@@ -141,18 +142,8 @@ def test_a_stale_logged_in_session_state_is_checked_with_the_token(
     # NSS softokn under load: after a logout from elsewhere overlapped a login, the login session
     # kept reporting CKS_RW_USER_FUNCTIONS while every private object was hidden. That race cannot
     # be caused on demand, so the one call that reports the state is made to lie; the logout is real.
-    provider.create_key("stale-kek", kit.kek)
-    provider.create_key("stale-ec", kit.signer)
+    wrap, sign, listing = key_checks(provider, kit, "stale")
     lib = provider._pool.lib
-
-    def wrap() -> None:
-        kit.exercise(provider, "stale-kek")
-
-    def sign() -> None:
-        verify_signature(provider, "stale-ec", provider.sign("stale-ec", kit.sign, DIGEST))
-
-    def listing() -> None:
-        assert {"stale-kek", "stale-ec"} <= {k.ref.name for k in provider.list_keys()}
 
     def fresh_lookup() -> None:
         provider._catalog.forget("stale-ec")  # the catalog must search the token again

@@ -10,14 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from keybridge import KeyInfo, KeyOp, KeySpec
 from keybridge.errors import KeybridgeError, ProviderUnavailable, UnsupportedAlgorithm
-from keybridge.testing._conformance_support import same_public_key
+from keybridge.testing._conformance_support import same_public_key, verify_outside
 from keybridge.testing._softhsm import Pkcs11TestToken
 
 pytest.importorskip("pkcs11")
@@ -151,11 +149,7 @@ def test_a_p521_key_the_token_stores_as_broken_der_is_refused_and_not_left_behin
         return
     try:  # every other token: a usable key, checked outside the token
         digest = hashlib.sha512(b"p521").digest()
-        sig = provider.sign(info.ref, "ES512", digest)
-        r, s = int.from_bytes(sig[:66], "big"), int.from_bytes(sig[66:], "big")
-        pub = info.public_key
-        assert isinstance(pub, ec.EllipticCurvePublicKey)
-        pub.verify(encode_dss_signature(r, s), digest, ec.ECDSA(Prehashed(hashes.SHA512())))
+        assert verify_outside(info.public_key, "ES512", digest, provider.sign(info.ref, "ES512", digest))
     finally:
         provider.delete_key("p521-check")
 
@@ -230,7 +224,7 @@ def test_a_key_made_after_deleting_an_older_one_is_itself(provider: Pkcs11Provid
         assert (provider._pool.lib.generation != generation) is provider._pool.lib.quirks.reuses_handles_after_destroy
         for name in ("older", "other"):
             info = provider.get_key(name)
-            verify_outside(info, alg, digest, provider.sign(name, alg, digest))
+            assert verify_outside(info.public_key, alg, digest, provider.sign(name, alg, digest))
             keys = [o for o in _objects_labelled(provider, name) if isinstance(o, (P11Private, P11Public))]
             ids = {bytes(o[A.ID]) for o in keys} - {meta_id(name)}  # NSS: the record's carrier
             assert ids == {bytes.fromhex(info.ref.version or "")}, name  # its objects, none of the other's
@@ -239,16 +233,3 @@ def test_a_key_made_after_deleting_an_older_one_is_itself(provider: Pkcs11Provid
     finally:
         provider.delete_key("older")
         provider.delete_key("other")
-
-
-def verify_outside(info: KeyInfo, alg: str, digest: bytes, sig: bytes) -> None:
-    """Check an ES256 or PS256 signature with cryptography and the key's reported public key."""
-    pub = info.public_key
-    if alg == "PS256":
-        assert isinstance(pub, rsa.RSAPublicKey)
-        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
-        pub.verify(sig, digest, pss, Prehashed(hashes.SHA256()))
-        return
-    assert isinstance(pub, ec.EllipticCurvePublicKey)
-    r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
-    pub.verify(encode_dss_signature(r, s), digest, ec.ECDSA(Prehashed(hashes.SHA256())))
