@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from _ekm_support import make_cert, make_pki
 from keybridge import audit, open_provider
 from keybridge.ekm import Client, ClientRule, EkmError, EkmServer, ExportedKey
+from keybridge.ekm._server import DRAIN_LIMIT
 from keybridge.errors import ProviderUnavailable
 from keybridge.keys import KeyOp, KeySpec
 
@@ -147,13 +148,23 @@ def test_malformed_json_and_oversized_body(proxy, pki: Path) -> None:  # type: i
     server, _ = proxy
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     ctx.load_cert_chain(str(pki / "hsm.crt"), str(pki / "hsm.key"))
-    for body, expect in ((b"{not json", 400), (b"x" * 20000, 400)):
+    # 900 kB: more than the socket buffers take, so the client is still sending when the answer
+    # comes (the proxy read none of it before, and closed: the client got EOF/reset under load)
+    for body, expect in ((b"{not json", 400), (b"x" * 20000, 400), (b"x" * 8_000_000, 400)):
         conn = http.client.HTTPSConnection("127.0.0.1", int(server.url.split(":")[2].split("/")[0]), context=ctx)
         conn.request("POST", "/contoso/aes-1/wrapkey?api-version=0.1-preview", body)
         resp = conn.getresponse()
         assert resp.status == expect
         assert json.loads(resp.read())["code"] == "BadRequest"
         conn.close()
+    # a declared length over the drain limit is not read at all: answered at once, then closed
+    conn = http.client.HTTPSConnection("127.0.0.1", int(server.url.split(":")[2].split("/")[0]), context=ctx)
+    conn.putrequest("POST", "/contoso/aes-1/wrapkey?api-version=0.1-preview")
+    conn.putheader("Content-Length", str(DRAIN_LIMIT + 1))
+    conn.endheaders()
+    resp = conn.getresponse()
+    assert (resp.status, resp.getheader("Connection")) == (400, "close")
+    conn.close()
 
 
 def test_slow_hsm_answers_request_timeout(softhsm_token, pki: Path) -> None:  # type: ignore[no-untyped-def]

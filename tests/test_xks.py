@@ -455,3 +455,13 @@ def test_optional_mtls(pki: Path) -> None:
             assert _send(server, pki, "keys/k1/metadata", md, client="hsm", creds=(AKID, "wrong"))[0] == 401
         finally:
             server.close()
+
+
+def test_an_oversize_body_gets_its_answer_while_the_client_is_still_sending(xks, pki: Path) -> None:  # type: ignore[no-untyped-def]
+    # 8 MB: more than loopback's socket buffers, so the client is still writing when the proxy
+    # answers; before the proxy read (and dropped) such a body, the client got SSLEOFError.
+    server, _ = xks
+    status, out = _send(server, pki, "keys/k1/encrypt", b"x" * 8_000_000)
+    assert status == 400
+    assert out["errorName"] == "ValidationException"
+    assert "request body over" in out["errorMessage"]

@@ -7,6 +7,7 @@ certificate CN is not allow-listed gets 401 before its body is read or any key i
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 import re
@@ -237,6 +238,24 @@ def peer_cn(connection: Any) -> str | None:
     return next((v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"), None)
 
 
+# After the 400 for an oversize body, what the client still sends is read and dropped (up to this
+# many bytes, for at most LINGER_SECONDS): a client still writing its body would otherwise hit
+# the closed connection (SSLEOFError) instead of reading the answer. The answer goes first, so a
+# client that declared a length and sends nothing gets it at once. Anything larger is cut off.
+DRAIN_LIMIT = 16 << 20
+LINGER_SECONDS = 2.0
+
+
+def linger(handler: BaseHTTPRequestHandler, length: int) -> None:
+    """Read and drop up to ``length`` more body bytes after an answer that closes the connection."""
+    if not 0 < length <= DRAIN_LIMIT:
+        return
+    with contextlib.suppress(OSError, ValueError):  # a timeout, or the client went away: done
+        handler.connection.settimeout(LINGER_SECONDS)
+        while length > 0 and (chunk := handler.rfile.read(min(length, 1 << 16))):
+            length -= len(chunk)
+
+
 def send_json(handler: BaseHTTPRequestHandler, status: int, answer: dict[str, Any]) -> None:
     """One JSON answer, with ``Connection: close`` when the handler is closing the connection."""
     data = json.dumps(answer).encode()
@@ -276,13 +295,14 @@ def _handler(server: EkmServer) -> type[BaseHTTPRequestHandler]:
             if server.closed:  # a keep-alive connection outlived close(): answer nothing more
                 self.close_connection = True
                 return
-            status, answer, body_read = 200, {}, False
+            status, answer, body_read, oversize = 200, {}, False, 0
             try:
                 cn = peer_cn(self.connection)
                 if cn not in server.allowed:
                     raise _Fail(401, "Unauthorized", "client certificate missing or its subject CN is not allow-listed")
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > server.max_body or length < 0:
+                    oversize = length
                     raise _Fail(400, "BadRequest", f"request body over {server.max_body} bytes")
                 body, body_read = self.rfile.read(length), True
                 answer = server.handle(cn, self.path, body)
@@ -293,5 +313,6 @@ def _handler(server: EkmServer) -> type[BaseHTTPRequestHandler]:
             # An unread body (401, oversize) would be parsed as the next request: close instead.
             self.close_connection = self.close_connection or not body_read
             send_json(self, status, answer)
+            linger(self, oversize)
 
     return EkmHandler

@@ -34,7 +34,7 @@ from ..errors import (
 )
 from ..keys import KeyType
 from ..provider import KeyProvider
-from ._server import ClientRule, ExportedKey, _Listening, _load, peer_cn, send_json, within
+from ._server import ClientRule, ExportedKey, _Listening, _load, linger, peer_cn, send_json, within
 from ._sigv4 import Headers, SigV4Error, verify
 
 __all__ = ["SERVICE", "XksServer", "full_aad"]
@@ -307,12 +307,13 @@ def _handler(server: XksServer) -> type[BaseHTTPRequestHandler]:
             if server.closed:
                 self.close_connection = True
                 return
-            start, status, answer, body_read = time.perf_counter(), 200, {}, False
+            start, status, answer, body_read, oversize = time.perf_counter(), 200, {}, False, 0
             try:
                 if server.allowed and peer_cn(self.connection) not in server.allowed:
                     raise _XksFail(401, "AuthenticationFailedException", "client certificate CN is not allow-listed")
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > server.max_body or length < 0:
+                    oversize = length
                     raise _bad(f"request body over {server.max_body} bytes")
                 body, body_read = self.rfile.read(length), True
                 answer = server.handle(self.path, self.headers, body)
@@ -323,5 +324,6 @@ def _handler(server: XksServer) -> type[BaseHTTPRequestHandler]:
             logger.debug("xks answered %d in %.1f ms", status, (time.perf_counter() - start) * 1000)
             self.close_connection = self.close_connection or not body_read
             self._answer(status, answer)
+            linger(self, oversize)
 
     return XksHandler
