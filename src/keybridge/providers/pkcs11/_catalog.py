@@ -152,7 +152,7 @@ class Catalog:
             found = pool.run(fn, action, what)
             if pool.relogin_if_logged_out() or lib.relogins != before:
                 continue
-            if found or not pool.relogin_if_logged_out(ask_token=True):
+            if found or not pool.confirm_login():
                 break
         return found
 

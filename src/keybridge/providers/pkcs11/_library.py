@@ -174,7 +174,9 @@ class Library:
         self.objects = SharedExclusiveLock()
         self._forked = False
         self._serial = False  # a token behind this module crashes on parallel calls (_quirks)
-        self.destroyed = False  # an object was destroyed since C_Initialize (ModuleQuirks.reuses_handles...)
+        # Set when a module that reuses handles after a destroy (ModuleQuirks) destroyed an object:
+        # the next write re-initialises it first.
+        self.reload_before_write = False
         self._logins: dict[int, _Login] = {}
         self._dependents: weakref.WeakSet[ForkAware] = weakref.WeakSet()
         want_os = os.environ.get(THREADING_ENV, "os").lower() != "lock"
@@ -289,18 +291,19 @@ class Library:
         Raises ProviderUnavailable, without calling the module, if that would break the parent
         (``quirks.fork_unusable``).
         """
-        if self._forked and self.quirks.fork_unusable:
+        if not self._forked:
+            return
+        if self.quirks.fork_unusable:
             raise ProviderUnavailable(
                 f"PKCS#11 module {self.path} cannot be used in a process forked from one that initialised it:"
                 " initialising it again here would break the parent's connection to its device; open the"
                 " provider in a process started with multiprocessing's 'spawn' or 'forkserver' method, or"
                 " fork before this process first opens a provider on it"
             )
-        if self._forked:
-            with self._mu:
-                if self._forked:
-                    self._forked = False
-                    self.reinitialize()
+        with self._mu:
+            if self._forked:
+                self._forked = False
+                self.reinitialize()
 
     def reinitialize(self) -> None:
         """C_Finalize + C_Initialize (picks up a new SOFTHSM2_CONF); every session becomes invalid."""
@@ -312,7 +315,7 @@ class Library:
                 self.lib.reinitialize()
             self._logins.clear()  # the finalize logged everyone out and closed every session
             self.generation += 1
-            self.destroyed = False
+            self.reload_before_write = False
 
     def reinitialize_after_leak(self, generation: int) -> None:
         """Re-initialise a module whose per-process leaks only that clears (``quirks``), once per

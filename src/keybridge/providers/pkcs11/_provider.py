@@ -253,13 +253,12 @@ class Pkcs11Provider(BaseProvider):
         id_bytes = obj.new_id()
         common = {A.TOKEN: True, A.LABEL: name, A.ID: id_bytes}
         priv_tpl, pub_tpl = obj.import_templates(key, spec)
+        values = dict(priv_tpl)  # the key's values alone, for telling refusals apart (below)
         flags = obj.SECRET_FLAGS if pub_tpl is None else obj.PRIVATE_FLAGS
         priv_tpl.update({**common, A.PRIVATE: True, A.SENSITIVE: True, A.EXTRACTABLE: exportable})
         priv_tpl.update(obj.flags_template(flags, ops))
         if pub_tpl is None:
             priv_tpl.update(obj.SECRET_OFF)
-
-        values, _ = obj.import_templates(key, spec)
 
         def create(e: PooledSession) -> None:
             try:

@@ -134,7 +134,7 @@ class SessionPool:
         if write:
             objects.acquire_exclusive()
             try:
-                if self.lib.destroyed and self.lib.quirks.reuses_handles_after_destroy:
+                if self.lib.reload_before_write:
                     self.lib.reinitialize()  # nobody else is in the module now: see ModuleQuirks
                 return self._run(fn, action, what, bad_input)
             finally:
@@ -244,7 +244,7 @@ class SessionPool:
         if isinstance(exc, _RETRY_SESSION):
             self._drain()  # one session died: the others most likely with it (C_CloseAllSessions)
             if isinstance(exc, px.UserNotLoggedIn):
-                self._relogin(ask_token=True)  # the token said so, whatever the session state says
+                self.confirm_login()  # the token said so, whatever the session state says
         elif isinstance(exc, (px.NoSuchKey, *_RETRY_HANDLE)):
             # Private objects vanish, and their handles die, when someone logs the process out:
             # log in again first, else the fresh lookup below finds nothing.
@@ -285,21 +285,22 @@ class SessionPool:
         # would read as a bad tag on decrypt). Worth another try if the process is logged out now,
         # or was and another thread already logged in again (the epoch moved since ``started``).
         # If nothing says so, C_Login has the last word: the session state may be stale (NSS).
-        return self.relogin_if_logged_out() or self.lib.epoch != started or self.relogin_if_logged_out(ask_token=True)
+        return self.relogin_if_logged_out() or self.lib.epoch != started or self.confirm_login()
 
-    def relogin_if_logged_out(self, *, ask_token: bool = False) -> bool:
-        """Log in again if someone logged the process out (private objects vanish then).
-
-        True if that was needed: a lookup that found nothing is worth repeating. The session
-        state tells; with ``ask_token`` C_Login does (see :meth:`Library.relogin`), for a lookup
-        that found nothing where something was expected.
+    def relogin_if_logged_out(self) -> bool:
+        """Log in again if the session state says someone logged the process out (private
+        objects vanish then). True if that was needed: a lookup that found nothing is worth repeating.
         """
-        if ask_token:
-            return self._relogin(ask_token=True)
         if self.lib.logged_in(self.token):
             return False
         self._relogin()
         return True
+
+    def confirm_login(self) -> bool:
+        """Let C_Login, not the session state, say whether the process is logged in (see
+        :meth:`Library.relogin`): for a call that failed, or found nothing, while the state says
+        logged in. True if C_Login had to log in, i.e. the state was stale."""
+        return self._relogin(ask_token=True)
 
     def _relogin(self, *, ask_token: bool = False) -> bool:
         with self._mu:
@@ -308,8 +309,9 @@ class SessionPool:
             return self.lib.relogin(self.token, ask_token=ask_token)
 
     def destroy(self, obj: Any) -> None:
-        """C_DestroyObject of ``obj``, noted for modules that then reuse handles (``ModuleQuirks``)."""
-        self.lib.destroyed = True
+        """C_DestroyObject of ``obj``, noted on a module that then reuses handles (``ModuleQuirks``)."""
+        if self.lib.quirks.reuses_handles_after_destroy:
+            self.lib.reload_before_write = True
         obj.destroy()
 
     def invalidate_handles(self) -> None:
